@@ -1,0 +1,284 @@
+//! One diesel code path over SQLite (the embedded default) and PostgreSQL.
+//!
+//! The backend is chosen by the URL's scheme; an unknown scheme is an error rather than a
+//! silent fallback to a SQLite file named `mysql://…`. Diesel is blocking, so every query runs
+//! on tokio's blocking pool through [`Db::run`] / [`Db::write`], never on an async worker.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection, Pool, PooledConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::error::{DomainError, Result};
+
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database URL whose backend is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    pub backend: Backend,
+    /// What the driver is given: the URL for PostgreSQL, the file path for SQLite.
+    pub target: String,
+}
+
+/// Startup errors: each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("unsupported database URL scheme `{0}`: use `sqlite:<path>`, a plain file path, or `postgres://…`")]
+    UnknownScheme(String),
+    #[error("cannot open the database at {target}: {cause}")]
+    Unreachable { target: String, cause: String },
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<DatabaseUrl, DbSetupError> {
+        let url = url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseUrl { backend: Backend::Postgres, target: url.to_owned() });
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            return Ok(DatabaseUrl { backend: Backend::Sqlite, target: path.to_owned() });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(DbSetupError::UnknownScheme(scheme.to_owned()));
+        }
+        if url.is_empty() {
+            return Err(DbSetupError::UnknownScheme(String::new()));
+        }
+        Ok(DatabaseUrl { backend: Backend::Sqlite, target: url.to_owned() })
+    }
+}
+
+/// Establishes connections of the backend the URL named, with per-backend settings.
+#[derive(Debug)]
+pub struct Manager {
+    url: DatabaseUrl,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match self.url.backend {
+            Backend::Postgres => {
+                PgConnection::establish(&self.url.target).map(DbConn::Pg).map_err(r2d2::Error::ConnectionError)
+            }
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::establish(&self.url.target).map_err(r2d2::Error::ConnectionError)?;
+                // WAL lets readers proceed while one writer writes; the busy timeout covers
+                // the short moments two connections touch the lock at once.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                     PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+/// The connection pool, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<Manager>,
+    backend: Backend,
+    /// SQLite allows one writer at a time; serialising our own writers in-process avoids the
+    /// lock-upgrade deadlock of two deferred transactions (SQLITE_BUSY that no timeout cures).
+    /// PostgreSQL needs no such lock.
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+impl Db {
+    /// Opens the pool and checks that one connection can be made.
+    pub fn connect(url: &str, max_connections: u32) -> Result<Db, DbSetupError> {
+        let url = DatabaseUrl::parse(url)?;
+        let backend = url.backend;
+        let target = match backend {
+            Backend::Postgres => redact_password(&url.target),
+            Backend::Sqlite => url.target.clone(),
+        };
+        let parent = std::path::Path::new(&url.target).parent().filter(|p| !p.as_os_str().is_empty());
+        if let (Backend::Sqlite, Some(parent)) = (backend, parent)
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| DbSetupError::Unreachable { target: target.clone(), cause: e.to_string() })?;
+        }
+        let manager = Manager { url };
+        // Fail fast with the driver's own message instead of r2d2's generic timeout.
+        manager.connect().map_err(|e| DbSetupError::Unreachable { target: target.clone(), cause: e.to_string() })?;
+        let pool = Pool::builder()
+            .max_size(max_connections.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .map_err(|e| DbSetupError::Unreachable { target, cause: e.to_string() })?;
+        Ok(Db { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs every pending embedded migration of this backend; returns the names applied.
+    pub fn migrate(&self) -> Result<Vec<String>, DbSetupError> {
+        let mut conn = self.pool.get().map_err(|e| DbSetupError::Migration(e.to_string()))?;
+        let applied = match &mut *conn {
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
+            DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names),
+        };
+        applied.map_err(|e| DbSetupError::Migration(e.to_string()))
+    }
+
+    /// Reverts every applied migration (used by the migration round-trip test and `ota migrate --revert-all`).
+    pub fn revert_all(&self) -> Result<Vec<String>, DbSetupError> {
+        let mut conn = self.pool.get().map_err(|e| DbSetupError::Migration(e.to_string()))?;
+        let reverted = match &mut *conn {
+            DbConn::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(names),
+            DbConn::Pg(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(names),
+        };
+        reverted.map_err(|e| DbSetupError::Migration(e.to_string()))
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = get(&pool)?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| DomainError::Internal(anyhow::anyhow!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` inside one transaction on the blocking pool; on SQLite writers take turns.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let lock = (self.backend == Backend::Sqlite).then(|| self.sqlite_writer.clone());
+        tokio::task::spawn_blocking(move || {
+            let _turn = lock.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut pooled = get(&pool)?;
+            let conn: &mut DbConn = &mut pooled;
+            conn.transaction(f)
+        })
+        .await
+        .map_err(|e| DomainError::Internal(anyhow::anyhow!("database task failed: {e}")))?
+    }
+
+    /// True when a connection can be had and answers.
+    pub async fn ping(&self) -> bool {
+        self.run(|c| c.batch_execute("SELECT 1").map_err(DomainError::from)).await.is_ok()
+    }
+}
+
+/// The id of the row this connection inserted last: the one backend-specific query we need,
+/// because diesel's multi-backend connection cannot express `RETURNING`.
+pub fn last_insert_id(conn: &mut DbConn) -> Result<i64> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::BigInt;
+    Ok(match conn {
+        DbConn::Sqlite(c) => diesel::select(sql::<BigInt>("last_insert_rowid()")).get_result(c)?,
+        DbConn::Pg(c) => diesel::select(sql::<BigInt>("lastval()")).get_result(c)?,
+    })
+}
+
+fn get(pool: &Pool<Manager>) -> Result<PooledConnection<Manager>> {
+    pool.get().map_err(|e| {
+        DomainError::Expected {
+            code: ota_wire::ErrorCode::DatabaseUnavailable,
+            message: "the database is unavailable".into(),
+            details: None,
+        }
+        .log_cause(&e)
+    })
+}
+
+impl DomainError {
+    fn log_cause(self, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "database connection failed");
+        self
+    }
+}
+
+fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
+    versions.into_iter().map(|v| v.to_string()).collect()
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for messages.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((auth, host)) = rest.split_once('@') else { return url.to_owned() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_schemes() {
+        assert_eq!(DatabaseUrl::parse("postgres://a@b/c").unwrap().backend, Backend::Postgres);
+        assert_eq!(DatabaseUrl::parse("postgresql://a@b/c").unwrap().backend, Backend::Postgres);
+        let s = DatabaseUrl::parse("sqlite:///var/lib/ota/ota.db").unwrap();
+        assert_eq!((s.backend, s.target.as_str()), (Backend::Sqlite, "/var/lib/ota/ota.db"));
+        let s = DatabaseUrl::parse("sqlite:data/ota.db").unwrap();
+        assert_eq!(s.target, "data/ota.db");
+        assert_eq!(DatabaseUrl::parse("data/ota.db").unwrap().backend, Backend::Sqlite);
+        assert!(matches!(DatabaseUrl::parse("mysql://x"), Err(DbSetupError::UnknownScheme(s)) if s == "mysql"));
+        assert!(DatabaseUrl::parse("  ").is_err());
+    }
+
+    #[test]
+    fn redacts() {
+        assert_eq!(redact_password("postgres://u:p@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact_password("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
+    fn unreachable_postgres_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens there.
+        let err = Db::connect("postgres://nobody@127.0.0.1:1/none?connect_timeout=2", 1).err().unwrap();
+        let text = err.to_string();
+        assert!(text.starts_with("cannot open the database at postgres://nobody@127.0.0.1:1"), "{text}");
+    }
+}

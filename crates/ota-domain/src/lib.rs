@@ -1,0 +1,62 @@
+//! The OTA server's domain: the only crate that knows SQL.
+//!
+//! One service layer ([`Domain`]) serves both front ends (the management API and the device
+//! gateway), so every rule is enforced once, whichever door a request came in by. It knows no
+//! HTTP: callers pass a [`auth::Principal`] and get wire DTOs or a [`DomainError`] back.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod auth;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod firmware;
+pub mod paging;
+pub mod products;
+pub mod schema;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use auth::{LoginThrottle, Principal};
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use db::{Backend, Db, DbSetupError};
+pub use error::{DomainError, Result};
+pub use paging::PageRequest;
+
+use store::BlobStore;
+
+/// Limits the domain enforces, from configuration.
+#[derive(Debug, Clone)]
+pub struct DomainSettings {
+    /// Largest firmware file accepted, in bytes.
+    pub max_firmware_bytes: u64,
+    /// Where uploads are staged before they are stored (same file system as the store is best).
+    pub staging_dir: PathBuf,
+}
+
+/// The service layer. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Domain {
+    pub db: Db,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn BlobStore>,
+    pub settings: Arc<DomainSettings>,
+    pub login_throttle: Arc<LoginThrottle>,
+    /// Serialises "store a file + insert its row" against "delete a row + collect its file",
+    /// so a file is never collected between an upload's store and its insert.
+    blob_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Domain {
+    pub fn new(db: Db, clock: Arc<dyn Clock>, store: Arc<dyn BlobStore>, settings: DomainSettings) -> Domain {
+        Domain {
+            db,
+            clock,
+            store,
+            settings: Arc::new(settings),
+            login_throttle: Arc::new(LoginThrottle::default()),
+            blob_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Request and response bodies of the management REST API (`/api/v1`).
+//!
+//! These types know serde and OpenAPI, nothing else: the domain maps its records into them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+// ---------------------------------------------------------------- auth
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// A JWT to send as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub user_id: i64,
+    pub username: String,
+    pub tenant: String,
+    pub role: Role,
+    /// The scopes these credentials carry.
+    pub scopes: Vec<Scope>,
+    /// `session` for a login JWT, `api_token` for an API token.
+    pub credential: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages the tenant's users besides everything a member may do.
+    Admin,
+    Member,
+}
+
+/// What an API token may do. Login sessions carry every scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Read products, firmware, devices and rules.
+    Read,
+    /// Create, edit and delete products, firmware and tokens.
+    Write,
+    /// Start and stop pushes and verifications.
+    Push,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Push];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Push => "push",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+// ---------------------------------------------------------------- users
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Member
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateUserRequest {
+    /// `true` disables the user: their sessions and API tokens stop working at once.
+    pub disabled: Option<bool>,
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- tokens
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTokenRequest {
+    /// A label, e.g. `ci-release`.
+    pub name: String,
+    /// Scopes to grant; a token can never carry a scope its creator lacks.
+    pub scopes: Vec<Scope>,
+    /// Optional lifetime in days; no expiry when absent.
+    pub expires_in_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: i64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// The user the token acts as.
+    pub user_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// The secret, shown this once; only its hash is stored.
+    pub secret: String,
+}
+
+// ---------------------------------------------------------------- products
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateProductRequest {
+    pub name: String,
+    /// 32 lowercase hex characters; generated when absent.
+    pub product_key: Option<String>,
+    /// 32 lowercase hex characters; generated when absent.
+    pub product_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateProductRequest {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    pub product_key: String,
+    pub product_secret: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- firmware
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareType {
+    /// The GAgent Wi-Fi module firmware (device `type=1`).
+    Wifi,
+    /// The MCU behind the module (device `type=2`).
+    Mcu,
+}
+
+impl FirmwareType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirmwareType::Wifi => "wifi",
+            FirmwareType::Mcu => "mcu",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "wifi" => Some(FirmwareType::Wifi),
+            "mcu" => Some(FirmwareType::Mcu),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum PushMethod {
+    /// GAgent 01xx–03xx: firmware id over MQTT (0x0205/0x0206/0x0207).
+    V1V3,
+    /// GAgent 0400/0401: `target_fid` and the 0x020E push.
+    V4,
+    /// GAgent 04010005+/0402: `update_and_check` and the 0x0211 push.
+    #[serde(rename = "V4.1")]
+    V41,
+}
+
+impl PushMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushMethod::V1V3 => "V1V3",
+            PushMethod::V4 => "V4",
+            PushMethod::V41 => "V4.1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "V1V3" => Some(PushMethod::V1V3),
+            "V4" => Some(PushMethod::V4),
+            "V4.1" => Some(PushMethod::V41),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PushStatus {
+    NotStarted,
+    Pushing,
+    Completed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FirmwareView {
+    pub id: i64,
+    pub product_key: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub fw_type: FirmwareType,
+    pub push_method: PushMethod,
+    /// V4: the current hardware version of the devices to upgrade; V4.1: of the image.
+    pub hard_version: Option<String>,
+    pub soft_version: Option<String>,
+    /// V1V3: the product's firmware id; V4: the position in its fid series; V4.1: none.
+    pub fid: Option<i64>,
+    pub file_name: String,
+    pub size: i64,
+    /// Lowercase hex MD5 of the file: what GAgent checks.
+    pub md5: String,
+    pub sha256: String,
+    /// CRC-32 (IEEE) of the file, 8 lowercase hex digits.
+    pub crc32: String,
+    pub verified: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub push_status: PushStatus,
+    /// Where to download the exact bytes (needs `read`).
+    pub download_path: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpdateFirmwareRequest {
+    pub name: Option<String>,
+    pub hard_version: Option<String>,
+    pub soft_version: Option<String>,
+}
+
+/// The multipart form of `POST /api/v1/products/{product_key}/firmware` (documentation only).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct FirmwareUploadForm {
+    /// `[A-Za-z0-9_.-]`, 1–64 characters.
+    pub name: String,
+    /// `wifi` or `mcu`.
+    #[schema(rename = "type")]
+    pub fw_type: String,
+    /// `V1V3`, `V4` or `V4.1`.
+    pub push_method: String,
+    /// Exactly 8 of `[0-9A-Za-z]`; required for V4 and V4.1 unless the file name carries it.
+    pub hard_version: Option<String>,
+    /// Exactly 8 of `[0-9A-Za-z]`; required for V4 and V4.1 unless the file name carries it.
+    pub soft_version: Option<String>,
+    /// The image: wifi `.bin`; mcu `.bin` or `.hex` (valid Intel HEX); at least 1 KiB.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// The multipart form of `PUT /api/v1/firmware/{id}/file` (documentation only).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct FirmwareFileForm {
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FirmwareListQuery {
+    /// `wifi` or `mcu`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub fw_type: Option<FirmwareType>,
+    pub push_method: Option<PushMethod>,
+    pub verified: Option<bool>,
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1–200 (default 50).
+    pub per_page: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1–200 (default 50).
+    pub per_page: Option<u32>,
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+// ---------------------------------------------------------------- health
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// `ok` when healthy.
+    pub status: String,
+}

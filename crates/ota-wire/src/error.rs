@@ -1,0 +1,151 @@
+//! The public catalogue of error codes.
+//!
+//! Every error the REST API returns is `{"code", "message", "details"}` where `code` is one of
+//! the snake_case names below. Codes are stable: a frontend or CI script may match on them.
+//! Each code has exactly one HTTP status and one meaning; `proto-docs/errors.md` lists them
+//! and a test keeps that file and this table equal.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+macro_rules! error_codes {
+    ($( $(#[doc = $doc:literal])* $variant:ident = ($code:literal, $status:literal), )*) => {
+        /// A stable, machine-readable error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in catalogue order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The snake_case name sent on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status this code is always sent with.
+            pub const fn http_status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// One sentence saying what the code means.
+            pub fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => concat!($($doc),*).trim_ascii(),)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // --- request shape ---
+    /// The request body is not valid JSON or does not match the expected schema.
+    InvalidJson = ("invalid_json", 400),
+    /// A query-string parameter is missing, malformed or out of range.
+    InvalidQuery = ("invalid_query", 400),
+    /// A path parameter is malformed (for example a non-numeric id).
+    InvalidPath = ("invalid_path", 400),
+    /// A multipart form could not be parsed, or a form field is not valid text.
+    InvalidMultipart = ("invalid_multipart", 400),
+    /// A required field is missing; `details.field` names it.
+    MissingField = ("missing_field", 400),
+    /// A field has a value that breaks its rule; `details.field` names it.
+    InvalidField = ("invalid_field", 400),
+    /// The request body is larger than the configured limit.
+    PayloadTooLarge = ("payload_too_large", 413),
+    /// The request's Content-Type is not one this endpoint accepts.
+    UnsupportedMediaType = ("unsupported_media_type", 415),
+    /// No route matches the request path.
+    RouteNotFound = ("route_not_found", 404),
+
+    // --- authentication and authorization ---
+    /// No credentials were sent (no `Authorization: Bearer` header).
+    MissingCredentials = ("missing_credentials", 401),
+    /// The credentials could not be parsed or their signature is wrong.
+    InvalidCredentials = ("invalid_credentials", 401),
+    /// The session token has expired; log in again.
+    TokenExpired = ("token_expired", 401),
+    /// The API token was revoked.
+    TokenRevoked = ("token_revoked", 401),
+    /// The user behind these credentials is disabled.
+    UserDisabled = ("user_disabled", 401),
+    /// Wrong user name or password.
+    LoginFailed = ("login_failed", 401),
+    /// Too many failed logins for this user or address; retry after `details.retry_after_seconds`.
+    TooManyLoginAttempts = ("too_many_login_attempts", 429),
+    /// The credentials lack the scope this endpoint needs; `details.required_scope` names it.
+    InsufficientScope = ("insufficient_scope", 403),
+    /// The action needs the tenant admin role.
+    AdminRequired = ("admin_required", 403),
+    /// The current password given for a password change is wrong.
+    WrongPassword = ("wrong_password", 403),
+
+    // --- resources ---
+    /// No product with this key exists in your tenant.
+    ProductNotFound = ("product_not_found", 404),
+    /// No firmware with this id exists in your tenant.
+    FirmwareNotFound = ("firmware_not_found", 404),
+    /// No user with this id exists in your tenant.
+    UserNotFound = ("user_not_found", 404),
+    /// No API token with this id exists for your tenant.
+    TokenNotFound = ("token_not_found", 404),
+    /// A product with this product_key already exists.
+    ProductKeyTaken = ("product_key_taken", 409),
+    /// The product still has firmware; delete it first.
+    ProductNotEmpty = ("product_not_empty", 409),
+    /// A user with this name already exists.
+    UsernameTaken = ("username_taken", 409),
+    /// A V4.1 firmware of this product, type, hardware and software version already exists.
+    FirmwareVersionExists = ("firmware_version_exists", 409),
+    /// The firmware is verified and therefore locked against edits.
+    FirmwareLocked = ("firmware_locked", 409),
+    /// The firmware is being pushed by a rule and cannot be deleted.
+    FirmwareInUse = ("firmware_in_use", 409),
+
+    // --- firmware files ---
+    /// The firmware file is larger than the configured limit (`details.limit_bytes`).
+    FirmwareTooLarge = ("firmware_too_large", 413),
+    /// The firmware file is smaller than 1 KiB; GAgent crashes on such images.
+    FirmwareTooSmall = ("firmware_too_small", 400),
+    /// The file extension is not allowed for this firmware type (wifi: .bin; mcu: .bin or .hex).
+    InvalidFileExtension = ("invalid_file_extension", 400),
+    /// The `.hex` file is not valid Intel HEX; `details.line` gives the first bad line.
+    InvalidIntelHex = ("invalid_intel_hex", 400),
+
+    // --- server side ---
+    /// The database cannot be reached.
+    DatabaseUnavailable = ("database_unavailable", 503),
+    /// An unexpected error; the cause is in the server log, never in the response.
+    InternalError = ("internal_error", 500),
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code; see `proto-docs/errors.md`.
+    pub code: ErrorCode,
+    /// Human-readable explanation; may change between releases.
+    pub message: String,
+    /// Structured context, e.g. `{"field": "name"}`; `null` when there is none.
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_equals_as_str_and_codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));
+            assert!(seen.insert(code.as_str()), "duplicate code {}", code.as_str());
+            assert!(!code.description().is_empty());
+            assert!((400..600).contains(&code.http_status()));
+        }
+    }
+}
