@@ -1,0 +1,8 @@
+//! Property and soak tests of the public API, in one test binary.
+//!
+//! Golden examples from the protocol reference live next to the code as unit tests.
+
+mod no_panic;
+mod roundtrip;
+mod soak;
+mod strategies;
