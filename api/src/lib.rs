@@ -1,0 +1,175 @@
+//! The management REST API: headless, JSON under `/api/v1`, documented by OpenAPI generated
+//! from the routes themselves, for third-party frontends and CI scripts.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod upload;
+
+use std::net::TcpListener;
+
+use actix_cors::Cors;
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use ota_domain::Domain;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::{AppExt, scope};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use auth::JwtKeys;
+
+/// What the API needs besides the domain.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Origins allowed to call the API from a browser; `*` allows any; empty allows none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Largest JSON body accepted, in bytes.
+    pub max_json_bytes: usize,
+    /// Worker threads (0 = one per core).
+    pub workers: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { cors_allowed_origins: Vec::new(), max_json_bytes: 64 * 1024, workers: 0 }
+    }
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub domain: Domain,
+    pub jwt: JwtKeys,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "GAgent OTA server management API",
+        description = "Self-hosted firmware rollout for Gizwits GAgent devices. Errors are \
+            `{\"code\", \"message\", \"details\"}` with the stable codes of proto-docs/errors.md.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ota_wire::ErrorBody, ota_wire::ErrorCode)),
+    tags(
+        (name = "auth", description = "Log in and manage your own credentials"),
+        (name = "users", description = "Users of your tenant (admins)"),
+        (name = "tokens", description = "API tokens for scripts"),
+        (name = "products", description = "Products"),
+        (name = "firmware", description = "The firmware registry"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A login JWT from /api/v1/auth/login, or an API token (`ota_…`)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Registers every route on a utoipa-aware app and returns the app and the OpenAPI document
+/// collected from those same registrations, so the document cannot drift from what is mounted.
+macro_rules! app_with_routes {
+    ($app:expr) => {{
+        use routes::*;
+        $app.into_utoipa_app()
+            .openapi(ApiDoc::openapi())
+            .service(health::healthz)
+            .service(health::readyz)
+            .service(
+                scope::scope("/api/v1")
+                    .service(account::login)
+                    .service(account::whoami)
+                    .service(account::change_password)
+                    .service(account::create_user)
+                    .service(account::list_users)
+                    .service(account::update_user)
+                    .service(account::create_token)
+                    .service(account::list_tokens)
+                    .service(account::revoke_token)
+                    .service(products::create_product)
+                    .service(products::list_products)
+                    .service(products::get_product)
+                    .service(products::update_product)
+                    .service(products::delete_product)
+                    .service(firmware::create_firmware)
+                    .service(firmware::list_firmware)
+                    .service(firmware::get_firmware)
+                    .service(firmware::update_firmware)
+                    .service(firmware::replace_firmware_file)
+                    .service(firmware::delete_firmware)
+                    .service(firmware::download_firmware),
+            )
+            .split_for_parts()
+    }};
+}
+
+/// The OpenAPI document the server serves at `/api-docs/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_app, api) = app_with_routes!(App::new());
+    api
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let base = Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::IF_NONE_MATCH,
+        ])
+        .expose_headers([
+            actix_web::http::header::ETAG,
+            actix_web::http::header::CONTENT_DISPOSITION,
+            actix_web::http::header::RETRY_AFTER,
+        ])
+        .max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        return base.allow_any_origin();
+    }
+    origins.iter().fold(base, |cors, origin| cors.allowed_origin(origin))
+}
+
+/// Starts the API on an already bound listener (bind port 0 in tests and read it back).
+pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiSettings) -> std::io::Result<Server> {
+    let state = web::Data::new(AppState { domain, jwt });
+    let settings_for_app = settings.clone();
+    let mut server = HttpServer::new(move || {
+        let (app, api) = app_with_routes!(
+            App::new()
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default().limit(settings_for_app.max_json_bytes).error_handler(error::json_error)
+                )
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .wrap(cors(&settings_for_app.cors_allowed_origins))
+                .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("ota_api::access"))
+        );
+        app.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", api))
+            .route(
+                "/docs",
+                web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }),
+            )
+            .default_service(web::to(error::route_not_found))
+    })
+    .listen(listener)?;
+    if settings.workers > 0 {
+        server = server.workers(settings.workers);
+    }
+    Ok(server.disable_signals().run())
+}

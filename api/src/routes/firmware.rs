@@ -1,0 +1,164 @@
+//! The firmware registry.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
+use ota_wire::ErrorBody;
+use ota_wire::dto::*;
+
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::{AppState, upload};
+
+/// Upload firmware (multipart form).
+///
+/// V1V3 is wifi only and gets the product's next `fid`; V4 needs the hw/sw of the devices to
+/// upgrade and gets its series' next `fid`; V4.1 needs the hw/sw of the image and may not
+/// repeat a type+hw+sw of the product. Omitted versions are read from an official
+/// `GAgent_<hw8>_<sw8>_<YYMMDDHH>.bin` file name.
+#[utoipa::path(
+    tag = "firmware",
+    params(("product_key" = String, Path)),
+    request_body(content = FirmwareUploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = FirmwareView),
+        (status = 400, description = "a field breaks its rule; `details.field` names it", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`firmware_version_exists`", body = ErrorBody),
+        (status = 413, description = "`firmware_too_large`", body = ErrorBody),
+        (status = 415, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/products/{product_key}/firmware")]
+pub async fn create_firmware(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Scope::Write)?;
+    let form = upload::read_form(&st, &req, payload).await?;
+    let firmware = st.domain.create_firmware(&who, &key, form).await?;
+    Ok(HttpResponse::Created().json(firmware))
+}
+
+/// List a product's firmware, newest first.
+#[utoipa::path(
+    tag = "firmware",
+    params(("product_key" = String, Path), FirmwareListQuery),
+    responses((status = 200, body = Page<FirmwareView>), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/products/{product_key}/firmware")]
+pub async fn list_firmware(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+    q: web::Query<FirmwareListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.list_firmware(&who, &key, q.into_inner()).await?))
+}
+
+/// Get one firmware.
+#[utoipa::path(
+    tag = "firmware",
+    params(("id" = i64, Path)),
+    responses((status = 200, body = FirmwareView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/firmware/{id}")]
+pub async fn get_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.get_firmware(&who, id.into_inner()).await?))
+}
+
+/// Edit name and versions of unverified firmware.
+#[utoipa::path(
+    tag = "firmware",
+    params(("id" = i64, Path)),
+    request_body = UpdateFirmwareRequest,
+    responses((status = 200, body = FirmwareView), (status = 404, body = ErrorBody), (status = 409, description = "`firmware_locked` or `firmware_version_exists`", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[patch("/firmware/{id}")]
+pub async fn update_firmware(
+    st: web::Data<AppState>,
+    who: Auth,
+    id: web::Path<i64>,
+    body: web::Json<UpdateFirmwareRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let view = st.domain.update_firmware(&who, id.into_inner(), b.name, b.hard_version, b.soft_version).await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// Replace the file of unverified firmware (multipart form with one `file`).
+#[utoipa::path(
+    tag = "firmware",
+    params(("id" = i64, Path)),
+    request_body(content = FirmwareFileForm, content_type = "multipart/form-data"),
+    responses((status = 200, body = FirmwareView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[put("/firmware/{id}/file")]
+pub async fn replace_firmware_file(
+    st: web::Data<AppState>,
+    who: Auth,
+    id: web::Path<i64>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Scope::Write)?;
+    let file = upload::read_file_only(&st, &req, payload).await?;
+    Ok(HttpResponse::Ok().json(st.domain.replace_firmware_file(&who, id.into_inner(), file).await?))
+}
+
+/// Delete firmware; refused while a rule of it is pushing.
+#[utoipa::path(
+    tag = "firmware",
+    params(("id" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "`firmware_in_use`", body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[delete("/firmware/{id}")]
+pub async fn delete_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+    st.domain.delete_firmware(&who, id.into_inner()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Download the exact bytes uploaded, with `ETag` (the SHA-256) and the file name.
+#[utoipa::path(
+    tag = "firmware",
+    params(("id" = i64, Path)),
+    responses(
+        (status = 200, description = "the file (application/octet-stream)"),
+        (status = 304, description = "`If-None-Match` matched the ETag"),
+        (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[get("/firmware/{id}/file")]
+pub async fn download_firmware(
+    st: web::Data<AppState>,
+    who: Auth,
+    id: web::Path<i64>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (record, stream) = st.domain.open_firmware_file(&who, id.into_inner()).await?;
+    let etag = format!("\"{}\"", record.sha256);
+    let unchanged = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if unchanged {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header((header::ETAG, etag))
+        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", record.file_name)))
+        .insert_header(("X-Firmware-MD5", record.md5.clone()))
+        .no_chunking(record.size as u64)
+        .streaming(stream))
+}

@@ -1,0 +1,4 @@
+pub mod account;
+pub mod firmware;
+pub mod health;
+pub mod products;

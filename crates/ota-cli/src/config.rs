@@ -1,0 +1,112 @@
+//! Configuration: defaults → file (`--config`, `OTA_CONFIG`, or `./ota.toml` when present) →
+//! environment (`OTA_<KEY>`, e.g. `OTA_DATABASE_URL`). See `ota.example.toml`.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the SQLite database, firmware files and the generated JWT secret live.
+    pub data_dir: PathBuf,
+    /// `sqlite:<path>`, a plain path, or `postgres://…`; default `sqlite:<data_dir>/ota.db`.
+    pub database_url: Option<String>,
+    /// Connections in the database pool.
+    pub database_max_connections: u32,
+    /// Address of the management API.
+    pub api_bind: String,
+    /// API worker threads (0 = one per core).
+    pub api_workers: usize,
+    /// Secret that signs login sessions; generated into `<data_dir>/jwt-secret` when absent.
+    pub jwt_secret: Option<String>,
+    /// How long a login session lasts.
+    pub session_ttl_minutes: i64,
+    /// Largest firmware file accepted.
+    pub max_firmware_bytes: u64,
+    /// Largest JSON request body accepted.
+    pub max_json_bytes: usize,
+    /// Comma-separated origins allowed to call the API from browsers (`*` for any).
+    pub cors_allowed_origins: String,
+    /// First admin, created only when no user exists yet.
+    pub admin_user: Option<String>,
+    pub admin_password: Option<String>,
+    /// The tenant the first admin is created in.
+    pub admin_tenant: String,
+    /// `text` or `json` logs.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_max_connections: 10,
+            api_bind: "0.0.0.0:8080".into(),
+            api_workers: 0,
+            jwt_secret: None,
+            session_ttl_minutes: 12 * 60,
+            max_firmware_bytes: 8 * 1024 * 1024,
+            max_json_bytes: 64 * 1024,
+            cors_allowed_origins: String::new(),
+            admin_user: None,
+            admin_password: None,
+            admin_tenant: "default".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    anyhow::bail!("configuration file {} does not exist", path.display());
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None if Path::new("ota.toml").is_file() => figment = figment.merge(Toml::file("ota.toml")),
+            None => {}
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("OTA_").ignore(&["CONFIG", "TEST_DATABASE", "TEST_PG_URL"]))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("ota.db").display()))
+    }
+
+    pub fn cors_origins(&self) -> Vec<String> {
+        self.cors_allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("custom.toml", "api_bind = \"127.0.0.1:9000\"\nmax_firmware_bytes = 1024\n")?;
+            jail.set_env("OTA_MAX_FIRMWARE_BYTES", "2048");
+            jail.set_env("OTA_CORS_ALLOWED_ORIGINS", "https://a.example, https://b.example");
+            let c = Config::load(Some(Path::new("custom.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.api_bind, "127.0.0.1:9000");
+            assert_eq!(c.max_firmware_bytes, 2048);
+            assert_eq!(c.cors_origins(), vec!["https://a.example", "https://b.example"]);
+            assert_eq!(c.database_url(), "sqlite:data/ota.db");
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

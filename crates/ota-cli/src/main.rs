@@ -1,0 +1,226 @@
+//! `ota`: run the OTA server and administer it.
+
+mod config;
+
+use std::io::{BufRead, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ota_api::{ApiSettings, JwtKeys};
+use ota_domain::store::FsBlobStore;
+use ota_domain::{Db, Domain, DomainSettings, SystemClock};
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(name = "ota", version, about = "Self-hosted OTA firmware rollout server for Gizwits GAgent devices")]
+struct Cli {
+    /// Configuration file (TOML); default `./ota.toml` when it exists.
+    #[arg(long, global = true, env = "OTA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server on the configured database (SQLite in ./data by default).
+    Up,
+    /// Apply pending database migrations and exit.
+    Migrate {
+        /// Revert every migration instead (destroys all data).
+        #[arg(long)]
+        revert_all: bool,
+    },
+    /// Administer users.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Print the OpenAPI document of the management API.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a tenant admin (and the tenant, if new).
+    Create {
+        #[arg(long)]
+        username: String,
+        /// The password; prefer --password-stdin so it stays out of the shell history.
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let outcome = Config::load(cli.config.as_deref()).and_then(|config| {
+        init_logging(&config);
+        actix_rt::System::new().block_on(run(cli.command, config))
+    });
+    if let Err(e) = outcome {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&ota_api::openapi())?);
+            Ok(())
+        }
+        Command::Migrate { revert_all } => {
+            let db = open_db(&config)?;
+            let names = if revert_all { db.revert_all()? } else { db.migrate()? };
+            let verb = if revert_all { "reverted" } else { "applied" };
+            if names.is_empty() {
+                println!("nothing to do: the database is up to date");
+            }
+            for name in names {
+                println!("{verb} {name}");
+            }
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::Create { username, password, password_stdin, tenant } } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+                (None, false) => anyhow::bail!("give --password or --password-stdin"),
+            };
+            let domain = open_domain(&config)?;
+            let created =
+                domain.create_admin(&tenant, &username, &password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("created admin `{}` in tenant `{}`", created.username, created.tenant);
+            Ok(())
+        }
+        Command::Up => up(config).await,
+    }
+}
+
+fn open_db(config: &Config) -> anyhow::Result<Db> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    Ok(Db::connect(&config.database_url(), config.database_max_connections)?)
+}
+
+/// Connects, migrates and builds the domain.
+fn open_domain(config: &Config) -> anyhow::Result<Domain> {
+    let db = open_db(config)?;
+    for name in db.migrate()? {
+        tracing::info!(migration = %name, "applied migration");
+    }
+    let store = FsBlobStore::new(config.data_dir.join("firmware"))
+        .with_context(|| format!("creating the firmware store under {}", config.data_dir.display()))?;
+    let settings =
+        DomainSettings { max_firmware_bytes: config.max_firmware_bytes, staging_dir: config.data_dir.join("staging") };
+    Ok(Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings))
+}
+
+/// The configured JWT secret, or one generated on first start and kept in the data directory.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.jwt_secret {
+        anyhow::ensure!(secret.len() >= 32, "jwt_secret must be at least 32 characters");
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().as_bytes().to_vec());
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(secret.as_bytes())?;
+    Ok(secret.into_bytes())
+}
+
+async fn up(config: Config) -> anyhow::Result<()> {
+    let domain = open_domain(&config)?;
+    let first_login = bootstrap_admin(&domain, &config).await?;
+    let listener = TcpListener::bind(&config.api_bind).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {} for the API ({e}); set `api_bind` in the configuration file or OTA_API_BIND, e.g. OTA_API_BIND=0.0.0.0:8081",
+            config.api_bind
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let jwt = JwtKeys::new(&jwt_secret(&config)?, chrono::Duration::minutes(config.session_ttl_minutes.max(1)));
+    let settings = ApiSettings {
+        cors_allowed_origins: config.cors_origins(),
+        max_json_bytes: config.max_json_bytes,
+        workers: config.api_workers,
+    };
+    let server = ota_api::serve(listener, domain, jwt, settings)?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let base = format!("http://{host}:{}", addr.port());
+    println!("OTA server is up.");
+    println!("  database       {}", ota_domain::db::redact_password(&config.database_url()));
+    println!("  data directory {}", config.data_dir.display());
+    println!("  management API {base}/api/v1   (listening on {addr})");
+    println!("  API docs       {base}/docs   (OpenAPI: {base}/api-docs/openapi.json)");
+    match first_login {
+        Some((user, Some(password))) => {
+            println!("  first admin    `{user}` with generated password: {password}");
+            println!("                 (shown once; change it with POST /api/v1/auth/password)");
+        }
+        Some((user, None)) => println!("  first admin    `{user}` (password from OTA_ADMIN_PASSWORD)"),
+        None => {}
+    }
+    println!("Log in:  curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\");
+    println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
+    println!("Stop with Ctrl-C.");
+    let handle = server.handle();
+    let stop = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("stopping…");
+        handle.stop(true).await;
+    };
+    actix_rt::spawn(stop);
+    server.await?;
+    Ok(())
+}
+
+/// On a database without users, creates the first admin: from configuration
+/// (`OTA_ADMIN_USER` / `OTA_ADMIN_PASSWORD`) or with a generated password printed once.
+async fn bootstrap_admin(domain: &Domain, config: &Config) -> anyhow::Result<Option<(String, Option<String>)>> {
+    if !domain.has_no_users().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        return Ok(None);
+    }
+    let user = config.admin_user.clone().unwrap_or_else(|| "admin".into());
+    let (password, shown) = match &config.admin_password {
+        Some(p) => (p.clone(), None),
+        None => {
+            let generated = hex::encode(rand::random::<[u8; 9]>());
+            (generated.clone(), Some(generated))
+        }
+    };
+    domain
+        .create_admin(&config.admin_tenant, &user, &password)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
+    Ok(Some((user, shown)))
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the API over real HTTP on port 0, on the backend `OTA_TEST_DATABASE`
+//! selects (SQLite by default, PostgreSQL in CI's second pass).
+
+mod support;
+
+mod auth;
+mod contracts;
+mod firmware;
+mod migrations;
+mod products;
+mod tenancy;

@@ -1,0 +1,1 @@
+//! End-to-end tests of the OTA server live in `it/` (one test binary, `cargo test -p ota-e2e`).
