@@ -14,6 +14,7 @@ pub mod paging;
 pub mod products;
 pub mod schema;
 pub mod store;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -200,6 +200,25 @@ fn version_exists(fw_type: FirmwareType, hw: Option<&str>, sw: Option<&str>) -> 
     )
 }
 
+type FileColumns = (
+    diesel::dsl::Eq<firmware::file_name, String>,
+    diesel::dsl::Eq<firmware::size, i64>,
+    diesel::dsl::Eq<firmware::md5, String>,
+    diesel::dsl::Eq<firmware::sha256, String>,
+    diesel::dsl::Eq<firmware::crc32, i64>,
+);
+
+/// The columns that describe a stored file, for inserts and for file replacement alike.
+fn file_columns(file: &StagedFile) -> FileColumns {
+    (
+        firmware::file_name.eq(file.file_name.clone()),
+        firmware::size.eq(file.size as i64),
+        firmware::md5.eq(file.md5.clone()),
+        firmware::sha256.eq(file.sha256.clone()),
+        firmware::crc32.eq(i64::from(file.crc32)),
+    )
+}
+
 /// How often a fid assignment that lost a race on PostgreSQL is tried again.
 const FID_ATTEMPTS: usize = 8;
 
@@ -251,13 +270,7 @@ impl Domain {
             let product_id = product.id;
             let (name, hw, sw) = (valid.name.clone(), valid.hard_version.clone(), valid.soft_version.clone());
             let (fw_type, method) = (valid.fw_type, valid.method);
-            let (file_name, size, md5, sha256, crc32) = (
-                file.file_name.clone(),
-                file.size as i64,
-                file.md5.clone(),
-                file.sha256.clone(),
-                i64::from(file.crc32),
-            );
+            let columns = file_columns(&file);
             let result = self
                 .db
                 .write(move |c| {
@@ -272,11 +285,7 @@ impl Domain {
                             firmware::hard_version.eq(hw),
                             firmware::soft_version.eq(sw),
                             firmware::fid.eq(fid),
-                            firmware::file_name.eq(file_name),
-                            firmware::size.eq(size),
-                            firmware::md5.eq(md5),
-                            firmware::sha256.eq(sha256),
-                            firmware::crc32.eq(crc32),
+                            columns,
                             firmware::verified.eq(false),
                             firmware::created_at.eq(now),
                             firmware::updated_at.eq(now),
@@ -459,8 +468,7 @@ impl Domain {
         let _blobs = self.blob_lock.lock().await;
         self.store.put(&file).await?;
         let now = self.clock.now_ms();
-        let (file_name, size, md5, sha256, crc32) =
-            (file.file_name.clone(), file.size as i64, file.md5.clone(), file.sha256.clone(), i64::from(file.crc32));
+        let columns = file_columns(&file);
         let result = self
             .db
             .write(move |c| {
@@ -468,16 +476,7 @@ impl Domain {
                 if current.verified {
                     return Err(locked());
                 }
-                diesel::update(firmware::table.find(id))
-                    .set((
-                        firmware::file_name.eq(file_name),
-                        firmware::size.eq(size),
-                        firmware::md5.eq(md5),
-                        firmware::sha256.eq(sha256),
-                        firmware::crc32.eq(crc32),
-                        firmware::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
+                diesel::update(firmware::table.find(id)).set((columns, firmware::updated_at.eq(now))).execute(c)?;
                 let (record, _) = find_firmware(c, tenant_id, id)?;
                 Ok((record, pk, current.sha256))
             })
