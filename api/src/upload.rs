@@ -29,6 +29,10 @@ fn too_large(limit: u64) -> ApiError {
     ))
 }
 
+fn malformed(e: actix_multipart::MultipartError) -> ApiError {
+    bad_form(format!("malformed multipart body: {e}"))
+}
+
 fn bad_form(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMultipart, message)
 }
@@ -55,7 +59,7 @@ pub async fn read_form(st: &AppState, req: &HttpRequest, payload: web::Payload) 
     let mut upload = FirmwareUpload::default();
     let mut total: u64 = 0;
     while let Some(item) = form.next().await {
-        let mut field = item.map_err(|e| bad_form(format!("malformed multipart body: {e}")))?;
+        let mut field = item.map_err(malformed)?;
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" {
             if upload.file.is_some() {
@@ -67,7 +71,7 @@ pub async fn read_form(st: &AppState, req: &HttpRequest, payload: web::Payload) 
         }
         let mut text = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| bad_form(format!("malformed multipart body: {e}")))?;
+            let chunk = chunk.map_err(malformed)?;
             total += chunk.len() as u64;
             if total > limit + FORM_OVERHEAD {
                 return Err(too_large(limit));
@@ -111,7 +115,7 @@ async fn stage(
         .await
         .map_err(|e| ApiError(e.into()))?;
     while let Some(chunk) = field.next().await {
-        let chunk = chunk.map_err(|e| bad_form(format!("malformed multipart body: {e}")))?;
+        let chunk = chunk.map_err(malformed)?;
         *total += chunk.len() as u64;
         writer.write(&chunk).await.map_err(|e| match e {
             StageError::TooLarge { limit } => too_large(limit),

@@ -37,6 +37,7 @@ pub async fn create_firmware(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // The domain checks this too; checking first spares staging the body of a read-only caller.
     who.require(Scope::Write)?;
     let form = upload::read_form(&st, &req, payload).await?;
     let firmware = st.domain.create_firmware(&who, &key, form).await?;
@@ -108,6 +109,7 @@ pub async fn replace_firmware_file(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // The domain checks this too; checking first spares staging the body of a read-only caller.
     who.require(Scope::Write)?;
     let file = upload::read_file_only(&st, &req, payload).await?;
     Ok(HttpResponse::Ok().json(st.domain.replace_firmware_file(&who, id.into_inner(), file).await?))

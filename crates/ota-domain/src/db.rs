@@ -220,21 +220,10 @@ pub fn last_insert_id(conn: &mut DbConn) -> Result<i64> {
 }
 
 fn get(pool: &Pool<Manager>) -> Result<PooledConnection<Manager>> {
-    pool.get().map_err(|e| {
-        DomainError::Expected {
-            code: ota_wire::ErrorCode::DatabaseUnavailable,
-            message: "the database is unavailable".into(),
-            details: None,
-        }
-        .log_cause(&e)
-    })
-}
-
-impl DomainError {
-    fn log_cause(self, cause: &dyn std::fmt::Display) -> Self {
+    pool.get().map_err(|cause| {
         tracing::error!(%cause, "database connection failed");
-        self
-    }
+        DomainError::new(ota_wire::ErrorCode::DatabaseUnavailable, "the database is unavailable")
+    })
 }
 
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {

@@ -404,7 +404,9 @@ impl Domain {
         }
         let tenant_id = who.tenant_id;
         let now = self.clock.now_ms();
-        for attempt in 1..=FID_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let (name, hw_new, sw_new) = (name.clone(), hard_version.clone(), soft_version.clone());
             let result = self
                 .db
@@ -430,30 +432,23 @@ impl Domain {
                             firmware::fid.eq(fid),
                             firmware::updated_at.eq(now),
                         ))
-                        .execute(c)?;
+                        .execute(c)
+                        .map_err(|e| match DomainError::from(e) {
+                            DomainError::UniqueViolation if method == PushMethod::V41 => {
+                                version_exists(current.fw_type(), hw.as_deref(), sw.as_deref())
+                            }
+                            other => other,
+                        })?;
                     let (record, _) = find_firmware(c, tenant_id, id)?;
                     Ok((record, pk))
                 })
                 .await;
             match result {
-                Ok((record, pk)) => return Ok(record.view(&pk)),
-                Err(DomainError::UniqueViolation) => {
-                    let (current, _) = self.db.run(move |c| find_firmware(c, tenant_id, id)).await?;
-                    if current.push_method() == PushMethod::V41 {
-                        return Err(version_exists(
-                            current.fw_type(),
-                            hard_version.as_deref().or(current.hard_version.as_deref()),
-                            soft_version.as_deref().or(current.soft_version.as_deref()),
-                        ));
-                    }
-                    if attempt == FID_ATTEMPTS {
-                        return Err(DomainError::Internal(anyhow::anyhow!("fid assignment kept colliding")));
-                    }
-                }
-                Err(e) => return Err(e),
+                // A racing upload took the same next fid of the new series; take the one after.
+                Err(DomainError::UniqueViolation) if attempt < FID_ATTEMPTS => continue,
+                other => return other.map(|(record, pk)| record.view(&pk)),
             }
         }
-        Err(DomainError::Internal(anyhow::anyhow!("fid assignment kept colliding")))
     }
 
     /// Replaces the file of unverified firmware; the old file goes when nothing references it.
