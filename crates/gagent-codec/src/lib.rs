@@ -55,6 +55,7 @@
 
 pub mod error;
 pub mod legacy;
+pub mod mqtt;
 pub mod mqtt_publish;
 mod reader;
 pub mod serial;

@@ -1,0 +1,1 @@
+//! A faithful GAgent device simulator (placeholder until written).

@@ -1,0 +1,1 @@
+//! Message bus behind the MQTT edge (placeholder).

@@ -1,0 +1,1 @@
+//! Lenient HTTP/1.1 for GAgent (placeholder).
