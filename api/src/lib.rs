@@ -59,6 +59,8 @@ pub struct AppState {
         (name = "tokens", description = "API tokens for scripts"),
         (name = "products", description = "Products"),
         (name = "firmware", description = "The firmware registry"),
+        (name = "verification", description = "Verify firmware on one test device before any fleet push"),
+        (name = "devices", description = "The device registry"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -112,7 +114,17 @@ macro_rules! app_with_routes {
                     .service(firmware::update_firmware)
                     .service(firmware::replace_firmware_file)
                     .service(firmware::delete_firmware)
-                    .service(firmware::download_firmware),
+                    .service(firmware::download_firmware)
+                    .service(verification::start_verification)
+                    .service(verification::get_verification)
+                    .service(verification::confirm_verification)
+                    .service(verification::cancel_verification)
+                    .service(devices::list_devices)
+                    .service(devices::version_distribution)
+                    .service(devices::import_devices)
+                    .service(devices::get_device)
+                    .service(devices::update_device)
+                    .service(devices::delete_device),
             )
             .split_for_parts()
     }};

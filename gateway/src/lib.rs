@@ -1,4 +1,119 @@
-//! The device gateway: the HTTP calls GAgent makes and the MQTT edge devices log in to.
+//! The device gateway: the HTTP calls GAgent makes ([`device_http`]) and the MQTT edge devices
+//! log in to ([`edge`]), with the broker behind the edge ([`bus`]) carrying pushes between
+//! gateways, so a push decided anywhere reaches a device connected anywhere.
 
 pub mod bus;
+pub mod device_http;
+pub mod edge;
 pub mod http;
+pub mod notifier;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ota_domain::Domain;
+use ota_domain::devices::PresenceWriter;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use bus::{Bus, BusConfig};
+pub use device_http::DeviceEndpoints;
+pub use edge::{Edge, EdgeSettings, EdgeStats};
+
+/// Topics every gateway takes from the broker: pushes and app messages for its devices.
+pub const GATEWAY_SUBSCRIPTIONS: &[&str] = &["ser2cli_res/+", "ser2cli_noti/+", "app2dev/#"];
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Device HTTP listener (GAgent always calls port 80; see the README).
+    pub http_bind: SocketAddr,
+    /// MQTT edge listener.
+    pub mqtt_bind: SocketAddr,
+    /// Host name in download URLs (devices fetch them from port 80 of that host).
+    pub public_host: String,
+    /// MQTT host handed out by provision.
+    pub mqtt_public_host: String,
+    /// MQTT port handed out by provision; `None` = the port the edge listens on.
+    pub mqtt_public_port: Option<u16>,
+    pub bus: BusConfig,
+    pub edge: EdgeSettings,
+    pub http: http::ServerSettings,
+}
+
+/// Startup failures, each naming the setting to change.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} ({setting}): {cause}")]
+    Bind { setting: &'static str, addr: SocketAddr, cause: std::io::Error },
+    #[error("the message broker is not usable (bus settings): {0}")]
+    Bus(#[from] bus::BusError),
+}
+
+/// A running gateway. Dropping it stops its tasks.
+pub struct Gateway {
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub bus: Bus,
+    pub edge: Arc<Edge>,
+    pub http_stats: Arc<http::ServerStats>,
+    pub presence: PresenceWriter,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr).await.map_err(|cause| GatewayError::Bind { setting, addr, cause })
+}
+
+impl Gateway {
+    /// Binds both listeners, connects the broker, and attaches itself to the domain as the
+    /// way pushes reach devices.
+    pub async fn start(domain: Domain, settings: GatewaySettings) -> Result<Gateway, GatewayError> {
+        let http_listener = bind("device_http_bind", settings.http_bind).await?;
+        let mqtt_listener = bind("device_mqtt_bind", settings.mqtt_bind).await?;
+        let http_addr = http_listener.local_addr().map_err(|cause| GatewayError::Bind {
+            setting: "device_http_bind",
+            addr: settings.http_bind,
+            cause,
+        })?;
+        let mqtt_addr = mqtt_listener.local_addr().map_err(|cause| GatewayError::Bind {
+            setting: "device_mqtt_bind",
+            addr: settings.mqtt_bind,
+            cause,
+        })?;
+        let (bus, mut inbound) = Bus::start(settings.bus.clone(), GATEWAY_SUBSCRIPTIONS).await?;
+        let presence = PresenceWriter::start(domain.clone());
+        let edge = Edge::new(domain.clone(), bus.clone(), presence.clone(), settings.edge.clone());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(edge.clone().serve(mqtt_listener)));
+        let pump_edge = edge.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(message) = inbound.recv().await {
+                pump_edge.deliver(&message.topic, &message.payload);
+            }
+        }));
+        let endpoints = DeviceEndpoints {
+            public_host: settings.public_host.clone(),
+            mqtt_host: settings.mqtt_public_host.clone(),
+            mqtt_port: settings.mqtt_public_port.unwrap_or(mqtt_addr.port()),
+        };
+        let handler = device_http::DeviceHttp::new(domain.clone(), endpoints);
+        let http_stats = settings.http.stats.clone();
+        let http_settings = settings.http.clone();
+        tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
+        domain.attach_notifier(Arc::new(notifier::BusNotifier { bus: bus.clone(), public_host: settings.public_host }));
+        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, tasks })
+    }
+
+    /// Stops accepting and drops every connection (a gateway dying, for tests).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

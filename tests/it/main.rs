@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod contracts;
+mod device_plane;
 mod firmware;
 mod migrations;
 mod products;

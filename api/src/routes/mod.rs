@@ -1,4 +1,6 @@
 pub mod account;
+pub mod devices;
 pub mod firmware;
 pub mod health;
 pub mod products;
+pub mod verification;

@@ -129,4 +129,105 @@ pub enum CodecError {
         /// Largest value accepted.
         max: usize,
     },
+
+    /// MQTT: the packet type nibble of the first byte is 0 or 15, reserved in 3.1 and 3.1.1.
+    #[error("unknown MQTT packet type in first byte {first_byte:#04x}")]
+    UnknownPacketType {
+        /// The first byte of the fixed header.
+        first_byte: u8,
+    },
+
+    /// MQTT: bits that the spec fixes (fixed-header flags, the reserved CONNECT flag, the
+    /// CONNACK acknowledge flags, will bits without a will) hold another value.
+    #[error("MQTT {packet}: {field} {value:#04x} has reserved or inconsistent bits set")]
+    ReservedBits {
+        /// The packet type, e.g. `"SUBSCRIBE"`.
+        packet: &'static str,
+        /// Which byte: `"fixed header flags"`, `"connect flags"`, `"connack flags"`.
+        field: &'static str,
+        /// The byte as received (or as it would have been encoded).
+        value: u8,
+    },
+
+    /// MQTT: the whole packet (fixed header + remaining length) is larger than the caller's
+    /// limit. Raised as soon as the fixed header is readable, before the body arrives.
+    #[error("MQTT packet of {size} bytes exceeds the limit of {max}")]
+    PacketTooLarge {
+        /// Size of the whole packet as declared by its fixed header.
+        size: usize,
+        /// The limit passed to the decoder.
+        max: usize,
+    },
+
+    /// MQTT CONNECT with a protocol name / level other than `MQIsdp`/3 or `MQTT`/4. A server
+    /// answers CONNACK return code 1 (unacceptable protocol version) and closes.
+    #[error("unsupported MQTT protocol {name:?} level {level}")]
+    UnsupportedProtocol {
+        /// The protocol name (lossily decoded if it is not UTF-8).
+        name: String,
+        /// The protocol level byte.
+        level: u8,
+    },
+
+    /// MQTT: a QoS value of 3 (PUBLISH, will) or a SUBSCRIBE requested-QoS byte above 2.
+    #[error("MQTT {packet}: invalid QoS {qos}")]
+    InvalidQos {
+        /// The packet type.
+        packet: &'static str,
+        /// The value found.
+        qos: u8,
+    },
+
+    /// MQTT: a topic name (PUBLISH, will) that is empty or contains the wildcards `+` / `#`,
+    /// or an empty topic filter.
+    #[error("invalid MQTT topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic or topic filter.
+        topic: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// MQTT: a packet identifier of 0, which 3.1 reserves as invalid and 3.1.1 forbids.
+    #[error("MQTT {packet}: packet identifier 0")]
+    PacketIdZero {
+        /// The packet type.
+        packet: &'static str,
+    },
+
+    /// MQTT PUBLISH to encode whose packet id does not match its QoS: an id is required
+    /// exactly when QoS > 0.
+    #[error("MQTT PUBLISH with QoS {qos} and packet id {pkid:?}: an id is required exactly when QoS > 0")]
+    PublishPacketId {
+        /// The QoS of the PUBLISH.
+        qos: u8,
+        /// Its packet id.
+        pkid: Option<u16>,
+    },
+
+    /// MQTT SUBSCRIBE / UNSUBSCRIBE without a topic filter, or SUBACK without a return code.
+    #[error("MQTT {packet} must carry at least one entry")]
+    EmptyList {
+        /// The packet type.
+        packet: &'static str,
+    },
+
+    /// MQTT: a CONNACK return code above 5, or a SUBACK return code other than 0, 1, 2, 0x80.
+    #[error("MQTT {packet}: invalid return code {code:#04x}")]
+    InvalidReturnCode {
+        /// The packet type.
+        packet: &'static str,
+        /// The code found.
+        code: u8,
+    },
+
+    /// MQTT: the remaining length covers bytes after the last field of a packet with a closed
+    /// layout (PINGREQ with remaining length 2, PUBACK with 3, bytes after a CONNECT password…).
+    #[error("MQTT {packet}: {extra} unexpected bytes after the last field")]
+    TrailingPacketBytes {
+        /// The packet type.
+        packet: &'static str,
+        /// How many bytes were left over.
+        extra: usize,
+    },
 }

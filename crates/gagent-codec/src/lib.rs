@@ -8,6 +8,7 @@
 //! | [`varlen`] | MQTT-style variable length integers (the Gizwits `len`, MQTT remaining length) | §2.1 |
 //! | [`standard`] | the standard frame of `app2dev` / `dev2app`: header, len, flag, cmd, sn for 0x0093/0x0094, P0 | §2.1, §2.3 |
 //! | [`legacy`] | the legacy service frame of `ser2cli_res` / `cli2ser_req` (no len, no flag) and its typed commands 0x0205–0x0211 | §2.2, §2.3, §2.4, §3.1, §3.2, gaps G3, G4 |
+//! | [`mqtt`] | MQTT 3.1 / 3.1.1 packets (CONNECT … DISCONNECT), encoding and a streaming decoder with a size limit | §1.7, §2.4, §8 |
 //! | [`mqtt_publish`] | a whole MQTT 3.1 PUBLISH, QoS 0, for golden tests and device simulators | §1.7, §2.4 |
 //! | [`serial`] | the GAgent ↔ MCU serial frame with byte stuffing, a streaming decoder, and the 0x19 / 0x1B / 0x1D OTA payloads | §3.5.1, §3.5.2, §2.5 |
 //!
@@ -64,6 +65,7 @@ pub mod varlen;
 
 pub use error::CodecError;
 pub use legacy::ServiceMessage;
+pub use mqtt::Packet as MqttPacket;
 pub use mqtt_publish::publish_qos0;
 pub use serial::{SerialDecoder, SerialFrame};
 pub use standard::StandardFrame;

@@ -132,8 +132,7 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     }
     let store = FsBlobStore::new(config.data_dir.join("firmware"))
         .with_context(|| format!("creating the firmware store under {}", config.data_dir.display()))?;
-    let settings =
-        DomainSettings { max_firmware_bytes: config.max_firmware_bytes, staging_dir: config.data_dir.join("staging") };
+    let settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
     Ok(Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings))
 }
 

@@ -8,13 +8,17 @@
 pub mod auth;
 pub mod clock;
 pub mod db;
+pub mod devices;
 pub mod error;
 pub mod firmware;
+pub mod notify;
 pub mod paging;
 pub mod products;
 pub mod schema;
 pub mod store;
 pub mod upgrade;
+pub mod upgrades;
+pub mod verification;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ pub use clock::{Clock, FakeClock, SystemClock};
 pub use db::{Backend, Db, DbSetupError};
 pub use error::{DomainError, Result};
 pub use paging::PageRequest;
+pub use upgrade::SeriesRules;
 
 use store::BlobStore;
 
@@ -34,7 +39,26 @@ pub struct DomainSettings {
     pub max_firmware_bytes: u64,
     /// Where uploads are staged before they are stored (same file system as the store is best).
     pub staging_dir: PathBuf,
+    /// How long a verification waits for the device to report the new version.
+    pub verification_timeout_ms: i64,
+    /// Series matching, including the 0400/0401 → 0402 Wi-Fi exception.
+    pub series_rules: SeriesRules,
 }
+
+impl DomainSettings {
+    /// The defaults for everything but the two limits callers always choose.
+    pub fn new(max_firmware_bytes: u64, staging_dir: PathBuf) -> DomainSettings {
+        DomainSettings {
+            max_firmware_bytes,
+            staging_dir,
+            verification_timeout_ms: DEFAULT_VERIFICATION_TIMEOUT_MS,
+            series_rules: SeriesRules::default(),
+        }
+    }
+}
+
+/// Ten minutes, the hosted console's countdown.
+pub const DEFAULT_VERIFICATION_TIMEOUT_MS: i64 = 10 * 60 * 1000;
 
 /// The service layer. Cheap to clone; share one per process.
 #[derive(Clone)]
@@ -44,6 +68,8 @@ pub struct Domain {
     pub store: Arc<dyn BlobStore>,
     pub settings: Arc<DomainSettings>,
     pub login_throttle: Arc<LoginThrottle>,
+    /// The gateway that pushes to devices, once one is attached.
+    pub notifier: notify::NotifierSlot,
     /// Serialises "store a file + insert its row" against "delete a row + collect its file",
     /// so a file is never collected between an upload's store and its insert.
     blob_lock: Arc<tokio::sync::Mutex<()>>,
@@ -57,7 +83,13 @@ impl Domain {
             store,
             settings: Arc::new(settings),
             login_throttle: Arc::new(LoginThrottle::default()),
+            notifier: notify::NotifierSlot::default(),
             blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Lets a gateway take the pushes this domain decides.
+    pub fn attach_notifier(&self, notifier: Arc<dyn notify::DeviceNotifier>) {
+        self.notifier.set(notifier);
     }
 }

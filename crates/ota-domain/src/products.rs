@@ -10,7 +10,7 @@ use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
-use crate::schema::{firmware, products};
+use crate::schema::{devices, firmware, products};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = products)]
@@ -173,10 +173,14 @@ impl Domain {
                 let product = find_product(c, tenant_id, &key)?;
                 let firmware_count: i64 =
                     firmware::table.filter(firmware::product_id.eq(product.id)).count().get_result(c)?;
-                if firmware_count > 0 {
+                let device_count: i64 =
+                    devices::table.filter(devices::product_id.eq(product.id)).count().get_result(c)?;
+                if firmware_count > 0 || device_count > 0 {
                     return Err(DomainError::new(
                         ErrorCode::ProductNotEmpty,
-                        format!("the product still has {firmware_count} firmware; delete them first"),
+                        format!(
+                            "the product still has {firmware_count} firmware and {device_count} devices; delete them first"
+                        ),
                     ));
                 }
                 diesel::delete(products::table.find(product.id)).execute(c)?;

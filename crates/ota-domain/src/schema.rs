@@ -70,9 +70,71 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    devices (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        product_id -> BigInt,
+        did -> Nullable<Text>,
+        mac -> Nullable<Text>,
+        passcode -> Nullable<Text>,
+        registered_via -> Text,
+        push_method -> Nullable<Text>,
+        wifi_hw -> Nullable<Text>,
+        wifi_sw -> Nullable<Text>,
+        mcu_hw -> Nullable<Text>,
+        mcu_sw -> Nullable<Text>,
+        wifi_fid -> Nullable<BigInt>,
+        mcu_fid -> Nullable<BigInt>,
+        legacy_firmware_id -> Nullable<BigInt>,
+        country -> Nullable<Text>,
+        province -> Nullable<Text>,
+        city -> Nullable<Text>,
+        ip -> Nullable<Text>,
+        online -> Bool,
+        gateway_id -> Nullable<Text>,
+        connected_at -> Nullable<BigInt>,
+        disconnected_at -> Nullable<BigInt>,
+        last_seen_at -> Nullable<BigInt>,
+        last_provision_at -> Nullable<BigInt>,
+        metadata -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    upgrades (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        device_id -> BigInt,
+        firmware_id -> BigInt,
+        kind -> Text,
+        active -> Bool,
+        stage -> Text,
+        from_version -> Nullable<Text>,
+        to_version -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        notified_at -> Nullable<BigInt>,
+        checked_at -> Nullable<BigInt>,
+        download_started_at -> Nullable<BigInt>,
+        downloaded_at -> Nullable<BigInt>,
+        rebooted_at -> Nullable<BigInt>,
+        succeeded_at -> Nullable<BigInt>,
+        failed_at -> Nullable<BigInt>,
+        deadline_at -> Nullable<BigInt>,
+        confirmed_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(devices -> products (product_id));
+diesel::joinable!(upgrades -> devices (device_id));
+diesel::joinable!(upgrades -> firmware (firmware_id));
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(products -> tenants (tenant_id));
 diesel::joinable!(firmware -> products (product_id));
 
-diesel::allow_tables_to_appear_in_same_query!(tenants, users, api_tokens, products, firmware);
+diesel::allow_tables_to_appear_in_same_query!(tenants, users, api_tokens, products, firmware, devices, upgrades);

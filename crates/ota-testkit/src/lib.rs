@@ -119,7 +119,7 @@ impl TestDomain {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let store = FsBlobStore::new(data_dir.path().join("blobs")).expect("blob store");
         let clock = FakeClock::at_epoch_2026();
-        let settings = DomainSettings { max_firmware_bytes, staging_dir: data_dir.path().join("staging") };
+        let settings = DomainSettings::new(max_firmware_bytes, data_dir.path().join("staging"));
         let domain = Domain::new(pool, Arc::new(clock.clone()), Arc::new(store), settings);
         TestDomain { domain, clock, db, data_dir }
     }

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::ErrorCode;
+
 // ---------------------------------------------------------------- auth
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -325,6 +327,279 @@ pub struct Page<T> {
     pub total: i64,
     pub page: u32,
     pub per_page: u32,
+}
+
+// ---------------------------------------------------------------- devices
+
+/// Where a device is, as the console's region targeting sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Region {
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+}
+
+/// How a device record came to exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisteredVia {
+    /// `POST /dev/devices`.
+    Plain,
+    /// `POST /dev/{product_key}/device` (AES).
+    Encrypted,
+    /// A CSV import; no did until the device registers.
+    Import,
+}
+
+impl RegisteredVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegisteredVia::Plain => "plain",
+            RegisteredVia::Encrypted => "encrypted",
+            RegisteredVia::Import => "import",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "plain" => Some(RegisteredVia::Plain),
+            "encrypted" => Some(RegisteredVia::Encrypted),
+            "import" => Some(RegisteredVia::Import),
+            _ => None,
+        }
+    }
+}
+
+/// The 8-character versions a device reported for one target, with the V4 file id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TargetVersions {
+    pub hard_version: Option<String>,
+    pub soft_version: Option<String>,
+    /// V4 only: the `current_fid` the device reported.
+    pub fid: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    /// Null for an imported device that has not registered yet.
+    pub did: Option<String>,
+    pub product_key: String,
+    /// 12 upper-case hex digits.
+    pub mac: Option<String>,
+    /// Detected from what the device calls: `update_and_check` → V4.1, `target_fid` → V4, 0x0205 → V1V3.
+    pub push_method: Option<PushMethod>,
+    pub wifi: TargetVersions,
+    pub mcu: TargetVersions,
+    /// V1V3: the 8-byte firmware id of the last 0x0205, as a number.
+    pub legacy_firmware_id: Option<i64>,
+    pub region: Region,
+    pub ip: Option<String>,
+    pub online: bool,
+    pub connected_at: Option<DateTime<Utc>>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+    /// Last registration, provision, check, login or report.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub registered_via: RegisteredVia,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListQuery {
+    /// Exact MAC (any case, separators allowed) or a prefix of at least 4 hex digits.
+    pub mac: Option<String>,
+    pub did: Option<String>,
+    /// With `soft_version`/`hard_version`: which target's versions to match (default wifi).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub fw_type: Option<FirmwareType>,
+    pub hard_version: Option<String>,
+    pub soft_version: Option<String>,
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    pub online: Option<bool>,
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1–200 (default 50).
+    pub per_page: Option<u32>,
+}
+
+/// Fields an operator may set on a device; absent fields are left alone, `null` clears.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UpdateDeviceRequest {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub country: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub province: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub city: Option<Option<String>>,
+    /// Any JSON object, at most 4 KiB serialised.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Option<serde_json::Value>>,
+}
+
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// One refused line of an import.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportRejection {
+    /// 1-based line number in the file (the header is line 1).
+    pub line: u64,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceImportReport {
+    pub added: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub rejected: Vec<ImportRejection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionCount {
+    #[serde(rename = "type")]
+    pub fw_type: FirmwareType,
+    pub hard_version: String,
+    pub soft_version: String,
+    pub devices: i64,
+    pub online: i64,
+}
+
+// ---------------------------------------------------------------- upgrades and verification
+
+/// Where one device is on its way to one firmware (gap G8 of the protocol reference: the
+/// device reports nothing but versions, so stages are what the server can see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeStage {
+    /// Chosen, push not sent yet.
+    Pending,
+    /// The push (0x0211 / 0x020E / 0x0206) was sent.
+    Notified,
+    /// The device checked and was answered with the image.
+    Checked,
+    /// The device is fetching the image.
+    Downloading,
+    /// The whole image was sent.
+    Downloaded,
+    /// The device reported the target version.
+    Succeeded,
+    /// Something the server could see went wrong; `reason` says what.
+    Failed,
+    /// No success before the deadline.
+    Expired,
+    /// An operator cancelled it.
+    Cancelled,
+}
+
+impl UpgradeStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeStage::Pending => "pending",
+            UpgradeStage::Notified => "notified",
+            UpgradeStage::Checked => "checked",
+            UpgradeStage::Downloading => "downloading",
+            UpgradeStage::Downloaded => "downloaded",
+            UpgradeStage::Succeeded => "succeeded",
+            UpgradeStage::Failed => "failed",
+            UpgradeStage::Expired => "expired",
+            UpgradeStage::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            UpgradeStage::Pending,
+            UpgradeStage::Notified,
+            UpgradeStage::Checked,
+            UpgradeStage::Downloading,
+            UpgradeStage::Downloaded,
+            UpgradeStage::Succeeded,
+            UpgradeStage::Failed,
+            UpgradeStage::Expired,
+            UpgradeStage::Cancelled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Succeeded, failed, expired and cancelled end the record.
+    pub fn is_final(self) -> bool {
+        matches!(self, UpgradeStage::Succeeded | UpgradeStage::Failed | UpgradeStage::Expired | UpgradeStage::Cancelled)
+    }
+}
+
+/// The state of a firmware's verification, as the console shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationState {
+    /// Pushed; waiting for the device to report the new version before the deadline.
+    Pushing,
+    /// The device reported the new version; confirm with `stable: true` to verify.
+    AwaitingConfirmation,
+    /// Confirmed stable: the firmware is verified and locked.
+    Verified,
+    /// Confirmed not stable, or a failure the server saw; may be started again.
+    Failed,
+    /// The deadline passed without the new version; may be started again.
+    Expired,
+    /// Cancelled by an operator; may be started again.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StartVerificationRequest {
+    /// MAC of one online test device of the firmware's product (any case; `:` or `-` allowed).
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConfirmVerificationRequest {
+    /// `true`: the device runs the new firmware fine, mark it verified. `false`: it does not.
+    pub stable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UpgradeTimes {
+    pub notified_at: Option<DateTime<Utc>>,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub download_started_at: Option<DateTime<Utc>>,
+    pub downloaded_at: Option<DateTime<Utc>>,
+    pub succeeded_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VerificationView {
+    pub id: i64,
+    pub firmware_id: i64,
+    pub did: String,
+    pub mac: Option<String>,
+    pub state: VerificationState,
+    pub stage: UpgradeStage,
+    /// The version (V4: `fid N`) the device had when the verification started, and the target.
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    /// Why it failed, expired or was cancelled.
+    pub reason: Option<String>,
+    pub times: UpgradeTimes,
+    pub started_at: DateTime<Utc>,
+    pub deadline_at: DateTime<Utc>,
+    /// Seconds until the deadline while pushing; 0 after it.
+    pub seconds_remaining: i64,
+    pub confirmed_at: Option<DateTime<Utc>>,
 }
 
 // ---------------------------------------------------------------- health

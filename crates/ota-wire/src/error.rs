@@ -93,7 +93,7 @@ error_codes! {
     TokenNotFound = ("token_not_found", 404),
     /// A product with this product_key already exists.
     ProductKeyTaken = ("product_key_taken", 409),
-    /// The product still has firmware; delete it first.
+    /// The product still has firmware or devices; delete them first.
     ProductNotEmpty = ("product_not_empty", 409),
     /// A user with this name already exists.
     UsernameTaken = ("username_taken", 409),
@@ -103,6 +103,28 @@ error_codes! {
     FirmwareLocked = ("firmware_locked", 409),
     /// The firmware is being pushed by a rule and cannot be deleted.
     FirmwareInUse = ("firmware_in_use", 409),
+    /// No device with this did or MAC exists in your tenant (or in the named product).
+    DeviceNotFound = ("device_not_found", 404),
+    /// Another device of the product already has this MAC.
+    DeviceMacTaken = ("device_mac_taken", 409),
+
+    // --- verification ---
+    /// The verification device is not online; it must be connected to receive the push.
+    DeviceOffline = ("device_offline", 409),
+    /// The device cannot take this firmware: another push method, type or series, or not older; `details.reason` says which.
+    DeviceNotEligible = ("device_not_eligible", 409),
+    /// The firmware is already verified.
+    FirmwareAlreadyVerified = ("firmware_already_verified", 409),
+    /// A verification of this firmware is already running; cancel it first.
+    VerificationInProgress = ("verification_in_progress", 409),
+    /// This firmware has no verification (or none in the state the action needs); `details.state` gives the current one.
+    VerificationNotFound = ("verification_not_found", 404),
+    /// The verification device has not reported the new version yet, so it cannot be confirmed.
+    VerificationNotSucceeded = ("verification_not_succeeded", 409),
+
+    // --- imports ---
+    /// The uploaded CSV cannot be read at all (no header, no `mac` column, not UTF-8); per-line problems are reported, not refused.
+    InvalidCsv = ("invalid_csv", 400),
 
     // --- firmware files ---
     /// The firmware file is larger than the configured limit (`details.limit_bytes`).
@@ -117,6 +139,8 @@ error_codes! {
     // --- server side ---
     /// The database cannot be reached.
     DatabaseUnavailable = ("database_unavailable", 503),
+    /// The device gateway could not take the push (no gateway is attached to this API, or its broker is down).
+    GatewayUnavailable = ("gateway_unavailable", 503),
     /// An unexpected error; the cause is in the server log, never in the response.
     InternalError = ("internal_error", 500),
 }

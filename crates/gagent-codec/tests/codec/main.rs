@@ -2,6 +2,7 @@
 //!
 //! Golden examples from the protocol reference live next to the code as unit tests.
 
+mod mqtt;
 mod no_panic;
 mod roundtrip;
 mod soak;

@@ -1,7 +1,8 @@
 //! Arbitrary bytes never panic a decoder; whatever decodes re-encodes to the same frame.
 
+use bytes::BytesMut;
 use gagent_codec::serial::SerialDecoder;
-use gagent_codec::{SerialFrame, ServiceMessage, StandardFrame, varlen};
+use gagent_codec::{CodecError, MqttPacket, SerialFrame, ServiceMessage, StandardFrame, mqtt, varlen};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -17,6 +18,12 @@ fn prefixed_input() -> impl Strategy<Value = Vec<u8>> {
         Just(vec![0, 0, 0, 3, 2, 0x11]),
         Just(vec![0xFF, 0xFF]),
         Just(vec![0xFF, 0xFF, 0x00]),
+        // MQTT: PUBLISH, CONNECT up to the protocol level, SUBSCRIBE, SUBACK.
+        Just(vec![0x30]),
+        Just(vec![0x10, 0x20, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03]),
+        Just(vec![0x10, 0x20, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04]),
+        Just(vec![0x82, 0x10, 0x00, 0x01]),
+        Just(vec![0x90, 0x03, 0x00, 0x01]),
     ];
     (prefix, vec(wire_byte(), 0..200)).prop_map(|(mut p, rest)| {
         p.extend(rest);
@@ -32,6 +39,45 @@ pub struct Accepted {
     pub legacy: u64,
     pub serial_strict: u64,
     pub serial_stream: u64,
+    pub mqtt: u64,
+}
+
+/// The MQTT packet limit the no-panic tests decode with.
+pub const MQTT_MAX_PACKET: usize = 1024;
+
+/// Decodes MQTT packets from `buf` until it needs more bytes or fails.
+fn drain_mqtt(buf: &mut BytesMut, out: &mut Vec<Result<MqttPacket, CodecError>>) -> bool {
+    loop {
+        match mqtt::decode(buf, MQTT_MAX_PACKET) {
+            Ok(Some(packet)) => out.push(Ok(packet)),
+            Ok(None) => return true,
+            Err(e) => {
+                out.push(Err(e));
+                return false;
+            }
+        }
+    }
+}
+
+/// MQTT: decoding all at once and in chunks gives the same packets and the same first error;
+/// each packet re-encodes to itself.
+fn exercise_mqtt(input: &[u8], cuts: &[usize], seen: &mut Accepted) {
+    let mut whole = Vec::new();
+    drain_mqtt(&mut BytesMut::from(input), &mut whole);
+    let mut chunked = Vec::new();
+    let mut buf = BytesMut::new();
+    for chunk in split_at_cuts(input, cuts) {
+        buf.extend_from_slice(&chunk);
+        if !drain_mqtt(&mut buf, &mut chunked) {
+            break;
+        }
+    }
+    assert_eq!(whole, chunked, "chunked MQTT decode differs");
+    for packet in whole.into_iter().flatten() {
+        seen.mqtt += 1;
+        let again = packet.encode().expect("a decoded MQTT packet re-encodes");
+        assert_eq!(mqtt::decode(&mut BytesMut::from(&again[..]), usize::MAX), Ok(Some(packet)));
+    }
 }
 
 /// Runs every decoder on `input`; used by the soak test too.
@@ -54,6 +100,7 @@ pub fn exercise_all(input: &[u8], decoder: &mut SerialDecoder, cuts: &[usize], s
         let again = frame.encode().expect("a decoded serial frame re-encodes");
         assert_eq!(again.as_ref(), input, "strict serial decode is canonical");
     }
+    exercise_mqtt(input, cuts, seen);
     for chunk in split_at_cuts(input, cuts) {
         decoder.push(&chunk);
         while let Some(result) = decoder.next_frame() {

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use gagent_codec::legacy::ServiceMessage;
+use gagent_codec::mqtt::{Connect, Packet, Protocol, Publish, Subscribe};
 use gagent_codec::serial::{SerialDecoder, SerialFrame};
 use gagent_codec::standard::{StandardFrame, cmd_has_sn};
 
@@ -42,7 +43,7 @@ impl Rng {
     /// A valid frame of a random kind, then 0–2 random byte changes and maybe a cut: inputs
     /// that get deep into the decoders instead of failing at the header.
     fn mutated_frame(&mut self, out: &mut Vec<u8>) {
-        let wire = match self.below(4) {
+        let wire = match self.below(7) {
             0 => {
                 let cmd = [0x90, 0x91, 0x93, 0x94][self.below(4)];
                 StandardFrame::new(cmd, cmd_has_sn(cmd).then_some(7), self.bytes(200)).encode()
@@ -54,6 +55,9 @@ impl Rng {
                 busi_ver: self.bytes(300),
             }
             .encode(),
+            3 => Packet::Connect(Connect::gagent(Protocol::V31, "AbCdEfGhIjKlMnOpQrStUv", "KQXBDTRLMA", 120)).encode(),
+            4 => Packet::Publish(Publish::qos0("ser2cli_res/AbCdEfGhIjKlMnOpQrStUv", self.bytes(200))).encode(),
+            5 => Packet::Subscribe(Subscribe { pkid: 1, filters: vec![("app2dev/x/#".into(), 0)] }).encode(),
             _ => ServiceMessage::FirmwareBlob {
                 firmware_id: [2; 8],
                 fw_ver: self.bytes(33),
@@ -76,7 +80,7 @@ impl Rng {
     }
 }
 
-const PREFIXES: [&[u8]; 8] = [
+const PREFIXES: [&[u8]; 12] = [
     &[],
     &[0, 0, 0, 3],
     &[0, 0, 0, 3, 2, 5, 0],
@@ -85,6 +89,10 @@ const PREFIXES: [&[u8]; 8] = [
     &[0, 0, 0, 3, 2, 0x0E],
     &[0xFF, 0xFF, 0x00],
     &[0xFF, 0xFF],
+    &[0x30],
+    &[0x10, 0x20, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03],
+    &[0x82, 0x10, 0x00, 0x01],
+    &[0x90, 0x03, 0x00, 0x01],
 ];
 
 #[test]
@@ -116,5 +124,5 @@ fn no_panic_million_random_inputs() {
     println!("accepted: {seen:?}");
     // The inputs must reach past the header checks, or the soak proves little.
     assert!(seen.varlen > 0 && seen.standard > 0 && seen.legacy > 0);
-    assert!(seen.serial_strict > 0 && seen.serial_stream > 0);
+    assert!(seen.serial_strict > 0 && seen.serial_stream > 0 && seen.mqtt > 0);
 }

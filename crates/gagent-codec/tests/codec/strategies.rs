@@ -2,6 +2,9 @@
 
 use bytes::Bytes;
 use gagent_codec::legacy::{ServiceMessage, cmd};
+use gagent_codec::mqtt::{
+    Connack, Connect, ConnectReturnCode, Packet, Protocol, Publish, Suback, Subscribe, Unsubscribe, Will,
+};
 use gagent_codec::serial::{FileOffer, FilePiece, FileReady, SerialFrame};
 use gagent_codec::standard::{StandardFrame, cmd_has_sn};
 use proptest::collection::vec;
@@ -104,4 +107,97 @@ pub fn split_at_cuts(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     points.sort_unstable();
     points.dedup();
     points.windows(2).map(|w| data[w[0]..w[1]].to_vec()).collect()
+}
+
+// ---- MQTT ----
+
+/// A valid topic name: non-empty, no wildcards, any other Unicode.
+pub fn mqtt_topic() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9_/]{1,40}",
+        2 => "[^+#]{1,20}",
+        1 => "[a-z]{300,700}",
+    ]
+}
+
+/// A valid topic filter: non-empty, wildcards anywhere (the broker judges their placement).
+pub fn mqtt_filter() -> impl Strategy<Value = String> {
+    prop_oneof![3 => "[a-z0-9_/+#]{1,40}", 1 => "(?s).{1,20}"]
+}
+
+pub fn mqtt_pkid() -> impl Strategy<Value = u16> {
+    prop_oneof![Just(1u16), Just(u16::MAX), 1u16..=u16::MAX]
+}
+
+pub fn mqtt_connect() -> impl Strategy<Value = Connect> {
+    let protocol = prop_oneof![Just(Protocol::V31), Just(Protocol::V311)];
+    let will = proptest::option::of(
+        (mqtt_topic(), bytes(100), 0u8..=2, any::<bool>()).prop_map(|(topic, payload, qos, retain)| Will {
+            topic,
+            payload,
+            qos,
+            retain,
+        }),
+    );
+    let client_id = prop_oneof!["[0-9A-Za-z]{22}", any::<String>(), "[a-z]{100,400}"];
+    (
+        protocol,
+        any::<bool>(),
+        any::<u16>(),
+        client_id,
+        proptest::option::of(any::<String>()),
+        proptest::option::of(bytes(40)),
+        will,
+    )
+        .prop_map(|(protocol, clean_session, keep_alive, client_id, username, password, will)| Connect {
+            protocol,
+            clean_session,
+            keep_alive,
+            client_id,
+            username,
+            password,
+            will,
+        })
+}
+
+pub fn mqtt_publish(max_payload: usize) -> impl Strategy<Value = Publish> {
+    (any::<bool>(), 0u8..=2, any::<bool>(), mqtt_topic(), mqtt_pkid(), bytes(max_payload)).prop_map(
+        |(dup, qos, retain, topic, pkid, payload)| Publish {
+            dup,
+            qos,
+            retain,
+            topic,
+            pkid: (qos > 0).then_some(pkid),
+            payload,
+        },
+    )
+}
+
+pub fn connect_return_code() -> impl Strategy<Value = ConnectReturnCode> {
+    (0u8..=5).prop_map(|code| ConnectReturnCode::try_from(code).unwrap())
+}
+
+/// Every packet kind, payloads up to `max_payload` bytes.
+pub fn mqtt_packet(max_payload: usize) -> impl Strategy<Value = Packet> {
+    let suback_code = prop_oneof![0u8..=2, Just(0x80u8)];
+    prop_oneof![
+        1 => mqtt_connect().prop_map(Packet::Connect),
+        1 => (any::<bool>(), connect_return_code())
+            .prop_map(|(session_present, code)| Packet::Connack(Connack { session_present, code })),
+        2 => mqtt_publish(max_payload).prop_map(Packet::Publish),
+        1 => mqtt_pkid().prop_map(Packet::Puback),
+        1 => mqtt_pkid().prop_map(Packet::Pubrec),
+        1 => mqtt_pkid().prop_map(Packet::Pubrel),
+        1 => mqtt_pkid().prop_map(Packet::Pubcomp),
+        1 => (mqtt_pkid(), vec((mqtt_filter(), 0u8..=2), 1..5))
+            .prop_map(|(pkid, filters)| Packet::Subscribe(Subscribe { pkid, filters })),
+        1 => (mqtt_pkid(), vec(suback_code, 1..5))
+            .prop_map(|(pkid, return_codes)| Packet::Suback(Suback { pkid, return_codes })),
+        1 => (mqtt_pkid(), vec(mqtt_filter(), 1..5))
+            .prop_map(|(pkid, filters)| Packet::Unsubscribe(Unsubscribe { pkid, filters })),
+        1 => mqtt_pkid().prop_map(Packet::Unsuback),
+        1 => Just(Packet::PingReq),
+        1 => Just(Packet::PingResp),
+        1 => Just(Packet::Disconnect),
+    ]
 }

@@ -1,0 +1,151 @@
+//! The device registry, as operators see it.
+
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use futures_util::StreamExt;
+use ota_wire::dto::*;
+use ota_wire::{ErrorBody, ErrorCode};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+
+/// Largest CSV accepted by the device import (about a million lines).
+pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+
+/// List and search a product's devices, newest first.
+///
+/// `mac` matches a whole MAC or a prefix of at least 4 hex digits; `hard_version` /
+/// `soft_version` match the Wi-Fi versions, or the MCU ones with `type=mcu`.
+#[utoipa::path(
+    tag = "devices",
+    params(("product_key" = String, Path), DeviceListQuery),
+    responses((status = 200, body = Page<DeviceView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/products/{product_key}/devices")]
+pub async fn list_devices(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+    q: web::Query<DeviceListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.list_devices(&who, &key, q.into_inner()).await?))
+}
+
+/// How many devices run each version (per type, hardware and software version): the old
+/// versions a push rule chooses from.
+#[utoipa::path(
+    tag = "devices",
+    params(("product_key" = String, Path)),
+    responses((status = 200, body = Vec<VersionCount>), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/products/{product_key}/versions")]
+pub async fn version_distribution(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.version_distribution(&who, &key).await?))
+}
+
+/// Import devices known by MAC from CSV (body `text/csv`, header row with a `mac` column and
+/// optional `country`, `province`, `city`, `region`). Every line is reported.
+#[utoipa::path(
+    tag = "devices",
+    params(("product_key" = String, Path)),
+    request_body(content = String, content_type = "text/csv"),
+    responses(
+        (status = 200, body = DeviceImportReport),
+        (status = 400, description = "`invalid_csv`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/products/{product_key}/devices/import")]
+pub async fn import_devices(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    who.require(Scope::Write)?;
+    let too_large = || {
+        ApiError::from(ota_domain::DomainError::with_details(
+            ErrorCode::PayloadTooLarge,
+            format!("an import may have at most {MAX_IMPORT_BYTES} bytes"),
+            serde_json::json!({ "limit_bytes": MAX_IMPORT_BYTES }),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_IMPORT_BYTES) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(MAX_IMPORT_BYTES));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::from(ota_domain::DomainError::new(
+                ErrorCode::InvalidCsv,
+                format!("the body could not be read: {e}"),
+            ))
+        })?;
+        if body.len() + chunk.len() > MAX_IMPORT_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(HttpResponse::Ok().json(st.domain.import_devices(&who, &key, body).await?))
+}
+
+/// Get one device by did or MAC.
+#[utoipa::path(
+    tag = "devices",
+    params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
+    responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/devices/{device}")]
+pub async fn get_device(st: web::Data<AppState>, who: Auth, key: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.get_device(&who, &key).await?))
+}
+
+/// Set a device's region and metadata.
+#[utoipa::path(
+    tag = "devices",
+    params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
+    request_body = UpdateDeviceRequest,
+    responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[patch("/devices/{device}")]
+pub async fn update_device(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+    body: web::Json<UpdateDeviceRequest>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.update_device(&who, &key, body.into_inner()).await?))
+}
+
+/// Delete a device and its upgrade history; a device still in the field must register again.
+#[utoipa::path(
+    tag = "devices",
+    params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[delete("/devices/{device}")]
+pub async fn delete_device(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    st.domain.delete_device(&who, &key).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,638 @@
+//! The device registry: what the gateway learns from every registration, provision, login,
+//! check and report, and what operators list, search, edit, import and delete.
+//!
+//! Device-facing calls carry no [`Principal`]: a device proves itself with its did and
+//! passcode (or, for the calls GAgent makes without a passcode, with its did and product key,
+//! exactly as the hosted cloud accepted them). Operator calls are tenant-scoped as everywhere.
+
+pub mod import;
+pub mod presence;
+
+use diesel::prelude::*;
+use ota_wire::ErrorCode;
+use ota_wire::dto::{
+    DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia, Scope, TargetVersions,
+    UpdateDeviceRequest, VersionCount,
+};
+
+use crate::Domain;
+use crate::auth::Principal;
+use crate::clock::from_ms;
+use crate::db::{DbConn, last_insert_id};
+use crate::error::{DomainError, Result};
+use crate::paging::PageRequest;
+use crate::products::{ProductRecord, find_product, product_not_found};
+use crate::schema::{devices, products};
+
+pub use presence::PresenceWriter;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = devices)]
+pub struct DeviceRecord {
+    pub id: i64,
+    pub tenant_id: i64,
+    pub product_id: i64,
+    pub did: Option<String>,
+    pub mac: Option<String>,
+    pub passcode: Option<String>,
+    pub registered_via: String,
+    pub push_method: Option<String>,
+    pub wifi_hw: Option<String>,
+    pub wifi_sw: Option<String>,
+    pub mcu_hw: Option<String>,
+    pub mcu_sw: Option<String>,
+    pub wifi_fid: Option<i64>,
+    pub mcu_fid: Option<i64>,
+    pub legacy_firmware_id: Option<i64>,
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    pub ip: Option<String>,
+    pub online: bool,
+    pub gateway_id: Option<String>,
+    pub connected_at: Option<i64>,
+    pub disconnected_at: Option<i64>,
+    pub last_seen_at: Option<i64>,
+    pub last_provision_at: Option<i64>,
+    pub metadata: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl DeviceRecord {
+    pub fn push_method(&self) -> Option<PushMethod> {
+        self.push_method.as_deref().and_then(PushMethod::parse)
+    }
+
+    pub fn registered_via(&self) -> RegisteredVia {
+        RegisteredVia::parse(&self.registered_via).unwrap_or(RegisteredVia::Plain)
+    }
+
+    /// The versions last reported for one target.
+    pub fn versions(&self, fw_type: FirmwareType) -> (Option<&str>, Option<&str>, Option<i64>) {
+        match fw_type {
+            FirmwareType::Wifi => (self.wifi_hw.as_deref(), self.wifi_sw.as_deref(), self.wifi_fid),
+            FirmwareType::Mcu => (self.mcu_hw.as_deref(), self.mcu_sw.as_deref(), self.mcu_fid),
+        }
+    }
+
+    pub fn view(&self, product_key: &str) -> DeviceView {
+        DeviceView {
+            did: self.did.clone(),
+            product_key: product_key.to_owned(),
+            mac: self.mac.clone(),
+            push_method: self.push_method(),
+            wifi: TargetVersions {
+                hard_version: self.wifi_hw.clone(),
+                soft_version: self.wifi_sw.clone(),
+                fid: self.wifi_fid,
+            },
+            mcu: TargetVersions {
+                hard_version: self.mcu_hw.clone(),
+                soft_version: self.mcu_sw.clone(),
+                fid: self.mcu_fid,
+            },
+            legacy_firmware_id: self.legacy_firmware_id,
+            region: Region { country: self.country.clone(), province: self.province.clone(), city: self.city.clone() },
+            ip: self.ip.clone(),
+            online: self.online,
+            connected_at: self.connected_at.map(from_ms),
+            disconnected_at: self.disconnected_at.map(from_ms),
+            last_seen_at: self.last_seen_at.map(from_ms),
+            registered_via: self.registered_via(),
+            metadata: self.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()),
+            created_at: from_ms(self.created_at),
+            updated_at: from_ms(self.updated_at),
+        }
+    }
+}
+
+/// Who a device is, once it has proved it: what the gateway keeps per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub device_id: i64,
+    pub tenant_id: i64,
+    pub product_id: i64,
+    pub product_key: String,
+    pub did: String,
+}
+
+/// What a provision call answers with (besides the gateway's own MQTT address).
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub identity: DeviceIdentity,
+    /// The product secret, for encrypted provision replies.
+    pub product_secret: String,
+    pub encrypted: bool,
+}
+
+// ---------------------------------------------------------------- identifiers
+
+/// Normalises a MAC to 12 upper-case hex digits; `:`, `-`, `.` and spaces are allowed between.
+pub fn normalize_mac(input: &str) -> Option<String> {
+    let hex: String = input.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
+    (hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_uppercase())
+}
+
+/// A did as the hosted cloud issues them: 22 ASCII letters and digits (GAgent checks the length).
+pub fn is_did(s: &str) -> bool {
+    s.len() == 22 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A passcode GAgent can send as its MQTT password: 1–16 printable ASCII characters, no `&`
+/// or `=` (it travels inside form bodies unescaped).
+pub fn is_passcode(s: &str) -> bool {
+    (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'=')
+}
+
+/// An 8-character version of `[0-9A-Za-z]` (protocol reference §1.1).
+pub fn is_version(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn random_did() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..22).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+}
+
+pub(crate) fn device_not_found() -> DomainError {
+    DomainError::new(ErrorCode::DeviceNotFound, "no such device")
+}
+
+fn device_refused(message: &str) -> DomainError {
+    DomainError::new(ErrorCode::InvalidCredentials, message.to_owned())
+}
+
+pub(crate) fn find_product_by_key(c: &mut DbConn, product_key: &str) -> Result<ProductRecord> {
+    products::table
+        .filter(products::product_key.eq(product_key))
+        .select(ProductRecord::as_select())
+        .first(c)
+        .optional()?
+        .ok_or_else(product_not_found)
+}
+
+pub(crate) fn find_by_did(c: &mut DbConn, did: &str) -> Result<(DeviceRecord, ProductRecord)> {
+    devices::table
+        .inner_join(products::table)
+        .filter(devices::did.eq(did))
+        .select((DeviceRecord::as_select(), ProductRecord::as_select()))
+        .first(c)
+        .optional()?
+        .ok_or_else(device_not_found)
+}
+
+/// Loads a device by did and checks the passcode it presented.
+pub(crate) fn authenticate_in(c: &mut DbConn, did: &str, passcode: &str) -> Result<(DeviceRecord, ProductRecord)> {
+    let (device, product) = find_by_did(c, did).map_err(|_| device_refused("unknown did or wrong passcode"))?;
+    if device.passcode.as_deref() != Some(passcode) {
+        return Err(device_refused("unknown did or wrong passcode"));
+    }
+    Ok((device, product))
+}
+
+fn identity(device: &DeviceRecord, product: &ProductRecord) -> DeviceIdentity {
+    DeviceIdentity {
+        device_id: device.id,
+        tenant_id: device.tenant_id,
+        product_id: device.product_id,
+        product_key: product.product_key.clone(),
+        did: device.did.clone().unwrap_or_default(),
+    }
+}
+
+/// A device of the tenant by did, or by MAC when the key is one (unique in the tenant).
+fn find_in_tenant(c: &mut DbConn, tenant_id: i64, key: &str) -> Result<(DeviceRecord, String)> {
+    let base = || {
+        devices::table
+            .inner_join(products::table)
+            .filter(devices::tenant_id.eq(tenant_id))
+            .select((DeviceRecord::as_select(), products::product_key))
+            .into_boxed()
+    };
+    if let Some(mac) = normalize_mac(key).filter(|_| !is_did(key)) {
+        let mut found: Vec<(DeviceRecord, String)> = base().filter(devices::mac.eq(mac)).limit(2).load(c)?;
+        return match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(device_not_found()),
+            _ => Err(DomainError::field(
+                ErrorCode::InvalidPath,
+                "device",
+                "this MAC is used in several products of the tenant; address the device by its did",
+            )),
+        };
+    }
+    base().filter(devices::did.eq(key)).first(c).optional()?.ok_or_else(device_not_found)
+}
+
+fn clean_region_part(field: &str, value: Option<String>) -> Result<Option<String>> {
+    let Some(v) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if v.chars().count() > 64 || v.contains(['/', '\n', '\r']) {
+        return Err(DomainError::invalid(field, format!("`{field}` must be 1–64 characters without `/`")));
+    }
+    Ok(Some(v))
+}
+
+impl Domain {
+    // ------------------------------------------------------------ device side
+
+    /// Registration (`POST /dev/devices` and the encrypted form). The same product + MAC gets
+    /// the same did again, with the passcode the device now presents: a GAgent that was reset
+    /// makes a new passcode and registers again, and must be able to log in afterwards. A
+    /// device that registered encrypted is refused the plain form, as the hosted cloud does.
+    pub async fn register_device(
+        &self,
+        product_key: &str,
+        mac: &str,
+        passcode: &str,
+        via: RegisteredVia,
+        ip: Option<String>,
+    ) -> Result<String> {
+        let mac = normalize_mac(mac).ok_or_else(|| DomainError::invalid("mac", "mac must be 12 hex digits"))?;
+        if !is_passcode(passcode) {
+            return Err(DomainError::invalid("passcode", "passcode must be 1–16 printable characters"));
+        }
+        let now = self.clock.now_ms();
+        let (key, passcode) = (product_key.to_owned(), passcode.to_owned());
+        for _ in 0..3 {
+            let (key, mac, passcode, ip) = (key.clone(), mac.clone(), passcode.clone(), ip.clone());
+            let result = self
+                .db
+                .write(move |c| {
+                    let product = find_product_by_key(c, &key)?;
+                    let existing: Option<DeviceRecord> = devices::table
+                        .filter(devices::product_id.eq(product.id).and(devices::mac.eq(&mac)))
+                        .select(DeviceRecord::as_select())
+                        .first(c)
+                        .optional()?;
+                    if let Some(device) = existing {
+                        if via == RegisteredVia::Plain && device.registered_via() == RegisteredVia::Encrypted {
+                            return Err(device_refused(
+                                "this device registered encrypted; plain registration is refused",
+                            ));
+                        }
+                        let did = device.did.clone().unwrap_or_else(random_did);
+                        let via = if device.registered_via() == RegisteredVia::Encrypted {
+                            RegisteredVia::Encrypted
+                        } else {
+                            via
+                        };
+                        diesel::update(devices::table.find(device.id))
+                            .set((
+                                devices::did.eq(&did),
+                                devices::passcode.eq(&passcode),
+                                devices::registered_via.eq(via.as_str()),
+                                devices::ip.eq(ip),
+                                devices::last_seen_at.eq(now),
+                                devices::updated_at.eq(now),
+                            ))
+                            .execute(c)?;
+                        return Ok(did);
+                    }
+                    let did = random_did();
+                    diesel::insert_into(devices::table)
+                        .values((
+                            devices::tenant_id.eq(product.tenant_id),
+                            devices::product_id.eq(product.id),
+                            devices::did.eq(&did),
+                            devices::mac.eq(&mac),
+                            devices::passcode.eq(&passcode),
+                            devices::registered_via.eq(via.as_str()),
+                            devices::ip.eq(ip),
+                            devices::online.eq(false),
+                            devices::last_seen_at.eq(now),
+                            devices::created_at.eq(now),
+                            devices::updated_at.eq(now),
+                        ))
+                        .execute(c)?;
+                    Ok(did)
+                })
+                .await;
+            match result {
+                // Two registrations of one MAC raced (or a did collided): the next round sees the winner.
+                Err(DomainError::UniqueViolation) => continue,
+                other => return other,
+            }
+        }
+        Err(DomainError::Internal(anyhow::anyhow!("registration kept colliding")))
+    }
+
+    /// Provision (`GET /dev/devices/<did>`, no passcode): the device exists and may be told
+    /// where MQTT is. Also the boot marker the MCU success rule needs (see `upgrades`).
+    pub async fn provision_device(&self, did: &str, encrypted: bool, ip: Option<String>) -> Result<Provisioned> {
+        let now = self.clock.now_ms();
+        let did = did.to_owned();
+        self.db
+            .write(move |c| {
+                let (device, product) = find_by_did(c, &did)?;
+                let is_encrypted = device.registered_via() == RegisteredVia::Encrypted;
+                if is_encrypted && !encrypted {
+                    return Err(device_refused("this device registered encrypted; plain provision is refused"));
+                }
+                diesel::update(devices::table.find(device.id))
+                    .set((
+                        devices::last_provision_at.eq(now),
+                        devices::last_seen_at.eq(now),
+                        devices::ip.eq(ip),
+                        devices::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+                crate::upgrades::mark_rebooted(c, device.id, now)?;
+                Ok(Provisioned {
+                    identity: identity(&device, &product),
+                    product_secret: product.product_secret,
+                    encrypted: is_encrypted,
+                })
+            })
+            .await
+    }
+
+    /// `DELETE /dev/devices`: the device gives up an old did. The passcode must match, so a
+    /// reset device that registered again (same did, new passcode) cannot delete itself.
+    pub async fn deregister_device(&self, did: &str, passcode: &str) -> Result<()> {
+        let (did, passcode) = (did.to_owned(), passcode.to_owned());
+        self.db
+            .write(move |c| {
+                let (device, _) = authenticate_in(c, &did, &passcode)?;
+                if device.registered_via() == RegisteredVia::Encrypted {
+                    return Err(device_refused("this device registered encrypted; plain DELETE is refused"));
+                }
+                diesel::delete(devices::table.find(device.id)).execute(c)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The product secret of a product key (the AES key of encrypted registration).
+    pub async fn product_secret(&self, product_key: &str) -> Result<String> {
+        let key = product_key.to_owned();
+        self.db.run(move |c| Ok(find_product_by_key(c, &key)?.product_secret)).await
+    }
+
+    /// The MQTT login check: did and passcode.
+    pub async fn authenticate_device(&self, did: &str, passcode: &str) -> Result<DeviceIdentity> {
+        let (did, passcode) = (did.to_owned(), passcode.to_owned());
+        self.db
+            .run(move |c| {
+                let (device, product) = authenticate_in(c, &did, &passcode)?;
+                Ok(identity(&device, &product))
+            })
+            .await
+    }
+
+    // ------------------------------------------------------------ operator side
+
+    pub async fn list_devices(
+        &self,
+        who: &Principal,
+        product_key: &str,
+        query: DeviceListQuery,
+    ) -> Result<Page<DeviceView>> {
+        who.require(Scope::Read)?;
+        let page = PageRequest::new(query.page, query.per_page)?;
+        let mac_filter = match query.mac.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            None => None,
+            Some(m) => {
+                let hex: String = m.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
+                if hex.len() < 4 || hex.len() > 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(DomainError::field(
+                        ErrorCode::InvalidQuery,
+                        "mac",
+                        "mac must be 4–12 hex digits (a prefix or a whole MAC)",
+                    ));
+                }
+                Some(hex.to_ascii_uppercase())
+            }
+        };
+        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (rows, total, pk) = self
+            .db
+            .run(move |c| {
+                let product = find_product(c, tenant_id, &key)?;
+                let filtered = || {
+                    let mut q = devices::table.filter(devices::product_id.eq(product.id)).into_boxed();
+                    if let Some(mac) = &mac_filter {
+                        q = if mac.len() == 12 {
+                            q.filter(devices::mac.eq(mac.clone()))
+                        } else {
+                            q.filter(devices::mac.like(format!("{mac}%")))
+                        };
+                    }
+                    if let Some(did) = &query.did {
+                        q = q.filter(devices::did.eq(did.clone()));
+                    }
+                    let mcu = query.fw_type == Some(FirmwareType::Mcu);
+                    if let Some(hw) = &query.hard_version {
+                        q = if mcu {
+                            q.filter(devices::mcu_hw.eq(hw.clone()))
+                        } else {
+                            q.filter(devices::wifi_hw.eq(hw.clone()))
+                        };
+                    }
+                    if let Some(sw) = &query.soft_version {
+                        q = if mcu {
+                            q.filter(devices::mcu_sw.eq(sw.clone()))
+                        } else {
+                            q.filter(devices::wifi_sw.eq(sw.clone()))
+                        };
+                    }
+                    if let Some(v) = &query.country {
+                        q = q.filter(devices::country.eq(v.clone()));
+                    }
+                    if let Some(v) = &query.province {
+                        q = q.filter(devices::province.eq(v.clone()));
+                    }
+                    if let Some(v) = &query.city {
+                        q = q.filter(devices::city.eq(v.clone()));
+                    }
+                    if let Some(online) = query.online {
+                        q = q.filter(devices::online.eq(online));
+                    }
+                    q
+                };
+                let total: i64 = filtered().count().get_result(c)?;
+                let rows: Vec<DeviceRecord> = filtered()
+                    .order(devices::id.desc())
+                    .limit(page.limit())
+                    .offset(page.offset())
+                    .select(DeviceRecord::as_select())
+                    .load(c)?;
+                Ok((rows, total, product.product_key))
+            })
+            .await?;
+        Ok(page.wrap(rows.iter().map(|r| r.view(&pk)).collect(), total))
+    }
+
+    /// One device of the tenant, by did or MAC.
+    pub async fn get_device(&self, who: &Principal, key: &str) -> Result<DeviceView> {
+        who.require(Scope::Read)?;
+        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+        let (device, pk) = self.db.run(move |c| find_in_tenant(c, tenant_id, &key)).await?;
+        Ok(device.view(&pk))
+    }
+
+    pub async fn update_device(&self, who: &Principal, key: &str, req: UpdateDeviceRequest) -> Result<DeviceView> {
+        who.require(Scope::Write)?;
+        let country = req.country.map(|v| clean_region_part("country", v)).transpose()?;
+        let province = req.province.map(|v| clean_region_part("province", v)).transpose()?;
+        let city = req.city.map(|v| clean_region_part("city", v)).transpose()?;
+        let metadata = match req.metadata {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(v)) => {
+                if !v.is_object() {
+                    return Err(DomainError::invalid("metadata", "metadata must be a JSON object"));
+                }
+                let text = v.to_string();
+                if text.len() > 4096 {
+                    return Err(DomainError::invalid("metadata", "metadata must be at most 4 KiB"));
+                }
+                Some(Some(text))
+            }
+        };
+        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+        let now = self.clock.now_ms();
+        let (device, pk) = self
+            .db
+            .write(move |c| {
+                let (device, pk) = find_in_tenant(c, tenant_id, &key)?;
+                let target = devices::table.find(device.id);
+                if let Some(v) = country {
+                    diesel::update(target).set(devices::country.eq(v)).execute(c)?;
+                }
+                if let Some(v) = province {
+                    diesel::update(target).set(devices::province.eq(v)).execute(c)?;
+                }
+                if let Some(v) = city {
+                    diesel::update(target).set(devices::city.eq(v)).execute(c)?;
+                }
+                if let Some(v) = metadata {
+                    diesel::update(target).set(devices::metadata.eq(v)).execute(c)?;
+                }
+                diesel::update(target).set(devices::updated_at.eq(now)).execute(c)?;
+                let device = target.select(DeviceRecord::as_select()).first(c)?;
+                Ok((device, pk))
+            })
+            .await?;
+        Ok(device.view(&pk))
+    }
+
+    /// Deletes a device record and its upgrade history. A device that is still out there
+    /// will fail its next login and must register again.
+    pub async fn delete_device(&self, who: &Principal, key: &str) -> Result<()> {
+        who.require(Scope::Write)?;
+        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+        self.db
+            .write(move |c| {
+                let (device, _) = find_in_tenant(c, tenant_id, &key)?;
+                diesel::delete(crate::schema::upgrades::table.filter(crate::schema::upgrades::device_id.eq(device.id)))
+                    .execute(c)?;
+                diesel::delete(devices::table.find(device.id)).execute(c)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// How many devices run each version, per target type: the "old firmware versions" a push
+    /// rule chooses from.
+    pub async fn version_distribution(&self, who: &Principal, product_key: &str) -> Result<Vec<VersionCount>> {
+        who.require(Scope::Read)?;
+        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        self.db
+            .run(move |c| {
+                let product = find_product(c, tenant_id, &key)?;
+                let mut out = Vec::new();
+                for fw_type in [FirmwareType::Wifi, FirmwareType::Mcu] {
+                    let rows: Vec<(Option<String>, Option<String>, bool, i64)> = match fw_type {
+                        FirmwareType::Wifi => devices::table
+                            .filter(devices::product_id.eq(product.id))
+                            .filter(devices::wifi_hw.is_not_null().and(devices::wifi_sw.is_not_null()))
+                            .group_by((devices::wifi_hw, devices::wifi_sw, devices::online))
+                            .select((devices::wifi_hw, devices::wifi_sw, devices::online, diesel::dsl::count_star()))
+                            .load(c)?,
+                        FirmwareType::Mcu => devices::table
+                            .filter(devices::product_id.eq(product.id))
+                            .filter(devices::mcu_hw.is_not_null().and(devices::mcu_sw.is_not_null()))
+                            .group_by((devices::mcu_hw, devices::mcu_sw, devices::online))
+                            .select((devices::mcu_hw, devices::mcu_sw, devices::online, diesel::dsl::count_star()))
+                            .load(c)?,
+                    };
+                    let mut merged: std::collections::BTreeMap<(String, String), (i64, i64)> = Default::default();
+                    for (hw, sw, online, n) in rows {
+                        let entry = merged.entry((hw.unwrap_or_default(), sw.unwrap_or_default())).or_default();
+                        entry.0 += n;
+                        if online {
+                            entry.1 += n;
+                        }
+                    }
+                    out.extend(merged.into_iter().map(|((hw, sw), (devices, online))| VersionCount {
+                        fw_type,
+                        hard_version: hw,
+                        soft_version: sw,
+                        devices,
+                        online,
+                    }));
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+/// Inserts a device row for an import (no did yet); returns its id.
+pub(crate) fn insert_imported(
+    c: &mut DbConn,
+    product: &ProductRecord,
+    mac: &str,
+    region: &Region,
+    now: i64,
+) -> Result<i64> {
+    diesel::insert_into(devices::table)
+        .values((
+            devices::tenant_id.eq(product.tenant_id),
+            devices::product_id.eq(product.id),
+            devices::mac.eq(mac),
+            devices::registered_via.eq(RegisteredVia::Import.as_str()),
+            devices::country.eq(&region.country),
+            devices::province.eq(&region.province),
+            devices::city.eq(&region.city),
+            devices::online.eq(false),
+            devices::created_at.eq(now),
+            devices::updated_at.eq(now),
+        ))
+        .execute(c)?;
+    last_insert_id(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_normalise_or_are_refused() {
+        assert_eq!(normalize_mac("5c:cf:7f:0a:1b:2c").as_deref(), Some("5CCF7F0A1B2C"));
+        assert_eq!(normalize_mac("5CCF7F0A1B2C").as_deref(), Some("5CCF7F0A1B2C"));
+        assert_eq!(normalize_mac("5c-cf-7f-0a-1b-2c").as_deref(), Some("5CCF7F0A1B2C"));
+        assert_eq!(normalize_mac("5CCF7F0A1B2"), None);
+        assert_eq!(normalize_mac("5CCF7F0A1B2G"), None);
+        assert_eq!(normalize_mac(""), None);
+    }
+
+    #[test]
+    fn dids_passcodes_versions() {
+        assert!(is_did("uNMdYrcV3YN6DZhQPc5ugW"));
+        assert!(!is_did("uNMdYrcV3YN6DZhQPc5ug"));
+        assert!(!is_did("uNMdYrcV3YN6DZhQPc5ug!"));
+        assert!(is_did(&random_did()));
+        assert!(is_passcode("KQXBDTRLMA"));
+        assert!(!is_passcode(""));
+        assert!(!is_passcode("a&b"));
+        assert!(!is_passcode("12345678901234567"));
+        assert!(is_version("04020019"));
+        assert!(!is_version("0402001"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Firmware verification, the console's step 2: push the firmware to one online test device
+//! by its MAC, watch it come back on the new version, and let the operator confirm it stable.
+//! Only then is the firmware verified (and locked); unverified firmware never reaches a fleet.
+
+use diesel::prelude::*;
+use ota_wire::ErrorCode;
+use ota_wire::dto::{Scope, UpgradeStage, UpgradeTimes, VerificationState, VerificationView};
+
+use crate::Domain;
+use crate::auth::Principal;
+use crate::clock::from_ms;
+use crate::devices::{DeviceRecord, normalize_mac};
+use crate::error::{DomainError, Result};
+use crate::firmware::FirmwareRecord;
+use crate::notify::PushNotice;
+use crate::schema::{devices, firmware, products, upgrades};
+use crate::upgrades::{KIND_VERIFICATION, UpgradeRecord, candidate, expire_due, insert_record, report_of};
+
+fn state_of(r: &UpgradeRecord) -> VerificationState {
+    match r.stage() {
+        UpgradeStage::Succeeded if r.confirmed_at.is_some() => VerificationState::Verified,
+        UpgradeStage::Succeeded => VerificationState::AwaitingConfirmation,
+        UpgradeStage::Failed => VerificationState::Failed,
+        UpgradeStage::Expired => VerificationState::Expired,
+        UpgradeStage::Cancelled => VerificationState::Cancelled,
+        _ => VerificationState::Pushing,
+    }
+}
+
+fn view(r: &UpgradeRecord, device: &DeviceRecord, now: i64) -> VerificationView {
+    let deadline = r.deadline_at.unwrap_or(r.created_at);
+    let state = state_of(r);
+    VerificationView {
+        id: r.id,
+        firmware_id: r.firmware_id,
+        did: device.did.clone().unwrap_or_default(),
+        mac: device.mac.clone(),
+        state,
+        stage: r.stage(),
+        from_version: r.from_version.clone(),
+        to_version: r.to_version.clone(),
+        reason: r.reason.clone(),
+        times: UpgradeTimes {
+            notified_at: r.notified_at.map(from_ms),
+            checked_at: r.checked_at.map(from_ms),
+            download_started_at: r.download_started_at.map(from_ms),
+            downloaded_at: r.downloaded_at.map(from_ms),
+            succeeded_at: r.succeeded_at.map(from_ms),
+            failed_at: r.failed_at.map(from_ms),
+        },
+        started_at: from_ms(r.created_at),
+        deadline_at: from_ms(deadline),
+        seconds_remaining: if state == VerificationState::Pushing { ((deadline - now).max(0) + 999) / 1000 } else { 0 },
+        confirmed_at: r.confirmed_at.map(from_ms),
+    }
+}
+
+fn find_fw(c: &mut crate::db::DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String)> {
+    firmware::table
+        .inner_join(products::table)
+        .filter(firmware::id.eq(id).and(firmware::tenant_id.eq(tenant_id)))
+        .select((FirmwareRecord::as_select(), products::product_key))
+        .first(c)
+        .optional()?
+        .ok_or_else(|| DomainError::new(ErrorCode::FirmwareNotFound, "no such firmware in this tenant"))
+}
+
+fn latest(c: &mut crate::db::DbConn, firmware_id: i64) -> Result<(UpgradeRecord, DeviceRecord)> {
+    upgrades::table
+        .inner_join(devices::table)
+        .filter(upgrades::firmware_id.eq(firmware_id))
+        .filter(upgrades::kind.eq(KIND_VERIFICATION))
+        .order(upgrades::id.desc())
+        .select((UpgradeRecord::as_select(), DeviceRecord::as_select()))
+        .first(c)
+        .optional()?
+        .ok_or_else(crate::upgrades::not_found_upgrade)
+}
+
+fn wrong_state(r: &UpgradeRecord, code: ErrorCode, message: &str) -> DomainError {
+    let state = serde_json::to_value(state_of(r)).unwrap_or_default();
+    DomainError::with_details(code, message.to_owned(), serde_json::json!({ "state": state }))
+}
+
+impl Domain {
+    /// Starts a verification on the device with this MAC and pushes at once.
+    pub async fn start_verification(&self, who: &Principal, firmware_id: i64, mac: &str) -> Result<VerificationView> {
+        who.require(Scope::Push)?;
+        let mac = normalize_mac(mac).ok_or_else(|| DomainError::invalid("mac", "mac must be 12 hex digits"))?;
+        let now = self.clock.now_ms();
+        let deadline = now + self.settings.verification_timeout_ms;
+        let rules = self.settings.series_rules;
+        let tenant_id = who.tenant_id;
+        let notifier = self.notifier.get();
+        let (record, device, notice) = self
+            .db
+            .write(move |c| {
+                expire_due(c, now)?;
+                let (fw, product_key) = find_fw(c, tenant_id, firmware_id)?;
+                if fw.verified {
+                    return Err(DomainError::new(
+                        ErrorCode::FirmwareAlreadyVerified,
+                        "this firmware is already verified",
+                    ));
+                }
+                let active: Option<i64> = upgrades::table
+                    .filter(upgrades::firmware_id.eq(fw.id))
+                    .filter(upgrades::kind.eq(KIND_VERIFICATION))
+                    .filter(upgrades::active.eq(true))
+                    .select(upgrades::id)
+                    .first(c)
+                    .optional()?;
+                if active.is_some() {
+                    return Err(DomainError::new(
+                        ErrorCode::VerificationInProgress,
+                        "a verification of this firmware is already running; cancel it first",
+                    ));
+                }
+                let device: DeviceRecord = devices::table
+                    .filter(devices::product_id.eq(fw.product_id).and(devices::mac.eq(&mac)))
+                    .select(DeviceRecord::as_select())
+                    .first(c)
+                    .optional()?
+                    .filter(|d| d.did.is_some())
+                    .ok_or_else(|| {
+                        DomainError::with_details(
+                            ErrorCode::DeviceNotFound,
+                            format!("no registered device with MAC {mac} in product {product_key}"),
+                            serde_json::json!({ "field": "mac" }),
+                        )
+                    })?;
+                if !device.online {
+                    return Err(DomainError::new(
+                        ErrorCode::DeviceOffline,
+                        format!("device {mac} is offline; it must be connected to receive the push"),
+                    ));
+                }
+                let method = fw.push_method();
+                let Some(device_method) = device.push_method() else {
+                    return Err(not_eligible(
+                        "the device has not checked for firmware yet, so its push method is unknown",
+                    ));
+                };
+                let report = report_of(&device, device_method, fw.fw_type());
+                rules.check_offer(&report, &candidate(&fw, 0)).map_err(not_eligible)?;
+                let id = insert_record(c, &device, &fw, KIND_VERIFICATION, deadline, now)?;
+                let record: UpgradeRecord = upgrades::table.find(id).select(UpgradeRecord::as_select()).first(c)?;
+                let notice = PushNotice {
+                    did: device.did.clone().unwrap_or_default(),
+                    product_key,
+                    method,
+                    fw_type: fw.fw_type(),
+                    upgrade_id: id,
+                    firmware_id: fw.id,
+                    fid: fw.fid,
+                    hard_version: fw.hard_version.clone(),
+                    soft_version: fw.soft_version.clone(),
+                    file_name: fw.file_name.clone(),
+                };
+                Ok((record, device, notice))
+            })
+            .await
+            .map_err(|e| match e {
+                DomainError::UniqueViolation => DomainError::new(
+                    ErrorCode::VerificationInProgress,
+                    "a verification of this firmware is already running; cancel it first",
+                ),
+                other => other,
+            })?;
+        let upgrade_id = record.id;
+        let failure = match notifier {
+            None => Some("no device gateway is attached to this server".to_owned()),
+            Some(n) => n.notify(notice).await.err().map(|e| format!("the push could not be sent: {e:#}")),
+        };
+        self.record_notified(upgrade_id, failure.clone()).await?;
+        if let Some(reason) = failure {
+            return Err(DomainError::new(ErrorCode::GatewayUnavailable, reason));
+        }
+        let record = self
+            .db
+            .run(move |c| Ok(upgrades::table.find(upgrade_id).select(UpgradeRecord::as_select()).first(c)?))
+            .await?;
+        Ok(view(&record, &device, self.clock.now_ms()))
+    }
+
+    /// The firmware's latest verification, with its countdown.
+    pub async fn get_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
+        who.require(Scope::Read)?;
+        let now = self.clock.now_ms();
+        let tenant_id = who.tenant_id;
+        let (record, device) = self
+            .db
+            .write(move |c| {
+                expire_due(c, now)?;
+                find_fw(c, tenant_id, firmware_id)?;
+                latest(c, firmware_id)
+            })
+            .await?;
+        Ok(view(&record, &device, now))
+    }
+
+    /// `stable: true` verifies (and locks) the firmware; `false` fails the verification.
+    pub async fn confirm_verification(
+        &self,
+        who: &Principal,
+        firmware_id: i64,
+        stable: bool,
+    ) -> Result<VerificationView> {
+        who.require(Scope::Push)?;
+        let now = self.clock.now_ms();
+        let tenant_id = who.tenant_id;
+        let (record, device) = self
+            .db
+            .write(move |c| {
+                expire_due(c, now)?;
+                find_fw(c, tenant_id, firmware_id)?;
+                let (record, device) = latest(c, firmware_id)?;
+                if state_of(&record) != VerificationState::AwaitingConfirmation || !record.active {
+                    return Err(wrong_state(
+                        &record,
+                        ErrorCode::VerificationNotSucceeded,
+                        "the device has not reported the new version, so there is nothing to confirm",
+                    ));
+                }
+                let target = upgrades::table.find(record.id);
+                if stable {
+                    diesel::update(target)
+                        .set((upgrades::confirmed_at.eq(now), upgrades::active.eq(false), upgrades::updated_at.eq(now)))
+                        .execute(c)?;
+                    diesel::update(firmware::table.find(firmware_id))
+                        .set((firmware::verified.eq(true), firmware::verified_at.eq(now), firmware::updated_at.eq(now)))
+                        .execute(c)?;
+                } else {
+                    diesel::update(target)
+                        .set((
+                            upgrades::stage.eq(UpgradeStage::Failed.as_str()),
+                            upgrades::reason.eq("the operator found the firmware not stable"),
+                            upgrades::failed_at.eq(now),
+                            upgrades::active.eq(false),
+                            upgrades::updated_at.eq(now),
+                        ))
+                        .execute(c)?;
+                }
+                let record = target.select(UpgradeRecord::as_select()).first(c)?;
+                Ok((record, device))
+            })
+            .await?;
+        Ok(view(&record, &device, now))
+    }
+
+    /// Cancels a running verification (or one awaiting confirmation).
+    pub async fn cancel_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
+        who.require(Scope::Push)?;
+        let now = self.clock.now_ms();
+        let (tenant_id, username) = (who.tenant_id, who.username.clone());
+        let (record, device) = self
+            .db
+            .write(move |c| {
+                expire_due(c, now)?;
+                find_fw(c, tenant_id, firmware_id)?;
+                let (record, device) = latest(c, firmware_id)?;
+                if !record.active {
+                    return Err(wrong_state(
+                        &record,
+                        ErrorCode::VerificationNotFound,
+                        "no verification of this firmware is running",
+                    ));
+                }
+                let target = upgrades::table.find(record.id);
+                diesel::update(target)
+                    .set((
+                        upgrades::stage.eq(UpgradeStage::Cancelled.as_str()),
+                        upgrades::reason.eq(format!("cancelled by {username}")),
+                        upgrades::active.eq(false),
+                        upgrades::updated_at.eq(now),
+                    ))
+                    .execute(c)?;
+                let record = target.select(UpgradeRecord::as_select()).first(c)?;
+                Ok((record, device))
+            })
+            .await?;
+        Ok(view(&record, &device, now))
+    }
+}
+
+fn not_eligible(reason: &str) -> DomainError {
+    DomainError::with_details(
+        ErrorCode::DeviceNotEligible,
+        format!("this device cannot take the firmware: {reason}"),
+        serde_json::json!({ "reason": reason }),
+    )
+}

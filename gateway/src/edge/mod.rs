@@ -1,0 +1,484 @@
+//! The MQTT edge devices log in to: our own MQTT 3.1 (`MQIsdp`) and 3.1.1 server side.
+//!
+//! Why our own: GAgent speaks MQTT 3.1, which rumqttd 0.20 refuses; rumqttd has no per-topic
+//! ACL, does not tell in-process links who published, and packs queued packets into one TCP
+//! write, while GAgent handles only the first packet of each 1 KB read (protocol reference
+//! §1.7, §8). So devices connect here, where the session holds their identity, and the broker
+//! (see [`crate::bus`]) carries messages behind the edge and between gateways.
+//!
+//! Per session:
+//! - **Login:** client id = user name = did, password = passcode, checked against the
+//!   registry; refusals get a CONNACK code (4 for a wrong did/passcode), so GAgent retries
+//!   later as it does with the hosted cloud.
+//! - **Confinement:** see [`acl`]. A refused subscription gets SUBACK code 0x80; a refused
+//!   publish is dropped; both are counted in [`EdgeStats`].
+//! - **One packet per write, paced:** every packet to a device goes through one writer task
+//!   that writes it with one `write_all` and then waits [`EdgeSettings::pace`] before the
+//!   next, so two packets never land in one device read (§8). Packets over 1 KB are never sent
+//!   to a device, except the V1V3 firmware blob, which GK streams to its OTA hook (§3.1).
+//! - **Keep-alive:** 1.5 × the declared value, never less than 150 s (gap G9).
+//! - **Large inbound publishes** (the MCU upload of §2.5) are accepted up to
+//!   [`EdgeSettings::max_inbound_bytes`].
+
+pub mod acl;
+mod service;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gagent_codec::CodecError;
+use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Suback};
+use ota_domain::devices::{DeviceIdentity, PresenceWriter};
+use ota_domain::{Domain, DomainError};
+use ota_wire::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+
+use crate::bus::Bus;
+
+/// Largest packet a device reads in one `recv` (§1.7).
+pub const DEVICE_PACKET_LIMIT: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// This gateway's id, stored with each session's device.
+    pub gateway_id: String,
+    /// Gap between two packets to one device.
+    pub pace: Duration,
+    /// Largest PUBLISH a device may send (its MCU uploads can be large).
+    pub max_inbound_bytes: usize,
+    /// How long a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Concurrent device connections; more are closed at once.
+    pub max_connections: usize,
+    /// Largest V1V3 image sent inside MQTT.
+    pub max_v1v3_image_bytes: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            gateway_id: "gw".into(),
+            pace: Duration::from_millis(20),
+            max_inbound_bytes: 4 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_connections: 19_000,
+            max_v1v3_image_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters, for tests, logs and metrics.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    pub connections: AtomicU64,
+    pub logins: AtomicU64,
+    pub refused_logins: AtomicU64,
+    pub denied_subscriptions: AtomicU64,
+    pub denied_publishes: AtomicU64,
+    pub malformed: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub dropped_outbound: AtomicU64,
+    pub service_frames: AtomicU64,
+    pub uplinks: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One live session, as the registry sees it.
+struct SessionEntry {
+    id: u64,
+    product_key: String,
+    tx: mpsc::Sender<Bytes>,
+    subscriptions: Arc<Mutex<Vec<String>>>,
+    kick: Arc<Notify>,
+}
+
+pub struct Edge {
+    domain: Domain,
+    bus: Bus,
+    presence: PresenceWriter,
+    settings: EdgeSettings,
+    stats: Arc<EdgeStats>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    next_id: AtomicU64,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+/// Why a connection ended; logged (through `Debug`) when it closes.
+#[derive(Debug)]
+#[allow(dead_code)] // the fields are read by the `Debug` output in the log
+enum End {
+    Closed,
+    Timeout,
+    Malformed(CodecError),
+    Protocol(&'static str),
+    Io(std::io::Error),
+    Kicked,
+}
+
+impl Edge {
+    pub fn new(domain: Domain, bus: Bus, presence: PresenceWriter, settings: EdgeSettings) -> Arc<Edge> {
+        let permits = settings.max_connections;
+        Arc::new(Edge {
+            domain,
+            bus,
+            presence,
+            settings,
+            stats: Arc::new(EdgeStats::default()),
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            connections: Arc::new(tokio::sync::Semaphore::new(permits)),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<EdgeStats> {
+        self.stats.clone()
+    }
+
+    /// Number of devices logged in here.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    pub fn is_connected(&self, did: &str) -> bool {
+        self.sessions.lock().map(|s| s.contains_key(did)).unwrap_or(false)
+    }
+
+    /// Accepts devices until the listener fails for good.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    bump(&self.stats.connections);
+                    let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many device connections; closing a new one");
+                        continue;
+                    };
+                    let edge = self.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let _ = stream.set_nodelay(true);
+                        edge.connection(stream, peer).await;
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; never stop serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers a broker message to the local session it is for, if any and if subscribed.
+    pub fn deliver(&self, topic: &str, payload: &Bytes) {
+        let targets: Vec<(mpsc::Sender<Bytes>, Arc<Mutex<Vec<String>>>)> = {
+            let Ok(sessions) = self.sessions.lock() else { return };
+            let did_of = |t: &str| t.split('/').nth(1).map(str::to_owned);
+            if topic.starts_with("ser2cli_res/") || topic.starts_with("app2dev/") {
+                did_of(topic)
+                    .and_then(|d| sessions.get(&d))
+                    .map(|s| vec![(s.tx.clone(), s.subscriptions.clone())])
+                    .unwrap_or_default()
+            } else if let Some(pk) = topic.strip_prefix("ser2cli_noti/") {
+                sessions
+                    .values()
+                    .filter(|s| s.product_key == pk)
+                    .map(|s| (s.tx.clone(), s.subscriptions.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        if targets.is_empty() {
+            return;
+        }
+        let packet = match gagent_codec::publish_qos0(topic, payload) {
+            Ok(p) if p.len() <= DEVICE_PACKET_LIMIT => p,
+            _ => {
+                bump(&self.stats.dropped_outbound);
+                tracing::warn!(topic, len = payload.len(), "message too large for a device; dropped");
+                return;
+            }
+        };
+        for (tx, subs) in targets {
+            let subscribed = subs.lock().map(|s| s.iter().any(|f| acl::filter_matches(f, topic))).unwrap_or(false);
+            if subscribed && tx.try_send(packet.clone()).is_err() {
+                bump(&self.stats.dropped_outbound);
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let (mut reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let writer_task = tokio::spawn(write_paced(writer, rx, self.settings.pace, self.stats.clone()));
+        let mut buf = BytesMut::with_capacity(1024);
+        let connect = match read_packet(&mut reader, &mut buf, 8 * 1024, Some(self.settings.connect_timeout)).await {
+            Ok(Packet::Connect(c)) => c,
+            Ok(_) => {
+                self.ended(peer, None, End::Protocol("the first packet was not CONNECT"));
+                return;
+            }
+            Err(End::Malformed(CodecError::UnsupportedProtocol { name, level })) => {
+                tracing::info!(%peer, %name, level, "unsupported MQTT protocol");
+                let _ = tx.send(connack(ConnectReturnCode::UnacceptableProtocol)).await;
+                drop(tx);
+                let _ = writer_task.await;
+                return;
+            }
+            Err(end) => {
+                self.ended(peer, None, end);
+                return;
+            }
+        };
+        let identity = match self.login(&connect).await {
+            Ok(identity) => identity,
+            Err(code) => {
+                bump(&self.stats.refused_logins);
+                tracing::info!(%peer, client_id = %connect.client_id, ?code, "device login refused");
+                let _ = tx.send(connack(code)).await;
+                drop(tx);
+                let _ = writer_task.await;
+                return;
+            }
+        };
+        bump(&self.stats.logins);
+        let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscriptions = Arc::new(Mutex::new(Vec::new()));
+        let kick = Arc::new(Notify::new());
+        let replaced = self.sessions.lock().ok().and_then(|mut s| {
+            s.insert(
+                identity.did.clone(),
+                SessionEntry {
+                    id: session_id,
+                    product_key: identity.product_key.clone(),
+                    tx: tx.clone(),
+                    subscriptions: subscriptions.clone(),
+                    kick: kick.clone(),
+                },
+            )
+        });
+        if let Some(old) = replaced {
+            // MQTT: a second login with the same client id takes the session over.
+            old.kick.notify_one();
+        }
+        let session_ms = self.domain.clock.now_ms();
+        self.presence.online(&identity.did, &self.settings.gateway_id, Some(peer.ip().to_string()), session_ms);
+        let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+
+        let keep_alive = match connect.keep_alive {
+            0 => None,
+            k => Some(Duration::from_millis(u64::from(k) * 1500).max(Duration::from_secs(150))),
+        };
+        let session = Session { identity: identity.clone(), tx: tx.clone(), subscriptions };
+        let end = tokio::select! {
+            end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
+            _ = kick.notified() => End::Kicked,
+        };
+        if let Ok(mut s) = self.sessions.lock()
+            && s.get(&identity.did).is_some_and(|e| e.id == session_id)
+        {
+            s.remove(&identity.did);
+        }
+        self.presence.offline(&identity.did, session_ms, self.domain.clock.now_ms());
+        self.ended(peer, Some(&identity.did), end);
+        drop(session);
+        drop(tx);
+        let _ = writer_task.await;
+    }
+
+    fn ended(&self, peer: SocketAddr, did: Option<&str>, end: End) {
+        if matches!(end, End::Malformed(_) | End::Protocol(_)) {
+            bump(&self.stats.malformed);
+            tracing::info!(%peer, did, ?end, "device connection closed");
+        } else {
+            tracing::debug!(%peer, did, ?end, "device connection closed");
+        }
+    }
+
+    async fn login(&self, c: &mqtt::Connect) -> Result<DeviceIdentity, ConnectReturnCode> {
+        let (Some(user), Some(pass)) = (&c.username, &c.password) else {
+            return Err(ConnectReturnCode::BadUsernameOrPassword);
+        };
+        if &c.client_id != user {
+            return Err(ConnectReturnCode::IdentifierRejected);
+        }
+        let passcode = std::str::from_utf8(pass).map_err(|_| ConnectReturnCode::BadUsernameOrPassword)?;
+        match self.domain.authenticate_device(user, passcode).await {
+            Ok(identity) => Ok(identity),
+            Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) => {
+                Err(ConnectReturnCode::BadUsernameOrPassword)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "device login check failed");
+                Err(ConnectReturnCode::ServerUnavailable)
+            }
+        }
+    }
+
+    async fn session_loop(
+        &self,
+        s: &Session,
+        reader: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+        keep_alive: Option<Duration>,
+    ) -> End {
+        loop {
+            let packet = match read_packet(reader, buf, self.settings.max_inbound_bytes, keep_alive).await {
+                Ok(p) => p,
+                Err(end) => return end,
+            };
+            match packet {
+                Packet::Subscribe(sub) => {
+                    let mut codes = Vec::with_capacity(sub.filters.len());
+                    for (filter, _qos) in &sub.filters {
+                        if acl::may_subscribe(filter, &s.identity.did, &s.identity.product_key) {
+                            if let Ok(mut subs) = s.subscriptions.lock()
+                                && !subs.contains(filter)
+                            {
+                                subs.push(filter.clone());
+                            }
+                            codes.push(0);
+                        } else {
+                            bump(&self.stats.denied_subscriptions);
+                            tracing::info!(did = %s.identity.did, %filter, "subscription refused");
+                            codes.push(mqtt::suback::FAILURE);
+                        }
+                    }
+                    s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
+                }
+                Packet::Unsubscribe(unsub) => {
+                    if let Ok(mut subs) = s.subscriptions.lock() {
+                        subs.retain(|f| !unsub.filters.contains(f));
+                    }
+                    s.send(Packet::Unsuback(unsub.pkid)).await;
+                }
+                Packet::Publish(p) => {
+                    match p.qos {
+                        0 => {}
+                        1 => s.send(Packet::Puback(p.pkid.unwrap_or(1))).await,
+                        _ => return End::Protocol("QoS 2 is not supported for devices"),
+                    }
+                    self.presence.seen(&s.identity.did, self.domain.clock.now_ms());
+                    match acl::classify_publish(&p.topic, &s.identity.did) {
+                        Some(acl::Inbound::Service) => {
+                            bump(&self.stats.service_frames);
+                            self.service(s, &p.payload).await;
+                        }
+                        Some(acl::Inbound::Uplink) => {
+                            bump(&self.stats.uplinks);
+                            if let Err(e) = self.bus.publish(&p.topic, p.payload.clone()).await {
+                                tracing::warn!(error = %e, "uplink not forwarded to the broker");
+                            }
+                        }
+                        None => {
+                            bump(&self.stats.denied_publishes);
+                            tracing::info!(did = %s.identity.did, topic = %p.topic, "publish refused");
+                        }
+                    }
+                }
+                Packet::PingReq => {
+                    self.presence.seen(&s.identity.did, self.domain.clock.now_ms());
+                    s.send(Packet::PingResp).await;
+                }
+                Packet::Disconnect => return End::Closed,
+                Packet::Connect(_) => return End::Protocol("a second CONNECT"),
+                Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_) => {}
+                Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::PingResp => {
+                    return End::Protocol("a server-to-client packet from a device");
+                }
+            }
+        }
+    }
+}
+
+/// What a session's handlers need.
+pub(crate) struct Session {
+    pub(crate) identity: DeviceIdentity,
+    tx: mpsc::Sender<Bytes>,
+    subscriptions: Arc<Mutex<Vec<String>>>,
+}
+
+impl Session {
+    async fn send(&self, packet: Packet) {
+        match packet.encode() {
+            Ok(bytes) => {
+                let _ = self.tx.send(bytes).await;
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode a packet for a device"),
+        }
+    }
+
+    /// A PUBLISH on `ser2cli_res/<did>`; `allow_large` only for the V1V3 blob.
+    pub(crate) async fn send_service(&self, payload: &[u8], allow_large: bool) -> bool {
+        let topic = format!("ser2cli_res/{}", self.identity.did);
+        match gagent_codec::publish_qos0(&topic, payload) {
+            Ok(p) if allow_large || p.len() <= DEVICE_PACKET_LIMIT => self.tx.send(p).await.is_ok(),
+            Ok(_) | Err(_) => false,
+        }
+    }
+}
+
+fn connack(code: ConnectReturnCode) -> Bytes {
+    // Infallible for a CONNACK; the fallback is the same four bytes written by hand.
+    Packet::Connack(Connack::new(code)).encode().unwrap_or_else(|_| Bytes::from(vec![0x20, 0x02, 0x00, code as u8]))
+}
+
+/// Reads until one whole packet is buffered (or the timeout, EOF or a bad packet).
+async fn read_packet(
+    reader: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+    timeout: Option<Duration>,
+) -> Result<Packet, End> {
+    loop {
+        match mqtt::decode(buf, max) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(End::Malformed(e)),
+        }
+        buf.reserve(4096);
+        let read = reader.read_buf(buf);
+        let n = match timeout {
+            Some(t) => match tokio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => return Err(End::Timeout),
+            },
+            None => read.await,
+        };
+        match n {
+            Ok(0) => return Err(End::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(End::Io(e)),
+        }
+    }
+}
+
+/// The only writer of a device socket: one packet per `write_all`, then a pause.
+async fn write_paced(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    pace: Duration,
+    stats: Arc<EdgeStats>,
+) {
+    while let Some(packet) = rx.recv().await {
+        if writer.write_all(&packet).await.is_err() {
+            return;
+        }
+        bump(&stats.packets_sent);
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,55 @@
+//! Pushes decided by the domain, sent through the broker to whichever gateway holds the
+//! device's session (`ser2cli_res/<did>`, legacy frames of §2.2).
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use gagent_codec::ServiceMessage;
+use ota_domain::notify::{DeviceNotifier, PushNotice};
+use ota_wire::dto::PushMethod;
+
+use crate::bus::Bus;
+use crate::device_http::{type_number, v4_download_url};
+
+pub struct BusNotifier {
+    pub bus: Bus,
+    pub public_host: String,
+}
+
+/// The frame that pushes `notice` to a device.
+pub fn push_frame(notice: &PushNotice, public_host: &str) -> anyhow::Result<Bytes> {
+    let message = match notice.method {
+        // 0x0211 with the did appended, as the hosted cloud sends it (G3).
+        PushMethod::V41 => {
+            ServiceMessage::OtaPushV41 { fw_type: type_number(notice.fw_type), did: Some(notice.did.clone()) }
+        }
+        PushMethod::V4 => {
+            let url = v4_download_url(
+                public_host,
+                &notice.product_key,
+                notice.fw_type,
+                notice.hard_version.as_deref().unwrap_or_default(),
+                notice.soft_version.as_deref().unwrap_or_default(),
+                notice.upgrade_id,
+                &notice.file_name,
+            );
+            let fid = u32::try_from(notice.fid.unwrap_or_default()).unwrap_or(0);
+            ServiceMessage::OtaPushV4 { fw_type: type_number(notice.fw_type), fid, url }
+        }
+        PushMethod::V1V3 => {
+            ServiceMessage::FirmwareIdReply { firmware_id: notice.fid.unwrap_or_default().to_be_bytes() }
+        }
+    };
+    Ok(message.encode()?)
+}
+
+impl DeviceNotifier for BusNotifier {
+    fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>> {
+        let bus = self.bus.clone();
+        let frame = push_frame(&notice, &self.public_host);
+        Box::pin(async move {
+            let frame = frame?;
+            bus.publish(&format!("ser2cli_res/{}", notice.did), frame).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,207 @@
+//! The device plane end to end: the API, a gateway and simulated GAgent devices over real
+//! sockets. For every push method × firmware type a device registers, logs in, is verified,
+//! gets the push, downloads, checks the MD5 and comes back on the new version.
+
+use std::time::Duration;
+
+use ota_gateway::{BusConfig, EdgeSettings, Gateway, GatewaySettings};
+use ota_sim::{Device, DeviceConfig, DeviceHandle, DeviceSpec, McuVersions, Method, Timing};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// A server with a gateway and one product.
+pub struct Plane {
+    pub s: Session,
+    pub gw: Gateway,
+    pub pk: String,
+    #[allow(dead_code)] // encrypted-registration tests use it
+    pub secret: String,
+}
+
+pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
+    GatewaySettings {
+        http_bind: "127.0.0.1:0".parse().unwrap(),
+        mqtt_bind: "127.0.0.1:0".parse().unwrap(),
+        public_host: "api.gizwits.com".into(),
+        mqtt_public_host: "127.0.0.1".into(),
+        mqtt_public_port: None,
+        bus,
+        edge: EdgeSettings { pace: Duration::from_millis(5), ..EdgeSettings::default() },
+        http: Default::default(),
+    }
+}
+
+impl Plane {
+    pub async fn start() -> Plane {
+        let s = Session::start().await;
+        let gw = Gateway::start(s.api.t.domain.clone(), gateway_settings(BusConfig::Embedded { listen: None }))
+            .await
+            .unwrap();
+        let pk = s.create_product("lamp").await;
+        let product = expect_status(s.get(&format!("/api/v1/products/{pk}")).await, StatusCode::OK).await;
+        let secret = product["product_secret"].as_str().unwrap().to_owned();
+        Plane { s, gw, pk, secret }
+    }
+
+    pub fn spec(&self, mac: &str, method: Method) -> DeviceSpec {
+        DeviceSpec::new(self.pk.clone(), mac, method)
+    }
+
+    pub fn spawn(&self, spec: DeviceSpec) -> DeviceHandle {
+        let config = DeviceConfig { timing: Timing::fast(), ..DeviceConfig::new(self.gw.http_addr) };
+        Device::new(spec, config).unwrap().spawn()
+    }
+
+    /// Polls the device (by MAC) until `pred` holds; panics with the last view after 30 s.
+    pub async fn wait_device(&self, mac: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..600 {
+            let r = self.s.get(&format!("/api/v1/devices/{mac}")).await;
+            if r.status() == StatusCode::OK {
+                last = r.json().await.unwrap();
+                if pred(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("device {mac} never became {what}; last seen as {last:#}");
+    }
+
+    pub async fn wait_verification(&self, fw_id: i64, state: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..600 {
+            last = expect_status(self.s.get(&format!("/api/v1/firmware/{fw_id}/verification")).await, StatusCode::OK)
+                .await;
+            if last["state"] == state {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("verification of firmware {fw_id} never reached {state}; last {last:#}");
+    }
+
+    pub async fn upload(&self, fields: &[(&str, &str)], file: (&str, Vec<u8>)) -> i64 {
+        let r = self.s.upload(&self.pk, form(fields, Some(file))).await;
+        expect_status(r, StatusCode::CREATED).await["id"].as_i64().unwrap()
+    }
+}
+
+const MCU_HW: &str = "00STM032";
+
+struct Case {
+    method: Method,
+    mcu: bool,
+    mac: &'static str,
+}
+
+/// Uploads the firmware a device of `case` can take and returns its id and target version.
+async fn upload_for(p: &Plane, case: &Case, image: Vec<u8>) -> i64 {
+    let ty = if case.mcu { "mcu" } else { "wifi" };
+    let hw = if case.mcu { MCU_HW } else { "00ESP826" };
+    match case.method {
+        Method::V41 => {
+            let sw = if case.mcu { "00010002" } else { "04020021" };
+            p.upload(
+                &[("name", "next"), ("type", ty), ("push_method", "V4.1"), ("hard_version", hw), ("soft_version", sw)],
+                ("image.bin", image),
+            )
+            .await
+        }
+        // V4 firmware names the versions of the devices it is for.
+        Method::V4 => {
+            let sw = if case.mcu { "00010001" } else { "04000001" };
+            p.upload(
+                &[("name", "next"), ("type", ty), ("push_method", "V4"), ("hard_version", hw), ("soft_version", sw)],
+                ("image.bin", image),
+            )
+            .await
+        }
+        Method::V1V3 => {
+            p.upload(&[("name", "v1.1"), ("type", "wifi"), ("push_method", "V1V3")], ("image.bin", image)).await
+        }
+    }
+}
+
+async fn verify_case(case: Case) {
+    let p = Plane::start().await;
+    let mut spec = p.spec(case.mac, case.method);
+    spec.mcu = Some(McuVersions { hw: MCU_HW.into(), sw: "00010001".into() });
+    let device = p.spawn(spec);
+    let method_name = match case.method {
+        Method::V1V3 => "V1V3",
+        Method::V4 => "V4",
+        Method::V41 => "V4.1",
+    };
+    let view = p
+        .wait_device(case.mac, "online with its method known", |d| {
+            d["online"] == true && d["push_method"] == method_name
+        })
+        .await;
+    assert_eq!(view["registered_via"], "plain");
+    assert_eq!(view["did"].as_str().unwrap().len(), 22);
+
+    let image = image(6000, 3);
+    let fw_id = upload_for(&p, &case, image.clone()).await;
+    let started = expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw_id}/verification"), json!({ "mac": case.mac })).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(started["state"], "pushing");
+    assert_eq!(started["seconds_remaining"], 600);
+
+    let done = p.wait_verification(fw_id, "awaiting_confirmation").await;
+    assert_eq!(done["stage"], "succeeded");
+    let times = &done["times"];
+    assert!(!times["notified_at"].is_null(), "{done:#}");
+    assert!(!times["download_started_at"].is_null() || case.method == Method::V1V3, "{done:#}");
+    assert!(!times["downloaded_at"].is_null(), "{done:#}");
+    assert!(!times["succeeded_at"].is_null(), "{done:#}");
+
+    let confirmed = expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw_id}/verification/confirm"), json!({ "stable": true })).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(confirmed["state"], "verified");
+    let fw = expect_status(p.s.get(&format!("/api/v1/firmware/{fw_id}")).await, StatusCode::OK).await;
+    assert_eq!(fw["verified"], true);
+    expect_error(
+        p.s.patch(&format!("/api/v1/firmware/{fw_id}"), json!({ "name": "x" })).await,
+        StatusCode::CONFLICT,
+        "firmware_locked",
+    )
+    .await;
+
+    let snapshot = device.stop().await;
+    assert_eq!(snapshot.counters.lost_packets, 0, "the gateway packed two packets into one device read");
+    assert!(snapshot.counters.downloads_ok >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v41_wifi_verification_end_to_end() {
+    verify_case(Case { method: Method::V41, mcu: false, mac: "5CCF7F000001" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v41_mcu_verification_end_to_end() {
+    verify_case(Case { method: Method::V41, mcu: true, mac: "5CCF7F000002" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_wifi_verification_end_to_end() {
+    verify_case(Case { method: Method::V4, mcu: false, mac: "5CCF7F000003" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v4_mcu_verification_end_to_end() {
+    verify_case(Case { method: Method::V4, mcu: true, mac: "5CCF7F000004" }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1v3_wifi_verification_end_to_end() {
+    verify_case(Case { method: Method::V1V3, mcu: false, mac: "5CCF7F000005" }).await;
+}
