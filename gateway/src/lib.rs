@@ -64,11 +64,28 @@ async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, Ga
     TcpListener::bind(addr).await.map_err(|cause| GatewayError::Bind { setting, addr, cause })
 }
 
+/// Send buffer of device HTTP sockets (accepted sockets inherit it from the listener). Small
+/// on purpose: a download then tracks what the device actually took, so a device that drops
+/// the connection halfway shows as a failed download instead of vanishing into kernel
+/// buffers, and 10,000 concurrent downloads do not pin gigabytes of socket memory.
+pub const DEVICE_HTTP_SEND_BUFFER: u32 = 64 * 1024;
+
+fn bind_http(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    let setting = "device_http_bind";
+    let err = |cause| GatewayError::Bind { setting, addr, cause };
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.set_send_buffer_size(DEVICE_HTTP_SEND_BUFFER).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(1024).map_err(err)
+}
+
 impl Gateway {
     /// Binds both listeners, connects the broker, and attaches itself to the domain as the
     /// way pushes reach devices.
     pub async fn start(domain: Domain, settings: GatewaySettings) -> Result<Gateway, GatewayError> {
-        let http_listener = bind("device_http_bind", settings.http_bind).await?;
+        let http_listener = bind_http(settings.http_bind)?;
         let mqtt_listener = bind("device_mqtt_bind", settings.mqtt_bind).await?;
         let http_addr = http_listener.local_addr().map_err(|cause| GatewayError::Bind {
             setting: "device_http_bind",

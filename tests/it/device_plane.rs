@@ -83,6 +83,10 @@ impl Plane {
         panic!("verification of firmware {fw_id} never reached {state}; last {last:#}");
     }
 
+    pub async fn start_verification(&self, fw: i64, mac: &str) -> reqwest::Response {
+        self.s.post(&format!("/api/v1/firmware/{fw}/verification"), json!({ "mac": mac })).await
+    }
+
     pub async fn upload(&self, fields: &[(&str, &str)], file: (&str, Vec<u8>)) -> i64 {
         let r = self.s.upload(&self.pk, form(fields, Some(file))).await;
         expect_status(r, StatusCode::CREATED).await["id"].as_i64().unwrap()
@@ -204,4 +208,130 @@ async fn v4_mcu_verification_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1v3_wifi_verification_end_to_end() {
     verify_case(Case { method: Method::V1V3, mcu: false, mac: "5CCF7F000005" }).await;
+}
+
+fn v41_wifi_fields(sw: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![("name", "fw"), ("type", "wifi"), ("push_method", "V4.1"), ("hard_version", "00ESP826"), ("soft_version", sw)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_refuses_what_cannot_work() {
+    let p = Plane::start().await;
+    let mac = "5CCF7F000010";
+    let device = p.spawn(p.spec(mac, Method::V41)); // runs 04020006
+    p.wait_device(mac, "online", |d| d["online"] == true && d["push_method"] == "V4.1").await;
+
+    let good = p.upload(&v41_wifi_fields("04020021"), ("a.bin", image(3000, 1))).await;
+    let other_series = p.upload(&v41_wifi_fields("04030001"), ("b.bin", image(3000, 2))).await;
+    let older = p.upload(&v41_wifi_fields("04020001"), ("c.bin", image(3000, 3))).await;
+    let v4 = p
+        .upload(
+            &[
+                ("name", "v4"),
+                ("type", "wifi"),
+                ("push_method", "V4"),
+                ("hard_version", "00ESP826"),
+                ("soft_version", "04000001"),
+            ],
+            ("d.bin", image(3000, 4)),
+        )
+        .await;
+
+    expect_error(p.start_verification(good, "5CCF7F00FFFF").await, StatusCode::NOT_FOUND, "device_not_found").await;
+    expect_error(p.start_verification(good, "not-a-mac").await, StatusCode::BAD_REQUEST, "invalid_field").await;
+    expect_error(p.start_verification(9999, mac).await, StatusCode::NOT_FOUND, "firmware_not_found").await;
+    for (fw, why) in [(other_series, "series"), (older, "already runs"), (v4, "push method")] {
+        let e = expect_error(p.start_verification(fw, mac).await, StatusCode::CONFLICT, "device_not_eligible").await;
+        assert!(e["details"]["reason"].as_str().unwrap().contains(why), "{e:#}");
+    }
+    expect_error(
+        p.s.get(&format!("/api/v1/firmware/{good}/verification")).await,
+        StatusCode::NOT_FOUND,
+        "verification_not_found",
+    )
+    .await;
+
+    // Stop the device before it can upgrade: the push goes out, nothing comes back.
+    let snapshot = device.stop().await;
+    assert!(snapshot.did.is_some());
+    p.wait_device(mac, "offline", |d| d["online"] == false).await;
+    expect_error(p.start_verification(good, mac).await, StatusCode::CONFLICT, "device_offline").await;
+
+    // Back online: start, refuse a second start, refuse an early confirmation, cancel, restart.
+    let mut spec = p.spec(mac, Method::V41);
+    spec.did = snapshot.did.clone();
+    spec.passcode = snapshot.passcode.clone();
+    spec.faults.never_return = true;
+    let _device = p.spawn(spec);
+    p.wait_device(mac, "online again", |d| d["online"] == true).await;
+    expect_status(p.start_verification(good, mac).await, StatusCode::CREATED).await;
+    expect_error(p.start_verification(good, mac).await, StatusCode::CONFLICT, "verification_in_progress").await;
+    let confirm = p.s.post(&format!("/api/v1/firmware/{good}/verification/confirm"), json!({ "stable": true })).await;
+    expect_error(confirm, StatusCode::CONFLICT, "verification_not_succeeded").await;
+    let cancelled =
+        expect_status(p.s.delete(&format!("/api/v1/firmware/{good}/verification")).await, StatusCode::OK).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    assert!(cancelled["reason"].as_str().unwrap().contains(ADMIN));
+    expect_error(
+        p.s.delete(&format!("/api/v1/firmware/{good}/verification")).await,
+        StatusCode::NOT_FOUND,
+        "verification_not_found",
+    )
+    .await;
+    let fw = expect_status(p.s.get(&format!("/api/v1/firmware/{good}")).await, StatusCode::OK).await;
+    assert_eq!(fw["verified"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_fails_and_a_silent_device_expires() {
+    let p = Plane::start().await;
+    let (cut, silent) = ("5CCF7F000020", "5CCF7F000021");
+    let mut spec = p.spec(cut, Method::V41);
+    spec.faults.drop_mid_download = true;
+    let _a = p.spawn(spec);
+    let mut spec = p.spec(silent, Method::V41);
+    spec.faults.corrupt_byte = true;
+    let _b = p.spawn(spec);
+    for mac in [cut, silent] {
+        p.wait_device(mac, "online", |d| d["online"] == true && d["push_method"] == "V4.1").await;
+    }
+    let fw1 = p.upload(&v41_wifi_fields("04020021"), ("a.bin", image(3_000_000, 1))).await;
+    let fw2 = p.upload(&v41_wifi_fields("04020022"), ("b.bin", image(3000, 2))).await;
+    expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw1}/verification"), json!({ "mac": cut })).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let failed = p.wait_verification(fw1, "failed").await;
+    assert_eq!(failed["stage"], "failed");
+    assert!(failed["reason"].as_str().unwrap().contains("download interrupted"), "{failed:#}");
+    assert!(!failed["times"]["download_started_at"].is_null());
+
+    // The MD5 check fails on the device, which says nothing: the verification runs out.
+    let started = expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw2}/verification"), json!({ "mac": silent })).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(started["seconds_remaining"], 600);
+    p.wait_device(silent, "downloaded", |_| true).await;
+    let v = p.wait_verification(fw2, "pushing").await;
+    assert_eq!(v["state"], "pushing");
+    p.s.api.t.clock.advance(chrono::Duration::minutes(4));
+    let v = expect_status(p.s.get(&format!("/api/v1/firmware/{fw2}/verification")).await, StatusCode::OK).await;
+    assert_eq!(v["seconds_remaining"], 360);
+    p.s.api.t.clock.advance(chrono::Duration::minutes(7));
+    let expired = p.wait_verification(fw2, "expired").await;
+    assert_eq!(expired["seconds_remaining"], 0);
+    // Both can be started again.
+    expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw2}/verification"), json!({ "mac": silent })).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    expect_status(
+        p.s.post(&format!("/api/v1/firmware/{fw1}/verification"), json!({ "mac": cut })).await,
+        StatusCode::CREATED,
+    )
+    .await;
 }

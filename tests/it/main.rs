@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod contracts;
+mod device_edge;
 mod device_plane;
 mod firmware;
 mod migrations;

@@ -37,6 +37,31 @@ pub struct Config {
     pub admin_tenant: String,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// Device HTTP (what GAgent calls on `api.gizwits.com:80`). Devices always use port 80:
+    /// in production bind `0.0.0.0:80` or forward 80 to this port (see the README).
+    pub device_http_bind: String,
+    /// The MQTT edge devices log in to. Not 1883 by default: a local broker often owns it.
+    /// Devices learn the port from provision, so any port works.
+    pub device_mqtt_bind: String,
+    /// Host name put into download URLs (devices fetch them from port 80 of it).
+    pub device_public_host: String,
+    /// MQTT host handed to devices by provision; default `device_public_host`.
+    pub device_mqtt_host: Option<String>,
+    /// MQTT port handed to devices by provision; default the port of `device_mqtt_bind`.
+    pub device_mqtt_port: Option<u16>,
+    /// `embedded` (rumqttd in this process) or `mqtt://host:port` of a broker shared by
+    /// several gateways.
+    pub broker: String,
+    pub broker_username: Option<String>,
+    pub broker_password: Option<String>,
+    /// Embedded broker only: also listen for backend MQTT 3.1.1 clients here (no auth; keep it
+    /// on loopback).
+    pub broker_listen: Option<String>,
+    /// Pause between two MQTT packets to one device (GAgent loses the second of two packets
+    /// that arrive in one read).
+    pub mqtt_pace_ms: u64,
+    /// How long a verification waits for the test device to report the new version.
+    pub verification_timeout_minutes: i64,
 }
 
 impl Default for Config {
@@ -56,6 +81,17 @@ impl Default for Config {
             admin_password: None,
             admin_tenant: "default".into(),
             log_format: "text".into(),
+            device_http_bind: "0.0.0.0:8081".into(),
+            device_mqtt_bind: "0.0.0.0:1884".into(),
+            device_public_host: "api.gizwits.com".into(),
+            device_mqtt_host: None,
+            device_mqtt_port: None,
+            broker: "embedded".into(),
+            broker_username: None,
+            broker_password: None,
+            broker_listen: None,
+            mqtt_pace_ms: 20,
+            verification_timeout_minutes: 10,
         }
     }
 }
@@ -84,6 +120,34 @@ impl Config {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("ota.db").display()))
     }
 
+    /// The broker setting as the gateway needs it.
+    pub fn bus(&self) -> anyhow::Result<ota_gateway::BusConfig> {
+        if self.broker.trim() == "embedded" {
+            let listen = match &self.broker_listen {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|e| anyhow::anyhow!("broker_listen `{a}`: {e}"))?),
+            };
+            return Ok(ota_gateway::BusConfig::Embedded { listen });
+        }
+        let rest =
+            self.broker.trim().strip_prefix("mqtt://").ok_or_else(|| {
+                anyhow::anyhow!("broker must be `embedded` or `mqtt://host:port`, not `{}`", self.broker)
+            })?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| anyhow::anyhow!("broker port `{p}` is not a port"))?),
+            None => (rest, 1883),
+        };
+        anyhow::ensure!(!host.is_empty(), "broker `{}` names no host", self.broker);
+        let client_id = format!("ota-gw-{}", hex::encode(rand::random::<[u8; 4]>()));
+        Ok(ota_gateway::BusConfig::External {
+            host: host.to_owned(),
+            port,
+            client_id,
+            username: self.broker_username.clone(),
+            password: self.broker_password.clone(),
+        })
+    }
+
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
@@ -106,6 +170,13 @@ mod tests {
             assert_eq!(c.cors_origins(), vec!["https://a.example", "https://b.example"]);
             assert_eq!(c.database_url(), "sqlite:data/ota.db");
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            assert!(matches!(c.bus(), Ok(ota_gateway::BusConfig::Embedded { listen: None })));
+            jail.set_env("OTA_BROKER", "mqtt://127.0.0.1:1883");
+            let c = Config::load(Some(Path::new("custom.toml"))).map_err(|e| e.to_string())?;
+            assert!(matches!(c.bus(), Ok(ota_gateway::BusConfig::External { port: 1883, .. })));
+            jail.set_env("OTA_BROKER", "amqp://x");
+            let c = Config::load(Some(Path::new("custom.toml"))).map_err(|e| e.to_string())?;
+            assert!(c.bus().is_err());
             Ok(())
         });
     }

@@ -42,6 +42,8 @@ enum Command {
     },
     /// Print the OpenAPI document of the management API.
     Openapi,
+    /// Run simulated GAgent devices against a gateway (see `ota sim --help`).
+    Sim(ota_sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -63,6 +65,16 @@ enum AdminCommand {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Sim(args) = cli.command {
+        // The simulator needs no configuration and wants every core.
+        let outcome =
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(ota_sim::run(args)));
+        if let Err(e) = outcome {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let outcome = Config::load(cli.config.as_deref()).and_then(|config| {
         init_logging(&config);
         actix_rt::System::new().block_on(run(cli.command, config))
@@ -115,6 +127,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up => up(config).await,
+        Command::Sim(_) => unreachable!("handled in main"),
     }
 }
 
@@ -132,7 +145,9 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     }
     let store = FsBlobStore::new(config.data_dir.join("firmware"))
         .with_context(|| format!("creating the firmware store under {}", config.data_dir.display()))?;
-    let settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
+    let mut settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
+    anyhow::ensure!(config.verification_timeout_minutes >= 1, "verification_timeout_minutes must be at least 1");
+    settings.verification_timeout_ms = config.verification_timeout_minutes * 60_000;
     Ok(Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings))
 }
 
@@ -173,6 +188,7 @@ async fn up(config: Config) -> anyhow::Result<()> {
         max_json_bytes: config.max_json_bytes,
         workers: config.api_workers,
     };
+    let gateway = start_gateway(&config, domain.clone())?;
     let server = ota_api::serve(listener, domain, jwt, settings)?;
     let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let base = format!("http://{host}:{}", addr.port());
@@ -181,6 +197,17 @@ async fn up(config: Config) -> anyhow::Result<()> {
     println!("  data directory {}", config.data_dir.display());
     println!("  management API {base}/api/v1   (listening on {addr})");
     println!("  API docs       {base}/docs   (OpenAPI: {base}/api-docs/openapi.json)");
+    println!(
+        "  device HTTP    {}   (GAgent calls port 80 of `{}`; see the README)",
+        gateway.http_addr, config.device_public_host
+    );
+    println!(
+        "  device MQTT    {}   (provision hands out {}:{})",
+        gateway.mqtt_addr,
+        config.device_mqtt_host.as_deref().unwrap_or(&config.device_public_host),
+        config.device_mqtt_port.unwrap_or(gateway.mqtt_addr.port())
+    );
+    println!("  broker         {}", gateway.broker);
     match first_login {
         Some((user, Some(password))) => {
             println!("  first admin    `{user}` with generated password: {password}");
@@ -201,6 +228,71 @@ async fn up(config: Config) -> anyhow::Result<()> {
     actix_rt::spawn(stop);
     server.await?;
     Ok(())
+}
+
+/// What `up` prints about the gateway.
+struct GatewayInfo {
+    http_addr: std::net::SocketAddr,
+    mqtt_addr: std::net::SocketAddr,
+    broker: String,
+}
+
+/// Starts the device gateway on its own multi-threaded runtime (the API has actix's) and
+/// keeps it running for the life of the process.
+fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo> {
+    let parse = |setting: &str, env: &str, value: &str| -> anyhow::Result<std::net::SocketAddr> {
+        value
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{setting} `{value}` is not an address ({e}); set `{setting}` or {env}"))
+    };
+    let settings = ota_gateway::GatewaySettings {
+        http_bind: parse("device_http_bind", "OTA_DEVICE_HTTP_BIND", &config.device_http_bind)?,
+        mqtt_bind: parse("device_mqtt_bind", "OTA_DEVICE_MQTT_BIND", &config.device_mqtt_bind)?,
+        public_host: config.device_public_host.clone(),
+        mqtt_public_host: config.device_mqtt_host.clone().unwrap_or_else(|| config.device_public_host.clone()),
+        mqtt_public_port: config.device_mqtt_port,
+        bus: config.bus()?,
+        edge: ota_gateway::EdgeSettings {
+            gateway_id: format!("gw-{}", hex::encode(rand::random::<[u8; 4]>())),
+            pace: std::time::Duration::from_millis(config.mqtt_pace_ms),
+            ..Default::default()
+        },
+        http: Default::default(),
+    };
+    let broker = match &settings.bus {
+        ota_gateway::BusConfig::Embedded { .. } => "embedded (rumqttd in this process)".to_owned(),
+        ota_gateway::BusConfig::External { host, port, .. } => format!("external mqtt://{host}:{port}"),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("gateway".into()).spawn(move || {
+        let runtime = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!("cannot start the gateway runtime: {e}")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match ota_gateway::Gateway::start(domain, settings).await {
+                Ok(gateway) => {
+                    let _ = tx.send(Ok((gateway.http_addr, gateway.mqtt_addr)));
+                    std::future::pending::<()>().await;
+                    drop(gateway);
+                }
+                Err(e) => {
+                    let hint = match &e {
+                        ota_gateway::GatewayError::Bind { setting, .. } => {
+                            format!("; set `{setting}` or OTA_{}", setting.to_ascii_uppercase())
+                        }
+                        ota_gateway::GatewayError::Bus(_) => "; check `broker` / OTA_BROKER".to_owned(),
+                    };
+                    let _ = tx.send(Err(anyhow::anyhow!("{e}{hint}")));
+                }
+            }
+        });
+    })?;
+    let (http_addr, mqtt_addr) = rx.recv().map_err(|_| anyhow::anyhow!("the gateway thread ended"))??;
+    Ok(GatewayInfo { http_addr, mqtt_addr, broker })
 }
 
 /// On a database without users, creates the first admin: from configuration

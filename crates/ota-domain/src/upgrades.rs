@@ -392,10 +392,18 @@ impl Domain {
                 else {
                     return Ok(());
                 };
+                let complete = sent == total && error.is_none();
                 if record.stage().is_final() {
+                    // The device may report its new version before this hook runs (V4 reports
+                    // right after the download); keep the download time all the same.
+                    if complete && record.downloaded_at.is_none() {
+                        diesel::update(upgrades::table.find(upgrade_id))
+                            .set(upgrades::downloaded_at.eq(now))
+                            .execute(c)?;
+                    }
                     return Ok(());
                 }
-                if sent == total && error.is_none() {
+                if complete {
                     set_stage(c, upgrade_id, UpgradeStage::Downloaded, now)?;
                 } else {
                     let reason = format!(
