@@ -35,10 +35,12 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
 
 impl Plane {
     pub async fn start() -> Plane {
+        Self::start_with(BusConfig::Embedded { listen: None }).await
+    }
+
+    pub async fn start_with(bus: BusConfig) -> Plane {
         let s = Session::start().await;
-        let gw = Gateway::start(s.api.t.domain.clone(), gateway_settings(BusConfig::Embedded { listen: None }))
-            .await
-            .unwrap();
+        let gw = Gateway::start(s.api.t.domain.clone(), gateway_settings(bus)).await.unwrap();
         let pk = s.create_product("lamp").await;
         let product = expect_status(s.get(&format!("/api/v1/products/{pk}")).await, StatusCode::OK).await;
         let secret = product["product_secret"].as_str().unwrap().to_owned();

@@ -5,8 +5,10 @@ mod support;
 
 mod auth;
 mod contracts;
+mod device_cluster;
 mod device_edge;
 mod device_plane;
+mod devices;
 mod firmware;
 mod migrations;
 mod products;
