@@ -125,6 +125,21 @@ async fn devices_are_confined_to_their_own_topics() {
     assert_eq!(ra.next().await, Some(Packet::PingResp));
     assert_eq!(stats.uplinks.load(std::sync::atomic::Ordering::Relaxed), uplinks + 1);
 
+    // Nor can A report versions for B over HTTP: the passcode is checked against the did.
+    let report = |did: &str, pc: &str| {
+        let body = format!("passcode={pc}&type=1&hard_version=00ESP826&soft_version=04020019");
+        reqwest::Client::new()
+            .post(format!("http://{}/dev/ota/v4.1/update_and_check/{did}", p.gw.http_addr))
+            .body(body)
+            .send()
+    };
+    assert_eq!(report(&b, "AAAAAAAAAA").await.unwrap().status(), StatusCode::FORBIDDEN);
+    let own = report(&a, "AAAAAAAAAA").await.unwrap();
+    assert_eq!(own.status(), StatusCode::BAD_REQUEST, "no update for A, but the report is taken");
+    assert!(own.text().await.unwrap().contains("9500"));
+    let b_view = crate::support::expect_status(p.s.get(&format!("/api/v1/devices/{b}")).await, StatusCode::OK).await;
+    assert!(b_view["wifi"]["soft_version"].is_null(), "B's versions were not touched: {b_view:#}");
+
     // Its own 0x020F is answered on its own topic, identity from the session.
     ra.send(Packet::Publish(Publish::qos0("cli2ser_req", ServiceMessage::AppCountQuery.encode().unwrap()))).await;
     match ra.next().await {

@@ -276,10 +276,7 @@ impl Edge {
         self.presence.online(&identity.did, &self.settings.gateway_id, Some(peer.ip().to_string()), session_ms);
         let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
 
-        let keep_alive = match connect.keep_alive {
-            0 => None,
-            k => Some(Duration::from_millis(u64::from(k) * 1500).max(Duration::from_secs(150))),
-        };
+        let keep_alive = keep_alive_limit(connect.keep_alive);
         let session = Session { identity: identity.clone(), tx: tx.clone(), subscriptions };
         let end = tokio::select! {
             end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
@@ -429,6 +426,15 @@ impl Session {
     }
 }
 
+/// How long a session may stay silent: 1.5 × the declared keep-alive, never under 150 s
+/// (gap G9: GAgent declares 30–300 s and pings every 50 s); 0 means no limit, as in MQTT.
+pub fn keep_alive_limit(declared_secs: u16) -> Option<Duration> {
+    match declared_secs {
+        0 => None,
+        k => Some(Duration::from_millis(u64::from(k) * 1500).max(Duration::from_secs(150))),
+    }
+}
+
 fn connack(code: ConnectReturnCode) -> Bytes {
     // Infallible for a CONNACK; the fallback is the same four bytes written by hand.
     Packet::Connack(Connack::new(code)).encode().unwrap_or_else(|_| Bytes::from(vec![0x20, 0x02, 0x00, code as u8]))
@@ -481,4 +487,18 @@ async fn write_paced(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_is_one_and_a_half_times_and_never_under_150_s() {
+        assert_eq!(keep_alive_limit(0), None);
+        assert_eq!(keep_alive_limit(30), Some(Duration::from_secs(150)));
+        assert_eq!(keep_alive_limit(55), Some(Duration::from_secs(150)));
+        assert_eq!(keep_alive_limit(120), Some(Duration::from_secs(180)));
+        assert_eq!(keep_alive_limit(300), Some(Duration::from_secs(450)));
+    }
 }

@@ -1,0 +1,65 @@
+//! `ota-bench`: load benchmarks of the device plane over real loopback sockets.
+//!
+//! `ota-bench device-plane` runs the server (domain, gateway, embedded bus) in a child process
+//! and the simulated devices in this one. A process may hold at most 20,000 open files on the
+//! machines we measure on, and 10,000 device sessions cost one socket on each side, so one
+//! process could not hold both ends. The child is this same binary, re-executed with the
+//! hidden `serve` subcommand; it is driven by one-line commands on its stdin (see [`serve`]).
+
+mod control;
+mod device;
+mod exchange;
+mod plane;
+mod report;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ota-bench", version, about = "Device-plane benchmarks of the OTA server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Registrations, MQTT sessions, memory per session, checks and push fan-out.
+    DevicePlane(plane::PlaneArgs),
+    /// The server side of `device-plane` (started by it; commands on stdin).
+    #[command(hide = true)]
+    Serve(serve::ServeArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OTA_BENCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // stdout of the server child carries the control protocol: logs go to stderr.
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ota-bench: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::DevicePlane(args) => runtime.block_on(plane::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+    };
+    // rumqttd's router threads never end and device tasks may still hold sockets: do not wait.
+    runtime.shutdown_background();
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ota-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
