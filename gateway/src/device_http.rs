@@ -103,7 +103,7 @@ impl DeviceHttp {
     }
 
     async fn provision_plain(&self, did: &str, ip: Option<String>) -> Result<Reply, DomainError> {
-        self.domain.provision_device(did, false, ip).await?;
+        self.domain.provision_device(did, None, ip).await?;
         let body = self.provision_body(self.domain.clock.now_ms() / 1000);
         ok(200, body.as_bytes())
     }
@@ -113,10 +113,7 @@ impl DeviceHttp {
         let hex_did = req.query_param("did").ok_or_else(|| DomainError::missing("did"))?;
         let did = cipher.decrypt_hex(hex_did).map_err(|e| DomainError::invalid("did", e.to_string()))?;
         let did = String::from_utf8(did).map_err(|_| DomainError::invalid("did", "the did is not text"))?;
-        let provisioned = self.domain.provision_device(&did, true, ip).await?;
-        if provisioned.identity.product_key != pk {
-            return Err(DomainError::new(ErrorCode::DeviceNotFound, "no such device in this product"));
-        }
+        self.domain.provision_device(&did, Some(pk), ip).await?;
         let body = self.provision_body(self.domain.clock.now_ms() / 1000);
         ok(200, cipher.encrypt_to_hex(body.as_bytes()).as_bytes())
     }

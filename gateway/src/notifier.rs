@@ -32,7 +32,9 @@ pub fn push_frame(notice: &PushNotice, public_host: &str) -> anyhow::Result<Byte
                 notice.upgrade_id,
                 &notice.file_name,
             );
-            let fid = u32::try_from(notice.fid.unwrap_or_default()).unwrap_or(0);
+            // 0x020E carries the fid in 4 bytes; a fid that does not fit cannot be pushed.
+            let fid = u32::try_from(notice.fid.unwrap_or_default())
+                .map_err(|_| anyhow::anyhow!("fid {:?} does not fit the 4-byte field of 0x020E", notice.fid))?;
             ServiceMessage::OtaPushV4 { fw_type: type_number(notice.fw_type), fid, url }
         }
         PushMethod::V1V3 => {

@@ -307,11 +307,13 @@ fn every_quoted_block_matches_the_code() {
     let mut seen = std::collections::BTreeSet::new();
     for block in &found {
         assert!(seen.insert(format!("{}:{}", block.kind, block.name)), "marker {}:{} twice", block.kind, block.name);
-        let (actual, expected, show): (Vec<u8>, Option<Vec<u8>>, fn(&[u8]) -> String) = if block.kind == "hex" {
-            (parse_hex(block), expected_hex.remove(block.name.as_str()), hex_lines)
+        let hex = block.kind == "hex";
+        let (actual, expected) = if hex {
+            (parse_hex(block), expected_hex.remove(block.name.as_str()))
         } else {
-            (parse_reply(block), expected_reply.remove(block.name.as_str()), reply_lines)
+            (parse_reply(block), expected_reply.remove(block.name.as_str()))
         };
+        let show = |bytes: &[u8]| if hex { hex_lines(bytes) } else { reply_lines(bytes) };
         match expected {
             None => failures
                 .push(format!("the document has marker {}:{} that this test does not know", block.kind, block.name)),

@@ -72,14 +72,10 @@ impl Drop for TempDir {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
     let data_dir = TempDir::create()?;
-    // The default database is the test kit's: a SQLite file in its own temporary directory.
-    let (test_db, url) = match &args.database_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let db = ota_testkit::TestDatabase::sqlite();
-            let url = db.url.clone();
-            (Some(db), url)
-        }
+    // Like the test kit's `TestDomain`: a SQLite file in a temporary directory, migrated.
+    let url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}", data_dir.0.join("ota.db").display()),
     };
     let db = Db::connect(&url, args.db_pool).context("connecting the database")?;
     db.migrate().context("migrating the database")?;
@@ -134,7 +130,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
         reply(&answer)?;
     }
     drop(gateway);
-    drop(test_db);
     drop(data_dir);
     Ok(true)
 }

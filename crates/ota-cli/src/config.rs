@@ -62,6 +62,10 @@ pub struct Config {
     pub mqtt_pace_ms: u64,
     /// How long a verification waits for the test device to report the new version.
     pub verification_timeout_minutes: i64,
+    /// A MaxMind-format GeoIP database (GeoIP2/GeoLite2 City or Country `.mmdb`) that fills
+    /// the region of devices registering without one; a region set by an operator or an
+    /// import is never overwritten. Read into memory at startup; unset = no lookup.
+    pub geoip_database: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -92,6 +96,7 @@ impl Default for Config {
             broker_listen: None,
             mqtt_pace_ms: 20,
             verification_timeout_minutes: 10,
+            geoip_database: None,
         }
     }
 }
@@ -177,6 +182,10 @@ mod tests {
             jail.set_env("OTA_BROKER", "amqp://x");
             let c = Config::load(Some(Path::new("custom.toml"))).map_err(|e| e.to_string())?;
             assert!(c.bus().is_err());
+            assert_eq!(c.geoip_database, None);
+            jail.set_env("OTA_GEOIP_DATABASE", "/var/lib/GeoIP/GeoLite2-City.mmdb");
+            let c = Config::load(Some(Path::new("custom.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.geoip_database.as_deref(), Some(Path::new("/var/lib/GeoIP/GeoLite2-City.mmdb")));
             Ok(())
         });
     }

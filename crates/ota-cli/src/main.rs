@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_api::{ApiSettings, JwtKeys};
+use ota_domain::geoip::MaxMindRegions;
 use ota_domain::store::FsBlobStore;
 use ota_domain::{Db, Domain, DomainSettings, SystemClock};
 
@@ -43,7 +44,7 @@ enum Command {
     /// Print the OpenAPI document of the management API.
     Openapi,
     /// Run simulated GAgent devices against a gateway (see `ota sim --help`).
-    Sim(ota_sim::SimArgs),
+    Sim(Box<ota_sim::SimArgs>),
 }
 
 #[derive(Subcommand)]
@@ -68,7 +69,7 @@ fn main() {
     if let Command::Sim(args) = cli.command {
         // The simulator needs no configuration and wants every core.
         let outcome =
-            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(ota_sim::run(args)));
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(ota_sim::run(*args)));
         if let Err(e) = outcome {
             eprintln!("error: {e:#}");
             std::process::exit(1);
@@ -139,6 +140,7 @@ fn open_db(config: &Config) -> anyhow::Result<Db> {
 
 /// Connects, migrates and builds the domain.
 fn open_domain(config: &Config) -> anyhow::Result<Domain> {
+    let geoip = open_geoip(config)?;
     let db = open_db(config)?;
     for name in db.migrate()? {
         tracing::info!(migration = %name, "applied migration");
@@ -148,7 +150,31 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     let mut settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
     anyhow::ensure!(config.verification_timeout_minutes >= 1, "verification_timeout_minutes must be at least 1");
     settings.verification_timeout_ms = config.verification_timeout_minutes * 60_000;
-    Ok(Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings))
+    let domain = Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings);
+    Ok(match geoip {
+        Some(regions) => domain.with_geoip(Arc::new(regions)),
+        None => domain,
+    })
+}
+
+/// The configured GeoIP database; a file that cannot be used stops the start, rather than
+/// leaving regions silently unfilled.
+fn open_geoip(config: &Config) -> anyhow::Result<Option<MaxMindRegions>> {
+    let Some(path) = &config.geoip_database else {
+        return Ok(None);
+    };
+    let regions = MaxMindRegions::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "geoip_database: {e}; point it (or OTA_GEOIP_DATABASE) at a GeoIP2/GeoLite2 City or Country .mmdb file, or unset it"
+        )
+    })?;
+    tracing::info!(
+        path = %path.display(),
+        database_type = regions.database_type(),
+        nodes = regions.node_count(),
+        "GeoIP database loaded; regions of devices without one come from it"
+    );
+    Ok(Some(regions))
 }
 
 /// The configured JWT secret, or one generated on first start and kept in the data directory.
@@ -314,4 +340,26 @@ async fn bootstrap_admin(domain: &Domain, config: &Config) -> anyhow::Result<Opt
         .await
         .map_err(|e| anyhow::anyhow!("creating the first admin: {e}"))?;
     Ok(Some((user, shown)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geoip_database_that_cannot_be_used_is_a_startup_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        assert!(open_geoip(&config).unwrap().is_none());
+
+        config.geoip_database = Some(dir.path().join("GeoLite2-City.mmdb"));
+        let err = open_domain(&config).err().expect("a missing database is refused").to_string();
+        assert!(err.starts_with("geoip_database: ") && err.contains("GeoLite2-City.mmdb"), "{err}");
+
+        let garbage = dir.path().join("garbage.mmdb");
+        std::fs::write(&garbage, b"not a database").unwrap();
+        config.geoip_database = Some(garbage);
+        let err = open_domain(&config).err().expect("an invalid database is refused").to_string();
+        assert!(err.starts_with("geoip_database: ") && err.contains("not a MaxMind DB"), "{err}");
+    }
 }

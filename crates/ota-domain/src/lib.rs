@@ -11,6 +11,7 @@ pub mod db;
 pub mod devices;
 pub mod error;
 pub mod firmware;
+pub mod geoip;
 pub mod notify;
 pub mod paging;
 pub mod products;
@@ -70,6 +71,9 @@ pub struct Domain {
     pub login_throttle: Arc<LoginThrottle>,
     /// The gateway that pushes to devices, once one is attached.
     pub notifier: notify::NotifierSlot,
+    /// Fills the region of devices that register without one, when a GeoIP database is
+    /// configured (see [`geoip`]).
+    pub geoip: Option<Arc<dyn geoip::RegionLookup>>,
     /// Serialises "store a file + insert its row" against "delete a row + collect its file",
     /// so a file is never collected between an upload's store and its insert.
     blob_lock: Arc<tokio::sync::Mutex<()>>,
@@ -84,6 +88,7 @@ impl Domain {
             settings: Arc::new(settings),
             login_throttle: Arc::new(LoginThrottle::default()),
             notifier: notify::NotifierSlot::default(),
+            geoip: None,
             blob_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -91,5 +96,11 @@ impl Domain {
     /// Lets a gateway take the pushes this domain decides.
     pub fn attach_notifier(&self, notifier: Arc<dyn notify::DeviceNotifier>) {
         self.notifier.set(notifier);
+    }
+
+    /// Guesses the region of devices that have none from their IP address.
+    pub fn with_geoip(mut self, lookup: Arc<dyn geoip::RegionLookup>) -> Domain {
+        self.geoip = Some(lookup);
+        self
     }
 }

@@ -356,12 +356,20 @@ impl Domain {
         }
     }
 
-    /// Opens a firmware image by id (for `latest`, which names no device).
+    /// Opens a firmware image by id for `latest`, which names no device: only what `latest`
+    /// can offer (verified V4.1 MCU firmware), so ids cannot be walked to fetch other images.
     pub async fn open_firmware_download(&self, firmware_id: i64) -> Result<Option<(FirmwareRecord, BlobStream)>> {
         let fw: Option<FirmwareRecord> = self
             .db
             .run(move |c| {
-                Ok(firmware::table.find(firmware_id).select(FirmwareRecord::as_select()).first(c).optional()?)
+                Ok(firmware::table
+                    .find(firmware_id)
+                    .filter(firmware::verified.eq(true))
+                    .filter(firmware::push_method.eq(PushMethod::V41.as_str()))
+                    .filter(firmware::fw_type.eq(FirmwareType::Mcu.as_str()))
+                    .select(FirmwareRecord::as_select())
+                    .first(c)
+                    .optional()?)
             })
             .await?;
         match fw {

@@ -26,9 +26,7 @@
 //! | `ser2cli_res/<did>` | any gateway or backend (firmware push, V1V3 blob) | every gateway: `ser2cli_res/+` |
 //! | `ser2cli_noti/<product_key>` | backend | every gateway: `ser2cli_noti/+` |
 //! | `app2dev/<did>/<app_client_id>` | apps | every gateway: `app2dev/#` |
-//! | `app2module/<did>/…` | apps | every gateway: `app2module/#` |
 //! | `dev2app/<did>[/<app_client_id>]` | the gateway holding the device's session | apps, backend |
-//! | `cli2ser_req/<did>` | the gateway holding the session (the edge adds the did) | backend |
 //!
 //! Every gateway receives every downlink and delivers those for the devices whose session it
 //! holds; the others ignore them. A participant receives its own publishes when it is

@@ -93,6 +93,9 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Where a broker message goes: a session's outbox and its subscriptions.
+type Target = (mpsc::Sender<Bytes>, Arc<Mutex<Vec<String>>>);
+
 /// One live session, as the registry sees it.
 struct SessionEntry {
     id: u64,
@@ -181,7 +184,7 @@ impl Edge {
 
     /// Delivers a broker message to the local session it is for, if any and if subscribed.
     pub fn deliver(&self, topic: &str, payload: &Bytes) {
-        let targets: Vec<(mpsc::Sender<Bytes>, Arc<Mutex<Vec<String>>>)> = {
+        let targets: Vec<Target> = {
             let Ok(sessions) = self.sessions.lock() else { return };
             let did_of = |t: &str| t.split('/').nth(1).map(str::to_owned);
             if topic.starts_with("ser2cli_res/") || topic.starts_with("app2dev/") {

@@ -145,9 +145,11 @@ pub fn is_passcode(s: &str) -> bool {
     (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'=')
 }
 
-/// An 8-character version of `[0-9A-Za-z]` (protocol reference §1.1).
+/// A version as devices report it: 8 printable characters. The reference allows
+/// `[0-9A-Za-z]`, but real GAgent builds report `00x86-os`, so a report is taken as long as it
+/// cannot break a form body (no `&`, `=`, spaces or controls).
 pub fn is_version(s: &str) -> bool {
-    s.len() == 8 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    s.len() == 8 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'&' && b != b'=')
 }
 
 fn random_did() -> String {
@@ -257,9 +259,11 @@ impl Domain {
             return Err(DomainError::invalid("passcode", "passcode must be 1–16 printable characters"));
         }
         let now = self.clock.now_ms();
+        let guessed = self.region_from_ip(ip.as_deref());
         let (key, passcode) = (product_key.to_owned(), passcode.to_owned());
         for _ in 0..3 {
             let (key, mac, passcode, ip) = (key.clone(), mac.clone(), passcode.clone(), ip.clone());
+            let guessed = guessed.clone();
             let result = self
                 .db
                 .write(move |c| {
@@ -291,9 +295,13 @@ impl Domain {
                                 devices::updated_at.eq(now),
                             ))
                             .execute(c)?;
+                        if let Some(region) = &guessed {
+                            crate::geoip::fill_missing_region(c, device.id, region)?;
+                        }
                         return Ok(did);
                     }
                     let did = random_did();
+                    let region = guessed.unwrap_or_default();
                     diesel::insert_into(devices::table)
                         .values((
                             devices::tenant_id.eq(product.tenant_id),
@@ -303,6 +311,9 @@ impl Domain {
                             devices::passcode.eq(&passcode),
                             devices::registered_via.eq(via.as_str()),
                             devices::ip.eq(ip),
+                            devices::country.eq(region.country),
+                            devices::province.eq(region.province),
+                            devices::city.eq(region.city),
                             devices::online.eq(false),
                             devices::last_seen_at.eq(now),
                             devices::created_at.eq(now),
@@ -323,12 +334,26 @@ impl Domain {
 
     /// Provision (`GET /dev/devices/<did>`, no passcode): the device exists and may be told
     /// where MQTT is. Also the boot marker the MCU success rule needs (see `upgrades`).
-    pub async fn provision_device(&self, did: &str, encrypted: bool, ip: Option<String>) -> Result<Provisioned> {
+    ///
+    /// `encrypted_for`: the product key of an encrypted provision (the device must belong to
+    /// it, checked before anything is written); `None` for the plain form.
+    pub async fn provision_device(
+        &self,
+        did: &str,
+        encrypted_for: Option<&str>,
+        ip: Option<String>,
+    ) -> Result<Provisioned> {
         let now = self.clock.now_ms();
+        let guessed = self.region_from_ip(ip.as_deref());
         let did = did.to_owned();
+        let encrypted_for = encrypted_for.map(str::to_owned);
+        let encrypted = encrypted_for.is_some();
         self.db
             .write(move |c| {
                 let (device, product) = find_by_did(c, &did)?;
+                if encrypted_for.as_ref().is_some_and(|pk| pk != &product.product_key) {
+                    return Err(device_not_found());
+                }
                 let is_encrypted = device.registered_via() == RegisteredVia::Encrypted;
                 if is_encrypted && !encrypted {
                     return Err(device_refused("this device registered encrypted; plain provision is refused"));
@@ -341,6 +366,9 @@ impl Domain {
                         devices::updated_at.eq(now),
                     ))
                     .execute(c)?;
+                if let Some(region) = &guessed {
+                    crate::geoip::fill_missing_region(c, device.id, region)?;
+                }
                 crate::upgrades::mark_rebooted(c, device.id, now)?;
                 Ok(Provisioned {
                     identity: identity(&device, &product),
@@ -633,6 +661,8 @@ mod tests {
         assert!(!is_passcode("a&b"));
         assert!(!is_passcode("12345678901234567"));
         assert!(is_version("04020019"));
+        assert!(is_version("00x86-os"));
+        assert!(!is_version("0402&019"));
         assert!(!is_version("0402001"));
     }
 }
