@@ -128,7 +128,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up => up(config).await,
-        Command::Sim(_) => unreachable!("handled in main"),
+        Command::Sim(_) => anyhow::bail!("`ota sim` runs before the configuration is loaded"),
     }
 }
 
