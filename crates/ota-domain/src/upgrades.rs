@@ -221,6 +221,16 @@ fn set_stage(c: &mut DbConn, id: i64, stage: UpgradeStage, now: i64) -> Result<(
     Ok(())
 }
 
+/// Ends a record in a final stage with its reason: failed, cancelled and the operator's
+/// "not stable" all close the same way.
+pub(crate) fn close(c: &mut DbConn, id: i64, stage: UpgradeStage, reason: &str, now: i64) -> Result<()> {
+    set_stage(c, id, stage, now)?;
+    diesel::update(upgrades::table.find(id))
+        .set((upgrades::reason.eq(reason), upgrades::active.eq(false)))
+        .execute(c)?;
+    Ok(())
+}
+
 /// Stores the versions of a check on the device row.
 fn store_report(c: &mut DbConn, device: &DeviceRecord, check: &Check, now: i64) -> Result<DeviceRecord> {
     let target = devices::table.find(device.id);
@@ -418,11 +428,7 @@ impl Domain {
                         "download interrupted after {sent} of {total} bytes{}",
                         error.map(|e| format!(": {e}")).unwrap_or_default()
                     );
-                    set_stage(c, upgrade_id, UpgradeStage::Failed, now)?;
-                    diesel::update(upgrades::table.find(upgrade_id)).set(upgrades::reason.eq(reason)).execute(c)?;
-                    if record.kind == KIND_VERIFICATION {
-                        diesel::update(upgrades::table.find(upgrade_id)).set(upgrades::active.eq(false)).execute(c)?;
-                    }
+                    close(c, upgrade_id, UpgradeStage::Failed, &reason, now)?;
                 }
                 Ok(())
             })
@@ -480,12 +486,7 @@ impl Domain {
             .write(move |c| {
                 match failure {
                     None => set_stage(c, upgrade_id, UpgradeStage::Notified, now)?,
-                    Some(reason) => {
-                        set_stage(c, upgrade_id, UpgradeStage::Failed, now)?;
-                        diesel::update(upgrades::table.find(upgrade_id))
-                            .set((upgrades::reason.eq(reason), upgrades::active.eq(false)))
-                            .execute(c)?;
-                    }
+                    Some(reason) => close(c, upgrade_id, UpgradeStage::Failed, &reason, now)?,
                 }
                 Ok(())
             })

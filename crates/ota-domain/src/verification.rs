@@ -14,7 +14,7 @@ use crate::error::{DomainError, Result};
 use crate::firmware::FirmwareRecord;
 use crate::notify::PushNotice;
 use crate::schema::{devices, firmware, products, upgrades};
-use crate::upgrades::{KIND_VERIFICATION, UpgradeRecord, candidate, expire_due, insert_record, report_of};
+use crate::upgrades::{KIND_VERIFICATION, UpgradeRecord, candidate, close, expire_due, insert_record, report_of};
 
 fn state_of(r: &UpgradeRecord) -> VerificationState {
     match r.stage() {
@@ -75,6 +75,18 @@ fn latest(c: &mut crate::db::DbConn, firmware_id: i64) -> Result<(UpgradeRecord,
         .first(c)
         .optional()?
         .ok_or_else(crate::upgrades::not_found_upgrade)
+}
+
+/// The firmware's latest verification, after closing any whose deadline passed.
+fn current(
+    c: &mut crate::db::DbConn,
+    tenant_id: i64,
+    firmware_id: i64,
+    now: i64,
+) -> Result<(UpgradeRecord, DeviceRecord)> {
+    expire_due(c, now)?;
+    find_fw(c, tenant_id, firmware_id)?;
+    latest(c, firmware_id)
 }
 
 fn wrong_state(r: &UpgradeRecord, code: ErrorCode, message: &str) -> DomainError {
@@ -188,14 +200,7 @@ impl Domain {
         who.require(Scope::Read)?;
         let now = self.clock.now_ms();
         let tenant_id = who.tenant_id;
-        let (record, device) = self
-            .db
-            .write(move |c| {
-                expire_due(c, now)?;
-                find_fw(c, tenant_id, firmware_id)?;
-                latest(c, firmware_id)
-            })
-            .await?;
+        let (record, device) = self.db.write(move |c| current(c, tenant_id, firmware_id, now)).await?;
         Ok(view(&record, &device, now))
     }
 
@@ -212,9 +217,7 @@ impl Domain {
         let (record, device) = self
             .db
             .write(move |c| {
-                expire_due(c, now)?;
-                find_fw(c, tenant_id, firmware_id)?;
-                let (record, device) = latest(c, firmware_id)?;
+                let (record, device) = current(c, tenant_id, firmware_id, now)?;
                 if state_of(&record) != VerificationState::AwaitingConfirmation || !record.active {
                     return Err(wrong_state(
                         &record,
@@ -231,15 +234,7 @@ impl Domain {
                         .set((firmware::verified.eq(true), firmware::verified_at.eq(now), firmware::updated_at.eq(now)))
                         .execute(c)?;
                 } else {
-                    diesel::update(target)
-                        .set((
-                            upgrades::stage.eq(UpgradeStage::Failed.as_str()),
-                            upgrades::reason.eq("the operator found the firmware not stable"),
-                            upgrades::failed_at.eq(now),
-                            upgrades::active.eq(false),
-                            upgrades::updated_at.eq(now),
-                        ))
-                        .execute(c)?;
+                    close(c, record.id, UpgradeStage::Failed, "the operator found the firmware not stable", now)?;
                 }
                 let record = target.select(UpgradeRecord::as_select()).first(c)?;
                 Ok((record, device))
@@ -256,9 +251,7 @@ impl Domain {
         let (record, device) = self
             .db
             .write(move |c| {
-                expire_due(c, now)?;
-                find_fw(c, tenant_id, firmware_id)?;
-                let (record, device) = latest(c, firmware_id)?;
+                let (record, device) = current(c, tenant_id, firmware_id, now)?;
                 if !record.active {
                     return Err(wrong_state(
                         &record,
@@ -266,16 +259,8 @@ impl Domain {
                         "no verification of this firmware is running",
                     ));
                 }
-                let target = upgrades::table.find(record.id);
-                diesel::update(target)
-                    .set((
-                        upgrades::stage.eq(UpgradeStage::Cancelled.as_str()),
-                        upgrades::reason.eq(format!("cancelled by {username}")),
-                        upgrades::active.eq(false),
-                        upgrades::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
-                let record = target.select(UpgradeRecord::as_select()).first(c)?;
+                close(c, record.id, UpgradeStage::Cancelled, &format!("cancelled by {username}"), now)?;
+                let record = upgrades::table.find(record.id).select(UpgradeRecord::as_select()).first(c)?;
                 Ok((record, device))
             })
             .await?;
