@@ -3,6 +3,7 @@
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod routes;
 pub mod upload;
@@ -61,6 +62,7 @@ pub struct AppState {
         (name = "firmware", description = "The firmware registry"),
         (name = "verification", description = "Verify firmware on one test device before any fleet push"),
         (name = "devices", description = "The device registry"),
+        (name = "rules", description = "Push rules: targets, preview, start and stop, results"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -124,7 +126,23 @@ macro_rules! app_with_routes {
                     .service(devices::import_devices)
                     .service(devices::get_device)
                     .service(devices::update_device)
-                    .service(devices::delete_device),
+                    .service(devices::delete_device)
+                    .service(rules::create_rule)
+                    .service(rules::list_rules)
+                    .service(rules::preview_draft)
+                    .service(rules::old_versions)
+                    .service(rules::get_rule)
+                    .service(rules::update_rule)
+                    .service(rules::delete_rule)
+                    .service(rules::preview_rule)
+                    .service(rules::start_rule)
+                    .service(rules::stop_rule)
+                    .service(rules::rule_devices)
+                    .service(rules::export_rule_devices)
+                    .service(rules::rule_macs)
+                    .service(rules::upload_mac_list)
+                    .service(rules::get_mac_list)
+                    .service(rules::mac_list_entries),
             )
             .split_for_parts()
     }};

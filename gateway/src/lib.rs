@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use ota_domain::Domain;
 use ota_domain::devices::PresenceWriter;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -38,6 +39,42 @@ pub struct GatewaySettings {
     pub bus: BusConfig,
     pub edge: EdgeSettings,
     pub http: http::ServerSettings,
+    pub push: PushSettings,
+}
+
+/// The fleet scheduler of this gateway (see `ota_domain::rules::schedule`).
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// Pushes per second this gateway sends at most; 0 runs no scheduler here.
+    pub rate_per_second: u32,
+    /// How often a round starts.
+    pub interval: Duration,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings { rate_per_second: 50, interval: Duration::from_secs(1) }
+    }
+}
+
+/// Runs scheduler rounds for ever: each notifies at most a round's share of the rate, spread
+/// evenly over the round.
+async fn run_scheduler(domain: Domain, push: PushSettings) {
+    let interval = push.interval.max(Duration::from_millis(10));
+    let limit = ((f64::from(push.rate_per_second) * interval.as_secs_f64()).ceil() as usize).max(1);
+    let spacing = interval / u32::try_from(limit).unwrap_or(u32::MAX);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match domain.push_round(limit, spacing).await {
+            Ok(round) if round.claimed > 0 => {
+                tracing::info!(notified = round.notified, failed = round.failed, "push round");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "push round failed; retrying next round"),
+        }
+    }
 }
 
 /// Startup failures, each naming the setting to change.
@@ -118,6 +155,9 @@ impl Gateway {
         let http_settings = settings.http.clone();
         tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
         domain.attach_notifier(Arc::new(notifier::BusNotifier { bus: bus.clone(), public_host: settings.public_host }));
+        if settings.push.rate_per_second > 0 {
+            tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
+        }
         Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, tasks })
     }
 

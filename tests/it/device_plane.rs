@@ -30,6 +30,7 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
         bus,
         edge: EdgeSettings { pace: Duration::from_millis(5), ..EdgeSettings::default() },
         http: Default::default(),
+        push: Default::default(),
     }
 }
 

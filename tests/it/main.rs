@@ -12,4 +12,5 @@ mod devices;
 mod firmware;
 mod migrations;
 mod products;
+mod rules;
 mod tenancy;

@@ -28,6 +28,14 @@ impl Session {
         self.api.url(path)
     }
 
+    /// Switches to an API token with every scope and no expiry, for tests that move the fake
+    /// clock past a login session's lifetime.
+    pub async fn use_api_token(&mut self) {
+        let body = json!({ "name": "test", "scopes": ["read", "write", "push"] });
+        let created = expect_status(self.post("/api/v1/tokens", body).await, StatusCode::CREATED).await;
+        self.token = created["secret"].as_str().unwrap().to_owned();
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).bearer_auth(&self.token).send().await.unwrap()
     }

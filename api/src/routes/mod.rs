@@ -3,4 +3,5 @@ pub mod devices;
 pub mod firmware;
 pub mod health;
 pub mod products;
+pub mod rules;
 pub mod verification;

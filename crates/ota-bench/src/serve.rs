@@ -106,6 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
             ..EdgeSettings::default()
         },
         http: Default::default(),
+        push: Default::default(),
     };
     let gateway = Gateway::start(domain.clone(), gateway_settings).await.context("starting the gateway")?;
     let ready = json!({

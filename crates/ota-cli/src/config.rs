@@ -60,6 +60,8 @@ pub struct Config {
     /// Pause between two MQTT packets to one device (GAgent loses the second of two packets
     /// that arrive in one read).
     pub mqtt_pace_ms: u64,
+    /// Push-rule notifications this gateway sends per second at most (0: no scheduler here).
+    pub push_rate: u32,
     /// How long a verification waits for the test device to report the new version.
     pub verification_timeout_minutes: i64,
     /// A MaxMind-format GeoIP database (GeoIP2/GeoLite2 City or Country `.mmdb`) that fills
@@ -95,6 +97,7 @@ impl Default for Config {
             broker_password: None,
             broker_listen: None,
             mqtt_pace_ms: 20,
+            push_rate: 50,
             verification_timeout_minutes: 10,
             geoip_database: None,
         }

@@ -284,6 +284,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
             ..Default::default()
         },
         http: Default::default(),
+        push: ota_gateway::PushSettings { rate_per_second: config.push_rate, ..Default::default() },
     };
     let broker = match &settings.bus {
         ota_gateway::BusConfig::Embedded { .. } => "embedded (rumqttd in this process)".to_owned(),

@@ -210,6 +210,18 @@ impl Db {
 
 /// The id of the row this connection inserted last: the one backend-specific query we need,
 /// because diesel's multi-backend connection cannot express `RETURNING`.
+/// Runs a statement on the concrete connection: multi-row INSERTs are not available through
+/// the multi-backend connection, but are on each backend.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, $query:expr) => {
+        match $conn {
+            $crate::db::DbConn::Pg(c) => $query.execute(c),
+            $crate::db::DbConn::Sqlite(c) => $query.execute(c),
+        }
+    };
+}
+
 pub fn last_insert_id(conn: &mut DbConn) -> Result<i64> {
     use diesel::dsl::sql;
     use diesel::sql_types::BigInt;

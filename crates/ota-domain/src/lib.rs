@@ -15,11 +15,13 @@ pub mod geoip;
 pub mod notify;
 pub mod paging;
 pub mod products;
+pub mod rules;
 pub mod schema;
 pub mod store;
 pub mod upgrade;
 pub mod upgrades;
 pub mod verification;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;

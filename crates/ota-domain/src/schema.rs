@@ -126,6 +126,53 @@ diesel::table! {
         confirmed_at -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        rule_id -> Nullable<BigInt>,
+        last_opening -> Nullable<BigInt>,
+        claim_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    mac_lists (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        product_id -> BigInt,
+        count -> BigInt,
+        duplicates -> BigInt,
+        invalid -> Text,
+        invalid_count -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    mac_list_entries (list_id, mac) {
+        list_id -> BigInt,
+        mac -> Text,
+    }
+}
+
+diesel::table! {
+    rules (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        product_id -> BigInt,
+        firmware_id -> BigInt,
+        name -> Nullable<Text>,
+        target -> Text,
+        regions -> Text,
+        mac_list_id -> Nullable<BigInt>,
+        old_versions -> Text,
+        period_start -> Text,
+        period_end -> Text,
+        window_start -> Integer,
+        window_end -> Integer,
+        status -> Text,
+        started_at -> Nullable<BigInt>,
+        stopped_at -> Nullable<BigInt>,
+        completed_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
     }
 }
 
@@ -137,4 +184,20 @@ diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(products -> tenants (tenant_id));
 diesel::joinable!(firmware -> products (product_id));
 
-diesel::allow_tables_to_appear_in_same_query!(tenants, users, api_tokens, products, firmware, devices, upgrades);
+diesel::joinable!(upgrades -> rules (rule_id));
+diesel::joinable!(rules -> firmware (firmware_id));
+diesel::joinable!(rules -> products (product_id));
+diesel::joinable!(mac_list_entries -> mac_lists (list_id));
+diesel::joinable!(mac_lists -> products (product_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    users,
+    api_tokens,
+    products,
+    firmware,
+    devices,
+    upgrades,
+    mac_lists,
+    mac_list_entries,
+    rules
+);

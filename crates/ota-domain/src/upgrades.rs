@@ -26,7 +26,8 @@ use crate::db::{DbConn, last_insert_id};
 use crate::devices::{DeviceRecord, authenticate_in, device_not_found, find_by_did};
 use crate::error::{DomainError, Result};
 use crate::firmware::FirmwareRecord;
-use crate::schema::{devices, firmware, products, upgrades};
+use crate::rules::RuleRecord;
+use crate::schema::{devices, firmware, products, rules, upgrades};
 use crate::store::BlobStream;
 use crate::upgrade::{Candidate, Report};
 
@@ -54,6 +55,9 @@ pub struct UpgradeRecord {
     pub confirmed_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub rule_id: Option<i64>,
+    pub last_opening: Option<i64>,
+    pub claim_until: Option<i64>,
 }
 
 impl UpgradeRecord {
@@ -105,7 +109,7 @@ pub enum NoOffer {
     NotInEffect,
 }
 
-fn firmware_version_label(fw: &FirmwareRecord) -> Option<String> {
+pub(crate) fn firmware_version_label(fw: &FirmwareRecord) -> Option<String> {
     match fw.push_method() {
         PushMethod::V41 => fw.soft_version.clone(),
         PushMethod::V4 => fw.fid.map(|f| format!("fid {f}")),
@@ -153,14 +157,35 @@ pub(crate) fn mark_rebooted(c: &mut DbConn, device_id: i64, now: i64) -> Result<
     Ok(())
 }
 
-/// Open records of a device, with their firmware.
-fn open_records(c: &mut DbConn, device_id: i64) -> Result<Vec<(UpgradeRecord, FirmwareRecord)>> {
+/// Open records of a device, with their firmware and, for push-rule records, their rule.
+fn open_records(c: &mut DbConn, device_id: i64) -> Result<Vec<(UpgradeRecord, FirmwareRecord, Option<RuleRecord>)>> {
     Ok(upgrades::table
         .inner_join(firmware::table)
+        .left_join(rules::table)
         .filter(upgrades::device_id.eq(device_id))
         .filter(upgrades::active.eq(true))
-        .select((UpgradeRecord::as_select(), FirmwareRecord::as_select()))
+        .select((UpgradeRecord::as_select(), FirmwareRecord::as_select(), Option::<RuleRecord>::as_select()))
         .load(c)?)
+}
+
+/// Whether an open record may be offered now: a verification always, a rule's record only
+/// while the rule pushes inside its period and daily window. A rule's failed attempt stays
+/// open (the next window opening tries again); other final stages never offer.
+fn offerable(record: &UpgradeRecord, rule: Option<&RuleRecord>, now: i64) -> bool {
+    match rule {
+        Some(rule) => record.stage() != UpgradeStage::Succeeded && rule.opening(now).is_some(),
+        None => !record.stage().is_final(),
+    }
+}
+
+/// A failed attempt: a verification ends; a rule's record stays open for the next opening.
+fn fail_attempt(c: &mut DbConn, record: &UpgradeRecord, reason: &str, now: i64) -> Result<()> {
+    if record.rule_id.is_none() {
+        return close(c, record.id, UpgradeStage::Failed, reason, now);
+    }
+    set_stage(c, record.id, UpgradeStage::Failed, now)?;
+    diesel::update(upgrades::table.find(record.id)).set(upgrades::reason.eq(reason)).execute(c)?;
+    Ok(())
 }
 
 /// Marks records whose deadline passed as expired. Verification records close with it.
@@ -288,12 +313,16 @@ impl Domain {
                 };
                 let device = store_report(c, &device, &check, now)?;
                 expire_due(c, now)?;
+                crate::rules::schedule::join_pushing_rules(c, &device, check.method, check.fw_type, now, rules)?;
                 let report = report_of(&device, check.method, check.fw_type);
                 let open = open_records(c, device.id)?;
                 let mut offers = Vec::new();
-                for (record, fw) in &open {
+                let mut in_effect = 0;
+                for (record, fw, rule) in &open {
                     let cand = candidate(fw, record.id);
-                    if record.stage().is_final() {
+                    let final_stage = record.stage().is_final()
+                        && (record.rule_id.is_none() || record.stage() == UpgradeStage::Succeeded);
+                    if final_stage {
                         continue;
                     }
                     if rules.reached(&report, &cand) {
@@ -311,18 +340,21 @@ impl Domain {
                         }
                         continue;
                     }
-                    offers.push(cand);
+                    if offerable(record, rule.as_ref(), now) {
+                        in_effect += 1;
+                        offers.push(cand);
+                    }
                 }
-                if open.is_empty() {
+                if in_effect == 0 {
                     return Ok(Err(NoOffer::NoRule));
                 }
                 let Some(chosen) = rules.choose(&report, &offers).map(|c| c.key) else {
                     return Ok(Err(NoOffer::NotInEffect));
                 };
-                let Some((record, fw)) = open.into_iter().find(|(r, _)| r.id == chosen) else {
+                let Some((record, fw, _)) = open.into_iter().find(|(r, _, _)| r.id == chosen) else {
                     return Ok(Err(NoOffer::NotInEffect));
                 };
-                if matches!(record.stage(), UpgradeStage::Pending | UpgradeStage::Notified) {
+                if matches!(record.stage(), UpgradeStage::Pending | UpgradeStage::Notified | UpgradeStage::Failed) {
                     set_stage(c, record.id, UpgradeStage::Checked, now)?;
                 } else {
                     diesel::update(upgrades::table.find(record.id)).set(upgrades::checked_at.eq(now)).execute(c)?;
@@ -348,10 +380,11 @@ impl Domain {
                 else {
                     return Ok(None);
                 };
-                if !record.active || record.stage().is_final() && record.stage() != UpgradeStage::Succeeded {
+                let retry = record.rule_id.is_some() && record.stage() == UpgradeStage::Failed;
+                if !record.active || record.stage().is_final() && record.stage() != UpgradeStage::Succeeded && !retry {
                     return Ok(None);
                 }
-                if !record.stage().is_final() {
+                if !record.stage().is_final() || retry {
                     set_stage(c, record.id, UpgradeStage::Downloading, now)?;
                 }
                 Ok(Some(fw))
@@ -411,7 +444,8 @@ impl Domain {
                     return Ok(());
                 };
                 let complete = sent == total && error.is_none();
-                if record.stage().is_final() {
+                let retry = record.rule_id.is_some() && record.stage() == UpgradeStage::Failed && record.active;
+                if record.stage().is_final() && !retry {
                     // The device may report its new version before this hook runs (V4 reports
                     // right after the download); keep the download time all the same.
                     if complete && record.downloaded_at.is_none() {
@@ -428,7 +462,7 @@ impl Domain {
                         "download interrupted after {sent} of {total} bytes{}",
                         error.map(|e| format!(": {e}")).unwrap_or_default()
                     );
-                    close(c, upgrade_id, UpgradeStage::Failed, &reason, now)?;
+                    fail_attempt(c, &record, &reason, now)?;
                 }
                 Ok(())
             })
@@ -439,13 +473,16 @@ impl Domain {
     /// an open record offers exactly that firmware to the device.
     pub async fn v1v3_request(&self, did: &str, firmware_id: i64) -> Result<Option<Offer>> {
         let did = did.to_owned();
+        let now = self.clock.now_ms();
         self.db
             .run(move |c| {
                 let (device, product) = find_by_did(c, &did)?;
-                let found = open_records(c, device.id)?.into_iter().find(|(r, fw)| {
-                    !r.stage().is_final() && fw.push_method() == PushMethod::V1V3 && fw.fid == Some(firmware_id)
+                let found = open_records(c, device.id)?.into_iter().find(|(r, fw, rule)| {
+                    offerable(r, rule.as_ref(), now)
+                        && fw.push_method() == PushMethod::V1V3
+                        && fw.fid == Some(firmware_id)
                 });
-                Ok(found.map(|(r, fw)| Offer { upgrade_id: r.id, firmware: fw, product_key: product.product_key }))
+                Ok(found.map(|(r, fw, _)| Offer { upgrade_id: r.id, firmware: fw, product_key: product.product_key }))
             })
             .await
     }
@@ -486,7 +523,10 @@ impl Domain {
             .write(move |c| {
                 match failure {
                     None => set_stage(c, upgrade_id, UpgradeStage::Notified, now)?,
-                    Some(reason) => close(c, upgrade_id, UpgradeStage::Failed, &reason, now)?,
+                    Some(reason) => {
+                        let record = upgrades::table.find(upgrade_id).select(UpgradeRecord::as_select()).first(c)?;
+                        fail_attempt(c, &record, &reason, now)?;
+                    }
                 }
                 Ok(())
             })

@@ -113,7 +113,11 @@ impl TestDomain {
     }
 
     pub fn with_limit(max_firmware_bytes: u64) -> TestDomain {
-        let db = TestDatabase::new();
+        Self::on(TestDatabase::new(), max_firmware_bytes)
+    }
+
+    /// A domain on a given database (e.g. always PostgreSQL, whatever `OTA_TEST_DATABASE` says).
+    pub fn on(db: TestDatabase, max_firmware_bytes: u64) -> TestDomain {
         let pool = Db::connect(&db.url, 8).expect("connect test database");
         pool.migrate().expect("migrate test database");
         let data_dir = tempfile::tempdir().expect("temp dir");
@@ -122,6 +126,15 @@ impl TestDomain {
         let settings = DomainSettings::new(max_firmware_bytes, data_dir.path().join("staging"));
         let domain = Domain::new(pool, Arc::new(clock.clone()), Arc::new(store), settings);
         TestDomain { domain, clock, db, data_dir }
+    }
+
+    /// Another domain on the same database, clock and file store, with its own connection
+    /// pool and notifier slot: what a second gateway process has.
+    pub fn sibling(&self) -> Domain {
+        let pool = Db::connect(&self.db.url, 8).expect("connect test database");
+        let store = FsBlobStore::new(self.blob_dir()).expect("blob store");
+        let settings = DomainSettings::new(self.domain.settings.max_firmware_bytes, self.staging_dir());
+        Domain::new(pool, Arc::new(self.clock.clone()), Arc::new(store), settings)
     }
 
     pub fn blob_dir(&self) -> PathBuf {

@@ -126,6 +126,24 @@ error_codes! {
     /// The uploaded CSV cannot be read at all (no header, no `mac` column, not UTF-8); per-line problems are reported, not refused.
     InvalidCsv = ("invalid_csv", 400),
 
+    // --- push rules ---
+    /// No push rule with this request id exists in your tenant.
+    RuleNotFound = ("rule_not_found", 404),
+    /// No MAC list with this id exists for this product.
+    MacListNotFound = ("mac_list_not_found", 404),
+    /// The rule would push to no device; a rule needs at least one target to be saved.
+    RuleNoTargets = ("rule_no_targets", 409),
+    /// Another pushing rule already pushes the same firmware series to some of these devices; `details.rule_ids` names it.
+    RuleOverlap = ("rule_overlap", 409),
+    /// The action does not fit the rule's status (`details.status`), e.g. editing targets of a started rule.
+    RuleWrongStatus = ("rule_wrong_status", 409),
+    /// Only verified firmware can be pushed to a fleet.
+    FirmwareNotVerified = ("firmware_not_verified", 409),
+    /// Starting a rule needs `confirm_stable` and `accept_terms` set to true; `details.field` names the missing one.
+    ConfirmationRequired = ("confirmation_required", 400),
+    /// The rule's period has ended; extend `period.end` to start it again.
+    RulePeriodOver = ("rule_period_over", 409),
+
     // --- firmware files ---
     /// The firmware file is larger than the configured limit (`details.limit_bytes`).
     FirmwareTooLarge = ("firmware_too_large", 413),

@@ -4,5 +4,6 @@
 
 pub mod dto;
 pub mod error;
+pub mod rules;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -52,13 +52,8 @@ impl FirmwareRecord {
         PushMethod::parse(&self.push_method).unwrap_or(PushMethod::V41)
     }
 
-    /// Derived from the firmware's push rules: `not_started` until a rule pushes it (push
-    /// rules arrive with the fleet-push work; until then no firmware can be pushing).
-    pub fn push_status(&self) -> PushStatus {
-        PushStatus::NotStarted
-    }
-
-    pub fn view(&self, product_key: &str) -> FirmwareView {
+    /// `status`: derived from the firmware's push rules (see [`crate::rules::push_statuses`]).
+    pub fn view(&self, product_key: &str, status: PushStatus) -> FirmwareView {
         FirmwareView {
             id: self.id,
             product_key: product_key.to_owned(),
@@ -75,7 +70,7 @@ impl FirmwareRecord {
             crc32: format!("{:08x}", self.crc32),
             verified: self.verified,
             verified_at: self.verified_at.map(from_ms),
-            push_status: self.push_status(),
+            push_status: status,
             download_path: format!("/api/v1/firmware/{}/file", self.id),
             created_at: from_ms(self.created_at),
             updated_at: from_ms(self.updated_at),
@@ -231,7 +226,7 @@ fn locked() -> DomainError {
 }
 
 /// Loads a firmware of the tenant with its product key.
-fn find_firmware(c: &mut DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String)> {
+pub(crate) fn find_firmware(c: &mut DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String)> {
     firmware::table
         .inner_join(products::table)
         .filter(firmware::id.eq(id).and(firmware::tenant_id.eq(tenant_id)))
@@ -239,6 +234,13 @@ fn find_firmware(c: &mut DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRec
         .first(c)
         .optional()?
         .ok_or_else(firmware_not_found)
+}
+
+/// Firmware with its product key and derived push status.
+fn with_status(c: &mut DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String, PushStatus)> {
+    let (record, pk) = find_firmware(c, tenant_id, id)?;
+    let status = crate::rules::push_statuses(c, &[id])?.get(&id).copied().unwrap_or(PushStatus::NotStarted);
+    Ok((record, pk, status))
 }
 
 fn blob_references(c: &mut DbConn, sha256: &str) -> Result<i64> {
@@ -310,7 +312,8 @@ impl Domain {
             }
         };
         match inserted {
-            Ok(record) => Ok(record.view(&product.product_key)),
+            // New firmware has no rules yet.
+            Ok(record) => Ok(record.view(&product.product_key, PushStatus::NotStarted)),
             Err(e) => {
                 self.collect_blob(&file.sha256).await?;
                 Err(e)
@@ -336,7 +339,7 @@ impl Domain {
         who.require(Scope::Read)?;
         let page = PageRequest::new(query.page, query.per_page)?;
         let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
-        let (rows, total, pk) = self
+        let (rows, total, pk, statuses) = self
             .db
             .run(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
@@ -360,17 +363,20 @@ impl Domain {
                     .offset(page.offset())
                     .select(FirmwareRecord::as_select())
                     .load(c)?;
-                Ok((rows, total, product.product_key))
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let statuses = crate::rules::push_statuses(c, &ids)?;
+                Ok((rows, total, product.product_key, statuses))
             })
             .await?;
-        Ok(page.wrap(rows.iter().map(|r| r.view(&pk)).collect(), total))
+        let status = |id: i64| statuses.get(&id).copied().unwrap_or(PushStatus::NotStarted);
+        Ok(page.wrap(rows.iter().map(|r| r.view(&pk, status(r.id))).collect(), total))
     }
 
     pub async fn get_firmware(&self, who: &Principal, id: i64) -> Result<FirmwareView> {
         who.require(Scope::Read)?;
         let tenant_id = who.tenant_id;
-        let (record, pk) = self.db.run(move |c| find_firmware(c, tenant_id, id)).await?;
-        Ok(record.view(&pk))
+        let (record, pk, status) = self.db.run(move |c| with_status(c, tenant_id, id)).await?;
+        Ok(record.view(&pk, status))
     }
 
     /// The record and a stream of its exact bytes.
@@ -411,7 +417,7 @@ impl Domain {
             let result = self
                 .db
                 .write(move |c| {
-                    let (current, pk) = find_firmware(c, tenant_id, id)?;
+                    let (current, _) = find_firmware(c, tenant_id, id)?;
                     if current.verified {
                         return Err(locked());
                     }
@@ -439,14 +445,13 @@ impl Domain {
                             }
                             other => other,
                         })?;
-                    let (record, _) = find_firmware(c, tenant_id, id)?;
-                    Ok((record, pk))
+                    with_status(c, tenant_id, id)
                 })
                 .await;
             match result {
                 // A racing upload took the same next fid of the new series; take the one after.
                 Err(DomainError::UniqueViolation) if attempt < FID_ATTEMPTS => continue,
-                other => return other.map(|(record, pk)| record.view(&pk)),
+                other => return other.map(|(record, pk, status)| record.view(&pk, status)),
             }
         }
     }
@@ -481,7 +486,8 @@ impl Domain {
                 if old_sha != record.sha256 {
                     self.collect_blob(&old_sha).await?;
                 }
-                Ok(record.view(&pk))
+                // Only unverified firmware gets a new file, and only verified firmware pushes.
+                Ok(record.view(&pk, PushStatus::NotStarted))
             }
             Err(e) => {
                 self.collect_blob(&file.sha256).await?;
@@ -499,7 +505,7 @@ impl Domain {
             .db
             .write(move |c| {
                 let (record, _) = find_firmware(c, tenant_id, id)?;
-                if record.push_status() == PushStatus::Pushing {
+                if with_status(c, tenant_id, id)?.2 == PushStatus::Pushing {
                     return Err(DomainError::new(ErrorCode::FirmwareInUse, "a push rule of this firmware is pushing"));
                 }
                 diesel::delete(firmware::table.find(id)).execute(c)?;

@@ -1,0 +1,706 @@
+//! Push rules through the API, and the fleet scheduler on a fake clock.
+//!
+//! Devices here are made through the domain's device-side calls (registration, a check that
+//! reports versions, presence), which is what the gateway does for a real device; the
+//! simulated-fleet flow is in `rules_fleet.rs`.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{TimeZone, Utc};
+use futures_util::future::BoxFuture;
+use ota_domain::Domain;
+use ota_domain::devices::PresenceWriter;
+use ota_domain::notify::{DeviceNotifier, PushNotice};
+use ota_domain::upgrades::{Check, CheckAuth};
+use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+pub const HW: &str = "00ESP826";
+
+/// Records every push instead of sending it; fails pushes to the dids in `refuse`.
+#[derive(Default, Clone)]
+pub struct Recorder {
+    pub sent: Arc<Mutex<Vec<PushNotice>>>,
+    pub refuse: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    pub fn take(&self) -> Vec<String> {
+        let mut dids: Vec<String> = self.sent.lock().unwrap().drain(..).map(|n| n.did).collect();
+        dids.sort();
+        dids
+    }
+}
+
+impl DeviceNotifier for Recorder {
+    fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>> {
+        let refused = self.refuse.lock().unwrap().contains(&notice.did);
+        if !refused {
+            self.sent.lock().unwrap().push(notice);
+        }
+        Box::pin(async move { if refused { Err(anyhow::anyhow!("broker refused")) } else { Ok(()) } })
+    }
+}
+
+/// A product with devices made through the device-side calls.
+pub struct Fleet {
+    pub s: Session,
+    pub pk: String,
+    pub presence: PresenceWriter,
+}
+
+pub struct Dev {
+    pub did: String,
+    pub passcode: String,
+}
+
+impl Fleet {
+    pub async fn start() -> Fleet {
+        let mut s = Session::start().await;
+        s.use_api_token().await;
+        let pk = s.create_product("lamp").await;
+        let presence = PresenceWriter::start(s.api.t.domain.clone());
+        Fleet { s, pk, presence }
+    }
+
+    pub fn domain(&self) -> &Domain {
+        &self.s.api.t.domain
+    }
+
+    /// Imports MACs with regions (`mac,region` lines).
+    pub async fn import(&self, csv: &str) {
+        let r = self
+            .s
+            .client
+            .post(self.s.url(&format!("/api/v1/products/{}/devices/import", self.pk)))
+            .bearer_auth(&self.s.token)
+            .header("content-type", "text/csv")
+            .body(format!("mac,region\n{csv}"))
+            .send()
+            .await
+            .unwrap();
+        expect_status(r, StatusCode::OK).await;
+    }
+
+    /// Registers a device and has it report `sw` (V4.1 Wi-Fi unless told otherwise).
+    pub async fn device(&self, mac: &str, sw: &str, online: bool) -> Dev {
+        self.device_as(mac, PushMethod::V41, FirmwareType::Wifi, HW, sw, None, online).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn device_as(
+        &self,
+        mac: &str,
+        method: PushMethod,
+        fw_type: FirmwareType,
+        hw: &str,
+        sw: &str,
+        fid: Option<i64>,
+        online: bool,
+    ) -> Dev {
+        let passcode = "ABCDEFGHIJ".to_owned();
+        let did = self.domain().register_device(&self.pk, mac, &passcode, RegisteredVia::Plain, None).await.unwrap();
+        let dev = Dev { did, passcode };
+        self.report(&dev, method, fw_type, hw, sw, fid).await;
+        if online {
+            self.online(&dev).await;
+        }
+        dev
+    }
+
+    pub async fn online(&self, dev: &Dev) {
+        self.presence.online(&dev.did, "gw-test", None, self.domain().clock.now_ms());
+        self.presence.flush().await;
+    }
+
+    /// A device check; returns the offered firmware id, if any.
+    pub async fn report(
+        &self,
+        dev: &Dev,
+        method: PushMethod,
+        fw_type: FirmwareType,
+        hw: &str,
+        sw: &str,
+        fid: Option<i64>,
+    ) -> Option<i64> {
+        let check = Check {
+            did: dev.did.clone(),
+            auth: CheckAuth::Passcode(dev.passcode.clone()),
+            method,
+            fw_type,
+            hard: Some(hw.to_owned()),
+            soft: Some(sw.to_owned()),
+            fid,
+            ip: None,
+        };
+        self.domain().device_check(check).await.unwrap().ok().map(|o| o.firmware.id)
+    }
+
+    pub async fn check_v41(&self, dev: &Dev, sw: &str) -> Option<i64> {
+        self.report(dev, PushMethod::V41, FirmwareType::Wifi, HW, sw, None).await
+    }
+
+    /// Uploads V4.1 Wi-Fi firmware of `sw`; `verified` marks it verified (the verification
+    /// flow itself is tested in `device_plane.rs` and `rules_fleet.rs`).
+    pub async fn firmware(&self, sw: &str, verified: bool) -> i64 {
+        let fields =
+            [("name", "fw"), ("type", "wifi"), ("push_method", "V4.1"), ("hard_version", HW), ("soft_version", sw)];
+        let r = self.s.upload(&self.pk, form(&fields, Some(("a.bin", image(2000, sw.len() as u8))))).await;
+        let id = expect_status(r, StatusCode::CREATED).await["id"].as_i64().unwrap();
+        if verified {
+            let tenant = self.tenant_id().await;
+            self.domain().mark_firmware_verified(tenant, id).await.unwrap();
+        }
+        id
+    }
+
+    pub async fn tenant_id(&self) -> i64 {
+        self.domain().verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id
+    }
+
+    pub async fn create_rule(&self, fw: i64, body: Value) -> Value {
+        expect_status(self.s.post(&format!("/api/v1/firmware/{fw}/rules"), body).await, StatusCode::CREATED).await
+    }
+
+    pub async fn start_rule(&self, id: i64) -> reqwest::Response {
+        self.s.post(&format!("/api/v1/rules/{id}/start"), json!({ "confirm_stable": true, "accept_terms": true })).await
+    }
+
+    pub async fn rule(&self, id: i64) -> Value {
+        expect_status(self.s.get(&format!("/api/v1/rules/{id}")).await, StatusCode::OK).await
+    }
+
+    pub fn at(&self, y: i32, mo: u32, d: u32, h: u32, mi: u32) {
+        self.s.api.t.clock.set(Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).single().unwrap());
+    }
+}
+
+pub fn rule_body(target: Value, old: &[&str], period: (&str, &str), window: (u8, u8)) -> Value {
+    let mut body = json!({
+        "old_versions": old,
+        "period": { "start": period.0, "end": period.1 },
+        "daily_window": { "start_hour": window.0, "end_hour": window.1 },
+    });
+    for (k, v) in target.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn round(f: &Fleet) -> ota_domain::rules::schedule::PushRound {
+    f.domain().push_round(1000, std::time::Duration::ZERO).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_pushes_once_per_window_opening_and_completes_at_the_period_end() {
+    let f = Fleet::start().await;
+    let rec = Recorder::default();
+    f.domain().attach_notifier(Arc::new(rec.clone()));
+    let a = f.device("5CCF7F100001", "04020006", true).await;
+    let b = f.device("5CCF7F100002", "04020006", true).await;
+    let c = f.device("5CCF7F100003", "04020006", true).await;
+    let late = f.device("5CCF7F100004", "04020006", false).await;
+    let other_version = f.device("5CCF7F100005", "04020007", true).await;
+    let fw = f.firmware("04020021", true).await;
+
+    // 22:00 → 02:00, three days. The fake clock starts at 2026-01-01 00:00: inside the
+    // opening that began the evening before the period, which counts from midnight.
+    let rule = f
+        .create_rule(fw, rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-03"), (22, 2)))
+        .await;
+    let id = rule["request_id"].as_i64().unwrap();
+    assert_eq!(rule["status"], "not_started");
+    let started = expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    assert_eq!(started["target_devices"], 4, "{started:#}");
+    assert_eq!(started["from_versions"], json!(["04020006"]));
+    assert_eq!(started["to_version"], "04020021");
+
+    let r = round(&f).await;
+    assert_eq!((r.claimed, r.notified), (3, 3));
+    assert_eq!(rec.take(), sorted(&[&a.did, &b.did, &c.did]));
+    assert!(f.rule(id).await["window_open"].as_bool().unwrap());
+    // Same opening, later and across no boundary: nothing more.
+    assert_eq!(round(&f).await.claimed, 0);
+    f.at(2026, 1, 1, 1, 59);
+    assert_eq!(round(&f).await.claimed, 0);
+
+    // A succeeds by reporting the target version; it counts once however often it reports.
+    assert_eq!(f.check_v41(&a, "04020021").await, None);
+    assert_eq!(f.check_v41(&a, "04020021").await, None);
+    let v = f.rule(id).await;
+    assert_eq!((v["counts"]["succeeded"].as_i64(), v["counts"]["targets"].as_i64()), (Some(1), Some(4)));
+
+    // Outside the window: the late device comes online and checks in by itself, and is not
+    // offered anything; the scheduler pushes nothing.
+    f.at(2026, 1, 1, 12, 0);
+    f.online(&late).await;
+    assert_eq!(f.check_v41(&late, "04020006").await, None);
+    assert_eq!(round(&f).await.claimed, 0);
+    assert!(!f.rule(id).await["window_open"].as_bool().unwrap());
+
+    // The next opening: every online target not yet succeeded, once.
+    f.at(2026, 1, 1, 22, 0);
+    assert_eq!(round(&f).await.notified, 3);
+    assert_eq!(rec.take(), sorted(&[&b.did, &c.did, &late.did]));
+    // After midnight it is the same opening: no second push the same night.
+    f.at(2026, 1, 2, 1, 0);
+    assert_eq!(round(&f).await.claimed, 0);
+    // A check inside the window is offered the firmware.
+    assert_eq!(f.check_v41(&b, "04020006").await, Some(fw));
+    // A device of another version is no target and is offered nothing.
+    assert_eq!(f.check_v41(&other_version, "04020007").await, None);
+
+    // The last night of the period: pushed again; then the period ends.
+    f.at(2026, 1, 3, 23, 30);
+    assert_eq!(round(&f).await.notified, 3);
+    rec.take();
+    f.at(2026, 1, 4, 0, 0);
+    assert_eq!(round(&f).await.claimed, 0);
+    let done = f.rule(id).await;
+    assert_eq!(done["status"], "completed", "{done:#}");
+    assert_eq!(done["counts"]["succeeded"], 1);
+    assert_eq!(done["counts"]["expired"], 3);
+    assert_eq!(done["counts"]["not_succeeded"], 3);
+    let fw_view = expect_status(f.s.get(&format!("/api/v1/firmware/{fw}")).await, StatusCode::OK).await;
+    assert_eq!(fw_view["push_status"], "completed");
+    // Completed rules never push again.
+    f.at(2026, 1, 4, 23, 0);
+    assert_eq!(round(&f).await.claimed, 0);
+    assert_eq!(f.check_v41(&b, "04020006").await, None);
+}
+
+fn sorted(dids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = dids.iter().map(|d| d.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_devices_join_a_pushing_rule_and_failed_pushes_are_retried() {
+    let f = Fleet::start().await;
+    let rec = Recorder::default();
+    f.domain().attach_notifier(Arc::new(rec.clone()));
+    let a = f.device("5CCF7F200001", "04020006", true).await;
+    let refused = f.device("5CCF7F200002", "04020006", true).await;
+    rec.refuse.lock().unwrap().push(refused.did.clone());
+    let fw = f.firmware("04020021", true).await;
+    let rule = f
+        .create_rule(fw, rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-05"), (0, 24)))
+        .await;
+    let id = rule["request_id"].as_i64().unwrap();
+    expect_status(f.start_rule(id).await, StatusCode::OK).await;
+
+    let r = round(&f).await;
+    assert_eq!((r.notified, r.failed), (1, 1));
+    assert_eq!(rec.take(), vec![a.did.clone()]);
+    let failed = expect_status(
+        f.s.get(&format!("/api/v1/rules/{id}/devices?filter=not_succeeded&mac=5CCF7F200002")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(failed["total"], 1);
+    assert_eq!(failed["items"][0]["stage"], "failed");
+    assert!(failed["items"][0]["last_error"].as_str().unwrap().contains("broker refused"), "{failed:#}");
+    // The claim holds for its lease, then the push is tried again in the same opening.
+    assert_eq!(round(&f).await.claimed, 0);
+    f.s.api.t.clock.advance(chrono::Duration::seconds(31));
+    rec.refuse.lock().unwrap().clear();
+    assert_eq!(round(&f).await.notified, 1);
+    assert_eq!(rec.take(), vec![refused.did.clone()]);
+
+    // A device registered after the start, reporting an old version, joins on its check and
+    // is offered at once (the window is open); the scheduler does not push it twice.
+    let newcomer = f.device("5CCF7F200003", "04020006", true).await;
+    assert_eq!(f.check_v41(&newcomer, "04020006").await, Some(fw));
+    assert_eq!(f.rule(id).await["counts"]["targets"], 3);
+    let r = round(&f).await;
+    assert_eq!(r.notified, 1, "the newcomer gets its push for this opening");
+    assert_eq!(round(&f).await.claimed, 0);
+    // Every target succeeds: the rule completes before its period ends.
+    for d in [&a, &refused, &newcomer] {
+        f.check_v41(d, "04020021").await;
+    }
+    round(&f).await;
+    let v = f.rule(id).await;
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["counts"]["succeeded"], 3);
+    let csv = f.s.get(&format!("/api/v1/rules/{id}/devices.csv?filter=succeeded")).await;
+    assert_eq!(csv.status(), StatusCode::OK);
+    let text = csv.text().await.unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.starts_with("mac,did,stage,"));
+    assert!(text.lines().skip(1).all(|l| l.contains(",succeeded,04020006,04020021,")), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_requests_are_validated_and_refusals_change_nothing() {
+    let f = Fleet::start().await;
+    f.import("5CCF7F300001,广东省-广州市\n5CCF7F300002,广东省-深圳市\n5CCF7F300003,中国/浙江省/杭州市\n").await;
+    let _a = f.device("5CCF7F300001", "04020006", true).await;
+    let _b = f.device("5CCF7F300002", "04020006", false).await;
+    let _c = f.device("5CCF7F300003", "04020019", true).await;
+    let _d = f.device("5CCF7F300004", "04020021", true).await; // already on the target
+    let unverified = f.firmware("04020021", false).await;
+    let base = |target: Value| rule_body(target, &["04020006", "04020019"], ("2026-01-01", "2026-01-31"), (0, 24));
+
+    // Old versions the fleet reports for this firmware's series.
+    let old =
+        expect_status(f.s.get(&format!("/api/v1/firmware/{unverified}/old-versions")).await, StatusCode::OK).await;
+    assert_eq!(old, json!([{ "version": "04020006", "devices": 2 }, { "version": "04020019", "devices": 1 }]));
+
+    // Previews: by region (province-city and country/province/city forms), by MACs, all.
+    let preview = |body: Value| {
+        let s = &f.s;
+        async move {
+            expect_status(s.post(&format!("/api/v1/firmware/{unverified}/rules/preview"), body).await, StatusCode::OK)
+                .await
+        }
+    };
+    let p = preview(base(json!({ "target": "regions", "regions": ["广东省-广州市", "中国/浙江省"] }))).await;
+    assert_eq!((p["targets"].as_i64(), p["online"].as_i64()), (Some(2), Some(2)), "{p:#}");
+    let p = preview(base(json!({ "target": "regions", "regions": ["广东省"] }))).await;
+    assert_eq!((p["targets"].as_i64(), p["online"].as_i64()), (Some(2), Some(1)), "{p:#}");
+    let p = preview(base(
+        json!({ "target": "macs", "macs": "5ccf7f300001\n5CCF7F300004, 5C:CF:7F:30:00:01 AABBCCDDEEFF" }),
+    ))
+    .await;
+    assert_eq!(p["targets"], 1, "{p:#}");
+    assert_eq!(p["already_on_target"], 1);
+    assert_eq!(p["unknown_macs"], 1);
+    let p = preview(base(json!({ "target": "all" }))).await;
+    assert_eq!(
+        (p["targets"].as_i64(), p["online"].as_i64(), p["already_on_target"].as_i64()),
+        (Some(3), Some(2), Some(1))
+    );
+
+    // Bad input, each with its code; nothing is created.
+    let cases: Vec<(Value, StatusCode, &str, Option<&str>)> = vec![
+        (base(json!({ "target": "regions" })), StatusCode::BAD_REQUEST, "invalid_field", Some("regions")),
+        (
+            base(json!({ "target": "regions", "regions": [" / "] })),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("regions"),
+        ),
+        (
+            base(json!({ "target": "all", "regions": ["广东省"] })),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("regions"),
+        ),
+        (base(json!({ "target": "macs" })), StatusCode::BAD_REQUEST, "missing_field", Some("macs")),
+        (
+            base(json!({ "target": "macs", "macs": "5CCF7F300001\nnot-a-mac" })),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("macs"),
+        ),
+        (
+            base(json!({ "target": "macs", "macs": "5CCF7F300001", "mac_list_id": 1 })),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("macs"),
+        ),
+        (base(json!({ "target": "macs", "mac_list_id": 999 })), StatusCode::NOT_FOUND, "mac_list_not_found", None),
+        (
+            rule_body(json!({ "target": "all" }), &[], ("2026-01-01", "2026-01-31"), (0, 24)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("old_versions"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04030001"], ("2026-01-01", "2026-01-31"), (0, 24)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("old_versions"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04020021"], ("2026-01-01", "2026-01-31"), (0, 24)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("old_versions"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04020006"], ("2026-02-01", "2026-01-31"), (0, 24)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("period"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04020006"], ("2026-1-1", "2026-01-31"), (0, 24)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("period"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-31"), (5, 5)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("daily_window"),
+        ),
+        (
+            rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-31"), (24, 2)),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            Some("daily_window"),
+        ),
+        (base(json!({ "target": "everything" })), StatusCode::BAD_REQUEST, "invalid_json", None),
+        (base(json!({ "target": "all", "colour": "red" })), StatusCode::BAD_REQUEST, "invalid_json", None),
+        // Zero targets: nobody in this region.
+        (
+            base(json!({ "target": "regions", "regions": ["西藏自治区"] })),
+            StatusCode::CONFLICT,
+            "rule_no_targets",
+            None,
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let e =
+            expect_error(f.s.post(&format!("/api/v1/firmware/{unverified}/rules"), body.clone()).await, status, code)
+                .await;
+        if let Some(field) = field {
+            assert_eq!(e["details"]["field"], field, "{body} → {e:#}");
+        }
+    }
+    let e = expect_error(
+        f.s.post(
+            &format!("/api/v1/firmware/{unverified}/rules"),
+            base(json!({ "target": "macs", "macs": "5CCF7F300001\n\nxyz" })),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(e["details"]["invalid"], json!([{ "line": 3, "value": "xyz" }]));
+    expect_error(
+        f.s.post("/api/v1/firmware/999/rules", base(json!({ "target": "all" }))).await,
+        StatusCode::NOT_FOUND,
+        "firmware_not_found",
+    )
+    .await;
+    let none = expect_status(f.s.get(&format!("/api/v1/firmware/{unverified}/rules")).await, StatusCode::OK).await;
+    assert_eq!(none, json!([]));
+
+    // A draft rule for unverified firmware is allowed, but never starts.
+    let rule = f.create_rule(unverified, base(json!({ "target": "all" }))).await;
+    let id = rule["request_id"].as_i64().unwrap();
+    assert_eq!(rule["counts"]["targets"], 0, "targets are taken at the start");
+    expect_error(f.start_rule(id).await, StatusCode::CONFLICT, "firmware_not_verified").await;
+    for (body, field) in [
+        (json!({ "confirm_stable": false, "accept_terms": true }), "confirm_stable"),
+        (json!({ "confirm_stable": true }), "accept_terms"),
+    ] {
+        let e = expect_error(
+            f.s.post(&format!("/api/v1/rules/{id}/start"), body).await,
+            StatusCode::BAD_REQUEST,
+            "confirmation_required",
+        )
+        .await;
+        assert_eq!(e["details"]["field"], field);
+    }
+    expect_error(
+        f.s.post(&format!("/api/v1/rules/{id}/stop"), json!({})).await,
+        StatusCode::CONFLICT,
+        "rule_wrong_status",
+    )
+    .await;
+    expect_error(f.s.get("/api/v1/rules/424242").await, StatusCode::NOT_FOUND, "rule_not_found").await;
+    expect_error(f.s.get("/api/v1/rules/abc").await, StatusCode::BAD_REQUEST, "invalid_path").await;
+    // An edit before the start may change anything, and is validated the same way.
+    let edited = expect_status(
+        f.s.patch(
+            &format!("/api/v1/rules/{id}"),
+            json!({ "target": "regions", "regions": ["广东省"], "name": "south" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(edited["target"], "regions");
+    assert_eq!(edited["regions"][0]["province"], "广东省");
+    let before = f.rule(id).await;
+    expect_error(
+        f.s.patch(&format!("/api/v1/rules/{id}"), json!({ "regions": ["西藏自治区"] })).await,
+        StatusCode::CONFLICT,
+        "rule_no_targets",
+    )
+    .await;
+    expect_error(
+        f.s.patch(&format!("/api/v1/rules/{id}"), json!({ "daily_window": { "start_hour": 3, "end_hour": 3 } })).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(f.rule(id).await, before, "a refused edit changes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_checks_status_overlap_and_period_and_edits_narrow_once_started() {
+    let f = Fleet::start().await;
+    let rec = Recorder::default();
+    f.domain().attach_notifier(Arc::new(rec.clone()));
+    for i in 1..=4 {
+        f.device(&format!("5CCF7F40000{i}"), "04020006", true).await;
+    }
+    let fw1 = f.firmware("04020021", true).await;
+    let fw2 = f.firmware("04020025", true).await; // same series
+    let r1 = f
+        .create_rule(
+            fw1,
+            rule_body(
+                json!({ "target": "macs", "macs": "5CCF7F400001 5CCF7F400002" }),
+                &["04020006"],
+                ("2026-01-01", "2026-01-10"),
+                (0, 24),
+            ),
+        )
+        .await;
+    let r2 = f
+        .create_rule(fw2, rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-10"), (0, 24)))
+        .await;
+    let (id1, id2) = (r1["request_id"].as_i64().unwrap(), r2["request_id"].as_i64().unwrap());
+    assert_ne!(id1, id2);
+    let started = expect_status(f.start_rule(id1).await, StatusCode::OK).await;
+    assert_eq!(started["target_devices"], 2);
+    let fw_view = expect_status(f.s.get(&format!("/api/v1/firmware/{fw1}")).await, StatusCode::OK).await;
+    assert_eq!(fw_view["push_status"], "pushing");
+    expect_error(f.start_rule(id1).await, StatusCode::CONFLICT, "rule_wrong_status").await;
+    expect_error(f.s.delete(&format!("/api/v1/firmware/{fw1}")).await, StatusCode::CONFLICT, "firmware_in_use").await;
+
+    // The second rule overlaps on two devices of the same series: its preview says so and its
+    // start is refused, naming the first rule.
+    let p = expect_status(f.s.get(&format!("/api/v1/rules/{id2}/preview")).await, StatusCode::OK).await;
+    assert_eq!((p["targets"].as_i64(), p["in_other_rules"].as_i64()), (Some(4), Some(2)));
+    assert_eq!(p["other_rule_ids"], json!([id1]));
+    let e = expect_error(f.start_rule(id2).await, StatusCode::CONFLICT, "rule_overlap").await;
+    assert_eq!(e["details"]["rule_ids"], json!([id1]));
+    assert_eq!(e["details"]["devices"], 2);
+    assert_eq!(f.rule(id2).await["status"], "not_started");
+    assert_eq!(f.rule(id2).await["counts"]["targets"], 0, "a refused start takes no targets");
+
+    // Once started only the name and the period's end may change.
+    let before = f.rule(id1).await;
+    for body in [
+        json!({ "old_versions": ["04020006"] }),
+        json!({ "daily_window": { "start_hour": 1, "end_hour": 2 } }),
+        json!({ "period": { "start": "2026-01-02", "end": "2026-01-10" } }),
+        json!({ "target": "all" }),
+    ] {
+        expect_error(f.s.patch(&format!("/api/v1/rules/{id1}"), body).await, StatusCode::CONFLICT, "rule_wrong_status")
+            .await;
+    }
+    assert_eq!(f.rule(id1).await, before);
+    let e = expect_error(
+        f.s.patch(&format!("/api/v1/rules/{id1}"), json!({ "period": { "start": "2026-01-01", "end": "2025-12-31" } }))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(e["details"]["field"], "period");
+    let extended = expect_status(
+        f.s.patch(
+            &format!("/api/v1/rules/{id1}"),
+            json!({ "name": "pilot", "period": { "start": "2026-01-01", "end": "2026-02-28" } }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(extended["period"]["end"], "2026-02-28");
+    assert_eq!(extended["name"], "pilot");
+    expect_error(f.s.delete(&format!("/api/v1/rules/{id1}")).await, StatusCode::CONFLICT, "rule_wrong_status").await;
+
+    // Stopped: no offers; the other rule may now start on the rest? No: the stopped rule's
+    // targets stay taken only while it pushes, so the second rule can start.
+    let stopped = expect_status(f.s.post(&format!("/api/v1/rules/{id1}/stop"), json!({})).await, StatusCode::OK).await;
+    assert_eq!(stopped["status"], "stopped");
+    assert!(stopped["stopped_at"].is_string());
+    let started2 = expect_status(f.start_rule(id2).await, StatusCode::OK).await;
+    assert_eq!(started2["target_devices"], 4);
+    // ...and now the first cannot start again while the second pushes to its devices.
+    expect_error(f.start_rule(id1).await, StatusCode::CONFLICT, "rule_overlap").await;
+    expect_status(f.s.post(&format!("/api/v1/rules/{id2}/stop"), json!({})).await, StatusCode::OK).await;
+    expect_status(f.start_rule(id1).await, StatusCode::OK).await;
+
+    // A period that is over refuses the start.
+    expect_status(f.s.post(&format!("/api/v1/rules/{id1}/stop"), json!({})).await, StatusCode::OK).await;
+    f.at(2026, 3, 1, 0, 0);
+    expect_error(f.start_rule(id1).await, StatusCode::CONFLICT, "rule_period_over").await;
+    // A stopped rule can be deleted, with its results.
+    expect_status(f.s.delete(&format!("/api/v1/rules/{id2}")).await, StatusCode::NO_CONTENT).await;
+    expect_error(f.s.get(&format!("/api/v1/rules/{id2}")).await, StatusCode::NOT_FOUND, "rule_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mac_lists_upload_with_line_numbers_and_download_again() {
+    let f = Fleet::start().await;
+    f.device("5CCF7F500001", "04020006", true).await;
+    let text = "5ccf7f500001\n5CCF7F500002,5CCF7F500001\nbogus\n\n5C-CF-7F-50-00-03\n";
+    let r =
+        f.s.client
+            .post(f.s.url(&format!("/api/v1/products/{}/mac-lists", f.pk)))
+            .bearer_auth(&f.s.token)
+            .header("content-type", "text/plain")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+    let list = expect_status(r, StatusCode::CREATED).await;
+    assert_eq!(list["count"], 3);
+    assert_eq!(list["duplicates"], 1);
+    assert_eq!(list["invalid"], json!([{ "line": 3, "value": "bogus" }]));
+    let id = list["id"].as_i64().unwrap();
+    let again = expect_status(f.s.get(&format!("/api/v1/mac-lists/{id}")).await, StatusCode::OK).await;
+    assert_eq!(again, list);
+    let macs = f.s.get(&format!("/api/v1/mac-lists/{id}/macs")).await.text().await.unwrap();
+    assert_eq!(macs, "5CCF7F500001\n5CCF7F500002\n5CCF7F500003\n");
+
+    let fw = f.firmware("04020021", false).await;
+    let rule = f
+        .create_rule(
+            fw,
+            rule_body(
+                json!({ "target": "macs", "mac_list_id": id }),
+                &["04020006"],
+                ("2026-01-01", "2026-01-02"),
+                (0, 24),
+            ),
+        )
+        .await;
+    assert_eq!(rule["mac_count"], 3);
+    let rid = rule["request_id"].as_i64().unwrap();
+    let download = f.s.get(&format!("/api/v1/rules/{rid}/macs")).await;
+    assert_eq!(download.status(), StatusCode::OK);
+    assert!(download.headers()["content-disposition"].to_str().unwrap().contains("attachment"));
+    assert_eq!(download.text().await.unwrap(), macs);
+
+    // Bad uploads: nothing valid, too large.
+    let post = |body: Vec<u8>| {
+        f.s.client
+            .post(f.s.url(&format!("/api/v1/products/{}/mac-lists", f.pk)))
+            .bearer_auth(&f.s.token)
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+    };
+    let e = expect_error(post(b"nothing here".to_vec()).await.unwrap(), StatusCode::BAD_REQUEST, "invalid_field").await;
+    assert_eq!(e["details"]["invalid_count"], 2);
+    expect_error(post(vec![b'A'; 33 * 1024 * 1024]).await.unwrap(), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        .await;
+    expect_error(post(vec![0xff, 0xfe]).await.unwrap(), StatusCode::BAD_REQUEST, "invalid_field").await;
+    expect_error(f.s.get("/api/v1/mac-lists/999").await, StatusCode::NOT_FOUND, "mac_list_not_found").await;
+    let r =
+        f.s.client
+            .post(f.s.url("/api/v1/products/nope/mac-lists"))
+            .bearer_auth(&f.s.token)
+            .body("5CCF7F500001")
+            .send()
+            .await
+            .unwrap();
+    expect_error(r, StatusCode::NOT_FOUND, "product_not_found").await;
+}
