@@ -14,7 +14,7 @@ use crate::support::*;
 const MOSQUITTO: &str = "127.0.0.1:1883";
 
 /// True when the broker answers; in CI its absence fails the test, elsewhere it skips loudly.
-async fn broker_reachable() -> bool {
+pub async fn broker_reachable() -> bool {
     let ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(MOSQUITTO)).await,
         Ok(Ok(_))
@@ -26,7 +26,7 @@ async fn broker_reachable() -> bool {
     ok
 }
 
-fn external(name: &str) -> BusConfig {
+pub fn external(name: &str) -> BusConfig {
     BusConfig::External {
         host: "127.0.0.1".into(),
         port: 1883,

@@ -13,4 +13,6 @@ mod firmware;
 mod migrations;
 mod products;
 mod rules;
+mod rules_cluster;
+mod rules_fleet;
 mod tenancy;

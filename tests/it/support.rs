@@ -17,7 +17,11 @@ pub struct Session {
 impl Session {
     /// A fresh server with tenant `acme`, its admin logged in.
     pub async fn start() -> Session {
-        let api = TestApi::start();
+        Self::start_on(TestApi::start()).await
+    }
+
+    /// The same on a given server (e.g. one always on PostgreSQL).
+    pub async fn start_on(api: TestApi) -> Session {
         api.t.domain.create_admin("acme", ADMIN, ADMIN_PASSWORD).await.unwrap();
         let client = Client::new();
         let token = login(&client, &api, ADMIN, ADMIN_PASSWORD).await;

@@ -46,6 +46,9 @@ pub struct DomainSettings {
     pub verification_timeout_ms: i64,
     /// Series matching, including the 0400/0401 → 0402 Wi-Fi exception.
     pub series_rules: SeriesRules,
+    /// How long a gateway's claim on notifying a rule target keeps other gateways off it; a
+    /// claim of a gateway that died is taken over after this (see `rules::schedule`).
+    pub claim_lease_ms: i64,
 }
 
 impl DomainSettings {
@@ -56,6 +59,7 @@ impl DomainSettings {
             staging_dir,
             verification_timeout_ms: DEFAULT_VERIFICATION_TIMEOUT_MS,
             series_rules: SeriesRules::default(),
+            claim_lease_ms: rules::schedule::CLAIM_LEASE_MS,
         }
     }
 }

@@ -128,12 +128,20 @@ impl TestDomain {
         TestDomain { domain, clock, db, data_dir }
     }
 
+    /// Changes the domain's settings (the database, clock and store stay).
+    pub fn adjust(&mut self, f: impl FnOnce(&mut DomainSettings)) {
+        let mut settings = (*self.domain.settings).clone();
+        f(&mut settings);
+        self.domain =
+            Domain::new(self.domain.db.clone(), self.domain.clock.clone(), self.domain.store.clone(), settings);
+    }
+
     /// Another domain on the same database, clock and file store, with its own connection
     /// pool and notifier slot: what a second gateway process has.
     pub fn sibling(&self) -> Domain {
         let pool = Db::connect(&self.db.url, 8).expect("connect test database");
         let store = FsBlobStore::new(self.blob_dir()).expect("blob store");
-        let settings = DomainSettings::new(self.domain.settings.max_firmware_bytes, self.staging_dir());
+        let settings = (*self.domain.settings).clone();
         Domain::new(pool, Arc::new(self.clock.clone()), Arc::new(store), settings)
     }
 

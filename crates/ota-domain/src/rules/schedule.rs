@@ -31,7 +31,7 @@ use crate::notify::PushNotice;
 use crate::schema::{devices, firmware, products, rules, upgrades};
 use crate::upgrades::{device_version_label, firmware_version_label};
 
-/// How long a claim keeps other gateways off a target.
+/// How long a claim keeps other gateways off a target, by default.
 pub const CLAIM_LEASE_MS: i64 = 30_000;
 /// Device rows read per batch when a rule takes its targets.
 const TAKE_BATCH: i64 = 5000;
@@ -235,7 +235,7 @@ struct Claim {
 }
 
 /// Claims up to `limit` due targets of pushing rules whose window is open now.
-fn claim(c: &mut DbConn, now: i64, limit: usize) -> Result<Vec<Claim>> {
+fn claim(c: &mut DbConn, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<Claim>> {
     let pushing: Vec<(RuleRecord, FirmwareRecord, String)> = rules::table
         .inner_join(firmware::table)
         .inner_join(products::table)
@@ -268,7 +268,7 @@ fn claim(c: &mut DbConn, now: i64, limit: usize) -> Result<Vec<Claim>> {
         for (upgrade_id, did) in candidates {
             let Some(did) = did else { continue };
             let won = diesel::update(due().filter(upgrades::id.eq(upgrade_id)))
-                .set(upgrades::claim_until.eq(now + CLAIM_LEASE_MS))
+                .set(upgrades::claim_until.eq(now + lease_ms))
                 .execute(c)?;
             if won == 1 {
                 out.push(Claim {
@@ -416,11 +416,12 @@ impl Domain {
             self.db.write(move |c| settle(c, now, None)).await?;
             return Ok(PushRound::default());
         };
+        let lease = self.settings.claim_lease_ms;
         let claims = self
             .db
             .write(move |c| {
                 settle(c, now, None)?;
-                claim(c, now, limit)
+                claim(c, now, limit, lease)
             })
             .await?;
         let mut round = PushRound { claimed: claims.len(), ..PushRound::default() };
