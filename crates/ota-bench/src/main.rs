@@ -11,6 +11,7 @@ mod device;
 mod exchange;
 mod plane;
 mod report;
+mod rules;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,13 @@ struct Cli {
 enum Command {
     /// Registrations, MQTT sessions, memory per session, checks and push fan-out.
     DevicePlane(plane::PlaneArgs),
+    /// Rule previews over a large registry (default 1,000,000 devices).
+    RulesPreview(rules::PreviewArgs),
+    /// A simulated fleet pushed by one rule from start to 100 % succeeded.
+    Rollout(rules::RolloutArgs),
+    /// The simulated fleet of `rollout` (`ota sim`, started by it).
+    #[command(hide = true)]
+    Sim(Box<ota_sim::SimArgs>),
     /// The server side of `device-plane` (started by it; commands on stdin).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -50,7 +58,10 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::DevicePlane(args) => runtime.block_on(plane::run(args)),
+        Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
+        Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Sim(args) => runtime.block_on(async move { ota_sim::run(*args).await.map(|()| true) }),
     };
     // rumqttd's router threads never end and device tasks may still hold sockets: do not wait.
     runtime.shutdown_background();

@@ -53,10 +53,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const NOBODY: &str = "benchRawNobody00000000";
 
 /// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn create() -> anyhow::Result<TempDir> {
+    pub(crate) fn create() -> anyhow::Result<TempDir> {
         let suffix = hex::encode(rand::random::<[u8; 6]>());
         let path = std::env::temp_dir().join(format!("ota-bench-{}-{suffix}", std::process::id()));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;

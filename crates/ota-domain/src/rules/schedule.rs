@@ -64,15 +64,18 @@ fn lock_product(c: &mut DbConn, product_id: i64) -> Result<()> {
 fn take_targets(c: &mut DbConn, rule: &RuleRecord, fw: &FirmwareRecord, now: i64) -> Result<usize> {
     let filter = TargetFilter::of_rule(c, fw, rule)?;
     let to_version = firmware_version_label(fw);
+    // A first start has nothing to skip; a restart skips the devices it already holds.
+    let held: i64 = upgrades::table.filter(upgrades::rule_id.eq(rule.id)).count().get_result(c)?;
     let mut after = 0i64;
     let mut taken = 0;
     loop {
-        let batch: Vec<DeviceRecord> = filter
-            .targets()
-            .filter(devices::id.gt(after))
-            .filter(diesel::dsl::not(
+        let mut q = filter.targets().filter(devices::id.gt(after));
+        if held > 0 {
+            q = q.filter(diesel::dsl::not(
                 devices::id.eq_any(upgrades::table.filter(upgrades::rule_id.eq(rule.id)).select(upgrades::device_id)),
-            ))
+            ));
+        }
+        let batch: Vec<DeviceRecord> = q
             .order(devices::id)
             .limit(TAKE_BATCH)
             .select(DeviceRecord::as_select())
@@ -115,15 +118,18 @@ pub(crate) fn settle(c: &mut DbConn, now: i64, firmware_id: Option<i64>) -> Resu
     let pushing: Vec<RuleRecord> = q.select(RuleRecord::as_select()).load(c)?;
     for rule in pushing {
         let over = rule.period().is_over(crate::clock::from_ms(now));
-        let open: i64 = upgrades::table
+        // Any open target? (Not a count: this runs every scheduler round.)
+        let open = upgrades::table
             .filter(upgrades::rule_id.eq(rule.id))
             .filter(upgrades::active.eq(true))
-            .count()
-            .get_result(c)?;
-        if !over && open > 0 {
+            .select(upgrades::id)
+            .first::<i64>(c)
+            .optional()?
+            .is_some();
+        if !over && open {
             continue;
         }
-        if over && open > 0 {
+        if over && open {
             close_at_period_end(c, rule.id, now)?;
         }
         diesel::update(rules::table.find(rule.id).filter(rules::status.eq(RuleStatus::Pushing.as_str())))

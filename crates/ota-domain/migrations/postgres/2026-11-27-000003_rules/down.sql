@@ -1,4 +1,6 @@
-DROP INDEX devices_product_legacy;
+DROP INDEX devices_rule_legacy;
+DROP INDEX devices_rule_mcu;
+DROP INDEX devices_rule_wifi;
 DROP INDEX upgrades_rule_stage;
 DROP INDEX upgrades_rule_device;
 ALTER TABLE upgrades DROP COLUMN claim_until;

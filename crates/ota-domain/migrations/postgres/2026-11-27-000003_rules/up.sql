@@ -44,4 +44,8 @@ ALTER TABLE upgrades ADD COLUMN last_opening BIGINT;
 ALTER TABLE upgrades ADD COLUMN claim_until BIGINT;
 CREATE UNIQUE INDEX upgrades_rule_device ON upgrades(rule_id, device_id);
 CREATE INDEX upgrades_rule_stage ON upgrades(rule_id, stage);
-CREATE INDEX devices_product_legacy ON devices(product_id, legacy_firmware_id);
+-- Rule previews count targets from these alone (no table rows read): every column the
+-- target filter and the online count use, per kind of version.
+CREATE INDEX devices_rule_wifi ON devices(product_id, push_method, wifi_hw, wifi_sw, online, province, city, country, wifi_fid);
+CREATE INDEX devices_rule_mcu ON devices(product_id, push_method, mcu_hw, mcu_sw, online, province, city, country, mcu_fid);
+CREATE INDEX devices_rule_legacy ON devices(product_id, push_method, legacy_firmware_id, online, province, city, country);
