@@ -61,6 +61,7 @@ pub struct AppState {
         (name = "firmware", description = "The firmware registry"),
         (name = "verification", description = "Verify firmware on one test device before any fleet push"),
         (name = "devices", description = "The device registry"),
+        (name = "adoption", description = "Take over devices provisioned by the hosted cloud"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -124,7 +125,11 @@ macro_rules! app_with_routes {
                     .service(devices::import_devices)
                     .service(devices::get_device)
                     .service(devices::update_device)
-                    .service(devices::delete_device),
+                    .service(devices::delete_device)
+                    .service(devices::reset_passcode)
+                    .service(adoption::get_adoption)
+                    .service(adoption::set_adoption)
+                    .service(adoption::list_adoption_events),
             )
             .split_for_parts()
     }};
