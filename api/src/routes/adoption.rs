@@ -16,7 +16,11 @@ use crate::error::ApiError;
     security(("bearer" = []))
 )]
 #[get("/products/{product_key}/adoption")]
-pub async fn get_adoption(st: web::Data<AppState>, who: Auth, key: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_adoption(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_adoption(&who, &key).await?))
 }
 

@@ -89,7 +89,9 @@ fn unknown_refusal(policy: Option<&PolicyRecord>, now: i64) -> &'static str {
         Some(p) => match p.policy() {
             AdoptionPolicy::Closed => "unknown did; the product is closed",
             AdoptionPolicy::Imported => "unknown did; not in the imported list",
-            AdoptionPolicy::Open if p.open_until.is_none_or(|end| now >= end) => "unknown did; the open window has ended",
+            AdoptionPolicy::Open if p.open_until.is_none_or(|end| now >= end) => {
+                "unknown did; the open window has ended"
+            }
             AdoptionPolicy::Open => "unknown did; the open window reached max_adoptions",
         },
     }
@@ -411,7 +413,12 @@ impl Domain {
     }
 
     /// Sets a product's policy. Every call starts a new window count (`adopted_in_window` = 0).
-    pub async fn set_adoption(&self, who: &Principal, product_key: &str, req: SetAdoptionRequest) -> Result<AdoptionView> {
+    pub async fn set_adoption(
+        &self,
+        who: &Principal,
+        product_key: &str,
+        req: SetAdoptionRequest,
+    ) -> Result<AdoptionView> {
         who.require(Scope::Write)?;
         let now = self.clock.now_ms();
         let (open_until, max) = match req.policy {
@@ -468,7 +475,11 @@ impl Domain {
             None => None,
             Some(d) if d.len() <= 22 && d.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(d.to_owned()),
             Some(_) => {
-                return Err(DomainError::field(ErrorCode::InvalidQuery, "did", "did must be up to 22 letters and digits"));
+                return Err(DomainError::field(
+                    ErrorCode::InvalidQuery,
+                    "did",
+                    "did must be up to 22 letters and digits",
+                ));
             }
         };
         let (tenant_id, key, kind) = (who.tenant_id, product_key.to_owned(), query.kind);
@@ -478,8 +489,7 @@ impl Domain {
             .run(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
                 let filtered = || {
-                    let mut q =
-                        adoption_events::table.filter(adoption_events::product_id.eq(product.id)).into_boxed();
+                    let mut q = adoption_events::table.filter(adoption_events::product_id.eq(product.id)).into_boxed();
                     if let Some(kind) = kind {
                         q = q.filter(adoption_events::kind.eq(kind.as_str()));
                     }
@@ -642,6 +652,31 @@ fn login_known(
         record(c, &e, now)?;
     }
     Ok(Known::Accepted(identity(device, product)))
+}
+
+/// The V4.1 check (`update_and_check`) authenticates with did and passcode like an MQTT login,
+/// and at boot GAgent makes it *before* logging in (§1.9), so it pins and adopts by the same
+/// rules; otherwise an imported device's versions would stay unknown until its next boot.
+pub(crate) fn authenticate_check(
+    c: &mut DbConn,
+    did: &str,
+    passcode: &str,
+    source: Option<&str>,
+    now: i64,
+) -> Result<(DeviceRecord, ProductRecord)> {
+    let refused = || DomainError::new(ErrorCode::InvalidCredentials, "unknown did or wrong passcode");
+    let (device, product) = find_by_did(c, did).map_err(|_| refused())?;
+    let first_login_of_import = device.registered_via() == RegisteredVia::Import && device.adopted_at.is_none();
+    if device.passcode.as_deref() == Some(passcode) && !first_login_of_import {
+        return Ok((device, product));
+    }
+    if device.passcode.as_deref().is_some_and(|p| p != passcode) {
+        return Err(refused());
+    }
+    match login_known(c, &device, &product, passcode, source, now)? {
+        Known::Accepted(_) => find_by_did(c, did),
+        Known::Conflict { .. } | Known::Refused { .. } => Err(refused()),
+    }
 }
 
 fn adoption_view(c: &mut DbConn, product: &ProductRecord, now: i64) -> Result<AdoptionView> {

@@ -150,7 +150,10 @@ enum End {
 enum Admission {
     Known(DeviceIdentity),
     /// An unknown did: wait for it to name its product.
-    Provisional { did: String, passcode: String },
+    Provisional {
+        did: String,
+        passcode: String,
+    },
 }
 
 impl Edge {
@@ -324,7 +327,13 @@ impl Edge {
         }
         let session_ms = self.domain.clock.now_ms();
         self.presence.online(&identity.did, &self.settings.gateway_id, Some(peer.ip().to_string()), session_ms);
-        let session = Session { identity: identity.clone(), tx: tx.clone(), subscriptions };
+        let adopted_now = first_subscribe.is_some();
+        let session = Session {
+            identity: identity.clone(),
+            tx: tx.clone(),
+            subscriptions,
+            nudge_check: std::sync::atomic::AtomicBool::new(adopted_now),
+        };
         match first_subscribe {
             // Adopted: the SUBSCRIBE that named the product is answered now, as in any session.
             Some(subscribe) => self.subscribe(&session, subscribe).await,
@@ -405,7 +414,8 @@ impl Edge {
                     let named = sub.filters.iter().find_map(|(f, _)| {
                         f.strip_prefix("ser2cli_noti/").filter(|pk| !pk.is_empty() && !pk.contains(['+', '#', '/']))
                     });
-                    let refuse_all = Suback { pkid: sub.pkid, return_codes: vec![mqtt::suback::FAILURE; sub.filters.len()] };
+                    let refuse_all =
+                        Suback { pkid: sub.pkid, return_codes: vec![mqtt::suback::FAILURE; sub.filters.len()] };
                     let Some(pk) = named else {
                         bump(&self.stats.denied_subscriptions);
                         send_packet(tx, Packet::Suback(refuse_all)).await;
@@ -467,6 +477,26 @@ impl Edge {
         s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
     }
 
+    /// After an open-window adoption, once the device is in its online loop (its first
+    /// PINGREQ: GAgent drops anything but its SUBACK while it subscribes, §1.7), one 0x0211
+    /// type 1 asks it to check, so its versions are known without waiting for a reboot.
+    async fn nudge_check(&self, s: &Session) {
+        let subscribed =
+            s.subscriptions.lock().is_ok_and(|subs| subs.contains(&format!("ser2cli_res/{}", s.identity.did)));
+        if subscribed && s.nudge_check.swap(false, Ordering::Relaxed) {
+            let nudge = gagent_codec::ServiceMessage::OtaPushV41 {
+                fw_type: gagent_codec::legacy::FW_TYPE_WIFI,
+                did: Some(s.identity.did.clone()),
+            };
+            match nudge.encode() {
+                Ok(frame) => {
+                    s.send_service(&frame, false).await;
+                }
+                Err(e) => tracing::error!(error = %e, "could not encode 0x0211"),
+            }
+        }
+    }
+
     async fn session_loop(
         &self,
         s: &Session,
@@ -514,6 +544,7 @@ impl Edge {
                 Packet::PingReq => {
                     self.presence.seen(&s.identity.did, self.domain.clock.now_ms());
                     s.send(Packet::PingResp).await;
+                    self.nudge_check(s).await;
                 }
                 Packet::Disconnect => return End::Closed,
                 Packet::Connect(_) => return End::Protocol("a second CONNECT"),
@@ -531,6 +562,9 @@ pub(crate) struct Session {
     pub(crate) identity: DeviceIdentity,
     tx: mpsc::Sender<Bytes>,
     subscriptions: Arc<Mutex<Vec<String>>>,
+    /// Adopted by an open window in this session: its first boot's checks failed (the did was
+    /// unknown then), so one 0x0211 type 1 asks it to check now and report its versions.
+    nudge_check: std::sync::atomic::AtomicBool,
 }
 
 impl Session {

@@ -25,8 +25,8 @@ use ota_wire::dto::{
 use super::{DeviceRecord, insert_imported, is_did, is_passcode, normalize_mac};
 use crate::Domain;
 use crate::auth::Principal;
-use crate::error::{DomainError, Result};
 use crate::db::DbConn;
+use crate::error::{DomainError, Result};
 use crate::products::{ProductRecord, find_product};
 use crate::schema::devices;
 
@@ -110,7 +110,8 @@ fn check_line(
     if passcode.is_some() && did.is_none() {
         return Err(reject(ErrorCode::MissingField, "a passcode needs the did it belongs to".into()));
     }
-    for key in [mac.as_ref().map(|m| format!("mac {m}")), did.as_ref().map(|d| format!("did {d}"))].into_iter().flatten()
+    for key in
+        [mac.as_ref().map(|m| format!("mac {m}")), did.as_ref().map(|d| format!("did {d}"))].into_iter().flatten()
     {
         if let Some(first) = seen.get(&key) {
             return Err(reject(ErrorCode::InvalidField, format!("{key} already appears on line {first}")));
@@ -123,7 +124,8 @@ fn check_line(
     if [&r.country, &r.province, &r.city].iter().any(|p| p.as_ref().is_some_and(|s| s.chars().count() > 64)) {
         return Err(reject(ErrorCode::InvalidField, "region parts must be at most 64 characters".into()));
     }
-    for key in [mac.as_ref().map(|m| format!("mac {m}")), did.as_ref().map(|d| format!("did {d}"))].into_iter().flatten()
+    for key in
+        [mac.as_ref().map(|m| format!("mac {m}")), did.as_ref().map(|d| format!("did {d}"))].into_iter().flatten()
     {
         seen.insert(key, number);
     }

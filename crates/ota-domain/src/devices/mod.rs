@@ -11,8 +11,8 @@ pub mod presence;
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{
-    AdoptionPolicy, DeviceAdoption, DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia, Scope, TargetVersions,
-    UpdateDeviceRequest, VersionCount,
+    AdoptionPolicy, DeviceAdoption, DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia,
+    Scope, TargetVersions, UpdateDeviceRequest, VersionCount,
 };
 
 use crate::Domain;
@@ -373,9 +373,7 @@ impl Domain {
                     Ok(found) => found,
                     // An unknown did while some product adopts: tell it where MQTT is; the
                     // product it names there decides (nothing is written before that).
-                    Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. })
-                        if adopting && is_did(&did) =>
-                    {
+                    Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. }) if adopting && is_did(&did) => {
                         let secret = match &encrypted_for {
                             Some(pk) => find_product_by_key(c, pk).map_err(|_| device_not_found())?.product_secret,
                             None => String::new(),
