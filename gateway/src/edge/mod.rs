@@ -50,6 +50,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Bus;
 
+/// How long after the first PINGRESP an adopted device is asked to check (see `nudge_check`).
+pub const NUDGE_DELAY: Duration = Duration::from_secs(1);
+
 /// Largest packet a device reads in one `recv` (§1.7).
 pub const DEVICE_PACKET_LIMIT: usize = 1024;
 
@@ -479,22 +482,36 @@ impl Edge {
 
     /// After an open-window adoption, once the device is in its online loop (its first
     /// PINGREQ: GAgent drops anything but its SUBACK while it subscribes, §1.7), one 0x0211
-    /// type 1 asks it to check, so its versions are known without waiting for a reboot.
-    async fn nudge_check(&self, s: &Session) {
-        let subscribed =
-            s.subscriptions.lock().is_ok_and(|subs| subs.contains(&format!("ser2cli_res/{}", s.identity.did)));
-        if subscribed && s.nudge_check.swap(false, Ordering::Relaxed) {
-            let nudge = gagent_codec::ServiceMessage::OtaPushV41 {
-                fw_type: gagent_codec::legacy::FW_TYPE_WIFI,
-                did: Some(s.identity.did.clone()),
-            };
-            match nudge.encode() {
-                Ok(frame) => {
-                    s.send_service(&frame, false).await;
-                }
-                Err(e) => tracing::error!(error = %e, "could not encode 0x0211"),
-            }
+    /// type 1 asks it to check, so its versions are known without waiting for a reboot. It goes
+    /// out [`NUDGE_DELAY`] after the PINGRESP, not just one pace later: a device that reads
+    /// both in one `recv` would lose it (§8), and a busy gateway can fall behind the pace.
+    fn nudge_check(&self, s: &Session) {
+        let own = format!("ser2cli_res/{}", s.identity.did);
+        let subscribed = s.subscriptions.lock().is_ok_and(|subs| subs.contains(&own));
+        if !subscribed || !s.nudge_check.swap(false, Ordering::Relaxed) {
+            return;
         }
+        let nudge = gagent_codec::ServiceMessage::OtaPushV41 {
+            fw_type: gagent_codec::legacy::FW_TYPE_WIFI,
+            did: Some(s.identity.did.clone()),
+        };
+        let packet = match nudge
+            .encode()
+            .map_err(|e| e.to_string())
+            .and_then(|frame| gagent_codec::publish_qos0(&own, &frame).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode 0x0211");
+                return;
+            }
+        };
+        let tx = s.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NUDGE_DELAY).await;
+            // The session may have ended meanwhile; then there is nobody to nudge.
+            let _ = tx.send(packet).await;
+        });
     }
 
     async fn session_loop(
@@ -544,7 +561,7 @@ impl Edge {
                 Packet::PingReq => {
                     self.presence.seen(&s.identity.did, self.domain.clock.now_ms());
                     s.send(Packet::PingResp).await;
-                    self.nudge_check(s).await;
+                    self.nudge_check(s);
                 }
                 Packet::Disconnect => return End::Closed,
                 Packet::Connect(_) => return End::Protocol("a second CONNECT"),
