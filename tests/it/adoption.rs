@@ -12,7 +12,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::device_edge::Raw;
-use crate::device_plane::Plane;
+use ota_gateway::{BusConfig, Gateway};
+
+use crate::device_plane::{Plane, gateway_settings};
 use crate::support::*;
 
 fn did(n: u32) -> String {
@@ -305,6 +307,25 @@ async fn a_provisional_session_can_do_nothing_until_a_product_adopts_it() {
     // A wrong passcode is now a conflict, refused by CONNACK.
     let (_, code) = Raw::connect(&p, &unknown, "WRONGPASS1", Protocol::V31).await;
     assert_eq!(code, ConnectReturnCode::BadUsernameOrPassword);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provisional_session_that_names_no_product_times_out() {
+    let mut p = Plane::start().await;
+    expect_status(put_policy(&p, &p.pk, open_for(&p, 60, 5)).await, StatusCode::OK).await;
+    let mut settings = gateway_settings(BusConfig::Embedded { listen: None });
+    settings.edge.adoption_timeout = Duration::from_millis(300);
+    let short = Gateway::start(p.s.api.t.domain.clone(), settings).await.unwrap();
+    p.gw = short;
+    // Like RTT or LUAT: it subscribes its own topics but never `ser2cli_noti/<pk>`.
+    let (mut raw, code) = Raw::connect(&p, &did(61), &passcode(61), Protocol::V311).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    assert_eq!(raw.subscribe(1, &format!("ser2cli_res/{}", did(61))).await, 0x80);
+    assert!(raw.next().await.is_none(), "closed after the adoption timeout");
+    let stats = p.gw.edge.stats();
+    assert_eq!((stats.provisional.load(Ordering::Relaxed), stats.refused_adoptions.load(Ordering::Relaxed)), (1, 1));
+    expect_error(p.s.get(&format!("/api/v1/devices/{}", did(61))).await, StatusCode::NOT_FOUND, "device_not_found")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -432,17 +432,6 @@ impl Domain {
         self.db.run(move |c| Ok(find_product_by_key(c, &key)?.product_secret)).await
     }
 
-    /// The MQTT login check: did and passcode.
-    pub async fn authenticate_device(&self, did: &str, passcode: &str) -> Result<DeviceIdentity> {
-        let (did, passcode) = (did.to_owned(), passcode.to_owned());
-        self.db
-            .run(move |c| {
-                let (device, product) = authenticate_in(c, &did, &passcode)?;
-                Ok(identity(&device, &product))
-            })
-            .await
-    }
-
     // ------------------------------------------------------------ operator side
 
     pub async fn list_devices(
