@@ -97,6 +97,15 @@ fn unknown_refusal(policy: Option<&PolicyRecord>, now: i64) -> &'static str {
     }
 }
 
+/// Whether any product adopts (see [`Domain::adoption_active`]).
+pub(crate) fn adoption_active_in(c: &mut DbConn) -> Result<bool> {
+    let n: i64 = adoption_policies::table
+        .filter(adoption_policies::policy.ne(AdoptionPolicy::Closed.as_str()))
+        .count()
+        .get_result(c)?;
+    Ok(n > 0)
+}
+
 /// What the MQTT edge does with a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginDecision {
@@ -205,15 +214,7 @@ impl Domain {
     /// accepted provisionally, so that they can name their product and be adopted or refused
     /// (and listed as refused) under it.
     pub async fn adoption_active(&self) -> Result<bool> {
-        self.db
-            .run(|c| {
-                let n: i64 = adoption_policies::table
-                    .filter(adoption_policies::policy.ne(AdoptionPolicy::Closed.as_str()))
-                    .count()
-                    .get_result(c)?;
-                Ok(n > 0)
-            })
-            .await
+        self.db.run(adoption_active_in).await
     }
 
     /// The MQTT login check: did and passcode, with adoption and pinning.

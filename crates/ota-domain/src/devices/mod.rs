@@ -366,14 +366,15 @@ impl Domain {
         let did = did.to_owned();
         let encrypted_for = encrypted_for.map(str::to_owned);
         let encrypted = encrypted_for.is_some();
-        let adopting = self.adoption_active().await?;
         self.db
             .write(move |c| {
                 let (device, product) = match find_by_did(c, &did) {
                     Ok(found) => found,
                     // An unknown did while some product adopts: tell it where MQTT is; the
                     // product it names there decides (nothing is written before that).
-                    Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. }) if adopting && is_did(&did) => {
+                    Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. })
+                        if is_did(&did) && crate::adoption::adoption_active_in(c)? =>
+                    {
                         let secret = match &encrypted_for {
                             Some(pk) => find_product_by_key(c, pk).map_err(|_| device_not_found())?.product_secret,
                             None => String::new(),
