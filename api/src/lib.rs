@@ -63,6 +63,7 @@ pub struct AppState {
         (name = "verification", description = "Verify firmware on one test device before any fleet push"),
         (name = "devices", description = "The device registry"),
         (name = "rules", description = "Push rules: targets, preview, start and stop, results"),
+        (name = "adoption", description = "Take over devices provisioned by the hosted cloud"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -142,7 +143,11 @@ macro_rules! app_with_routes {
                     .service(rules::rule_macs)
                     .service(rules::upload_mac_list)
                     .service(rules::get_mac_list)
-                    .service(rules::mac_list_entries),
+                    .service(rules::mac_list_entries)
+                    .service(devices::reset_passcode)
+                    .service(adoption::get_adoption)
+                    .service(adoption::set_adoption)
+                    .service(adoption::list_adoption_events),
             )
             .split_for_parts()
     }};

@@ -27,13 +27,14 @@ async fn register(p: &Plane, mac: &str, passcode: &str) -> String {
     text.strip_prefix("did=").unwrap().to_owned()
 }
 
-struct Raw {
+/// A hand-driven MQTT client (also used by `adoption.rs`).
+pub(crate) struct Raw {
     stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Raw {
-    async fn connect(p: &Plane, did: &str, passcode: &str, protocol: Protocol) -> (Raw, ConnectReturnCode) {
+    pub(crate) async fn connect(p: &Plane, did: &str, passcode: &str, protocol: Protocol) -> (Raw, ConnectReturnCode) {
         let mut stream = TcpStream::connect(p.gw.mqtt_addr).await.unwrap();
         let connect = Packet::Connect(Connect::gagent(protocol, did, passcode, 120)).encode().unwrap();
         stream.write_all(&connect).await.unwrap();
@@ -47,12 +48,12 @@ impl Raw {
         }
     }
 
-    async fn send(&mut self, packet: Packet) {
+    pub(crate) async fn send(&mut self, packet: Packet) {
         self.stream.write_all(&packet.encode().unwrap()).await.unwrap();
     }
 
     /// The next packet, or `None` when the server closed the connection or stayed silent 3 s.
-    async fn next(&mut self) -> Option<Packet> {
+    pub(crate) async fn next(&mut self) -> Option<Packet> {
         loop {
             if let Some(p) = mqtt::decode(&mut self.buf, 1 << 20).unwrap() {
                 return Some(p);
@@ -65,7 +66,7 @@ impl Raw {
         }
     }
 
-    async fn subscribe(&mut self, pkid: u16, filter: &str) -> u8 {
+    pub(crate) async fn subscribe(&mut self, pkid: u16, filter: &str) -> u8 {
         self.send(Packet::Subscribe(Subscribe { pkid, filters: vec![(filter.to_owned(), 0)] })).await;
         match self.next().await {
             Some(Packet::Suback(s)) => {

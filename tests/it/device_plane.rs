@@ -30,7 +30,8 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
         bus,
         edge: EdgeSettings { pace: Duration::from_millis(5), ..EdgeSettings::default() },
         http: Default::default(),
-        push: Default::default(),
+        // Faster than the default 50/s so fleet tests finish quickly; still paced.
+        push: ota_gateway::PushSettings { rate_per_second: 250, ..Default::default() },
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adoption;
 mod auth;
 mod contracts;
 mod device_cluster;

@@ -49,15 +49,25 @@ pub async fn version_distribution(
     Ok(HttpResponse::Ok().json(st.domain.version_distribution(&who, &key).await?))
 }
 
-/// Import devices known by MAC from CSV (body `text/csv`, header row with a `mac` column and
-/// optional `country`, `province`, `city`, `region`). Every line is reported.
+/// Import devices: the hosted console's device list (CSV or JSON).
+///
+/// CSV (`text/csv`): a header row with a `mac` and/or `did` column and optional `passcode`,
+/// `country`, `province`, `city`, `region`. JSON (`application/json`): an array of devices or
+/// `{"devices": [...]}`. Each line needs a MAC or a did. Matched by did (unique across the
+/// installation), else by MAC in the product; a line fills what a device lacks (a MAC for a
+/// device adopted without one, a did, a passcode not known yet) and never changes a known one.
+/// Idempotent: every line is reported as added, updated (with the fields), unchanged or
+/// rejected with its line number and a stable code.
 #[utoipa::path(
     tag = "devices",
     params(("product_key" = String, Path)),
-    request_body(content = String, content_type = "text/csv"),
+    request_body(content(
+        (String = "text/csv"),
+        (DeviceImportRequest = "application/json"),
+    )),
     responses(
         (status = 200, body = DeviceImportReport),
-        (status = 400, description = "`invalid_csv`", body = ErrorBody),
+        (status = 400, description = "`invalid_csv`, `invalid_json`", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
     ),
@@ -100,7 +110,19 @@ pub async fn import_devices(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(HttpResponse::Ok().json(st.domain.import_devices(&who, &key, body).await?))
+    let declared_json = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+    let sniffed_json = body
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(&body)
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'[' | b'{'));
+    let json = declared_json || sniffed_json;
+    Ok(HttpResponse::Ok().json(st.domain.import_devices(&who, &key, body, json).await?))
 }
 
 /// Get one device by did or MAC.
@@ -131,6 +153,26 @@ pub async fn update_device(
     body: web::Json<UpdateDeviceRequest>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.update_device(&who, &key, body.into_inner()).await?))
+}
+
+/// Reset a device's passcode (unpin it).
+///
+/// The passcode is forgotten and the conflict flag cleared; the device's next MQTT login pins
+/// whatever passcode it presents, whatever the product's adoption policy. Until then, HTTP
+/// checks that carry a passcode (`update_and_check`) are refused. Recorded as a `reset` event.
+#[utoipa::path(
+    tag = "adoption",
+    params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
+    responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[post("/devices/{device}/passcode/reset")]
+pub async fn reset_passcode(
+    st: web::Data<AppState>,
+    who: Auth,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(st.domain.reset_passcode(&who, &key).await?))
 }
 
 /// Delete a device and its upgrade history; a device still in the field must register again.

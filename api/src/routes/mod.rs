@@ -1,4 +1,5 @@
 pub mod account;
+pub mod adoption;
 pub mod devices;
 pub mod firmware;
 pub mod health;

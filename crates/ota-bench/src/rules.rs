@@ -19,9 +19,37 @@ use ota_gateway::{BusConfig, EdgeSettings, Gateway, GatewaySettings, PushSetting
 use ota_wire::rules::{DailyWindow, Period, RuleBody, StartRuleRequest, TargetKind};
 
 const PROVINCES: [&str; 31] = [
-    "北京市", "天津市", "河北省", "山西省", "内蒙古自治区", "辽宁省", "吉林省", "黑龙江省", "上海市", "江苏省", "浙江省",
-    "安徽省", "福建省", "江西省", "山东省", "河南省", "湖北省", "湖南省", "广东省", "广西壮族自治区", "海南省", "重庆市",
-    "四川省", "贵州省", "云南省", "西藏自治区", "陕西省", "甘肃省", "青海省", "宁夏回族自治区", "新疆维吾尔自治区",
+    "北京市",
+    "天津市",
+    "河北省",
+    "山西省",
+    "内蒙古自治区",
+    "辽宁省",
+    "吉林省",
+    "黑龙江省",
+    "上海市",
+    "江苏省",
+    "浙江省",
+    "安徽省",
+    "福建省",
+    "江西省",
+    "山东省",
+    "河南省",
+    "湖北省",
+    "湖南省",
+    "广东省",
+    "广西壮族自治区",
+    "海南省",
+    "重庆市",
+    "四川省",
+    "贵州省",
+    "云南省",
+    "西藏自治区",
+    "陕西省",
+    "甘肃省",
+    "青海省",
+    "宁夏回族自治区",
+    "新疆维吾尔自治区",
 ];
 const OLD: [&str; 4] = ["04020006", "04020010", "04020015", "04020019"];
 
@@ -59,6 +87,9 @@ pub struct RolloutArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,
+    /// Devices the simulator starts per second.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_rate: u32,
 }
 
 struct Setup {
@@ -71,7 +102,7 @@ struct Setup {
 async fn setup(database_url: Option<String>) -> anyhow::Result<Setup> {
     let dir = crate::serve::TempDir::create()?;
     let url = database_url.unwrap_or_else(|| format!("sqlite:{}", dir.0.join("ota.db").display()));
-    let db = Db::connect(&url, 8).context("connecting the database")?;
+    let db = Db::connect(&url, 16).context("connecting the database")?;
     db.migrate().context("migrating the database")?;
     let store = FsBlobStore::new(dir.0.join("blobs")).context("creating the blob store")?;
     let settings = DomainSettings::new(64 * 1024 * 1024, dir.0.join("staging"));
@@ -271,7 +302,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
     let exe = std::env::current_exe().context("locating ota-bench")?;
     let mut child = tokio::process::Command::new(exe)
         .args(["sim", "--quiet", "--http", &gateway.http_addr.to_string(), "--mqtt", &gateway.mqtt_addr.to_string()])
-        .args(["--product-key", &s.product_key, "--v41", &args.devices.to_string(), "--connect-rate", "1000"])
+        .args(["--product-key", &s.product_key, "--v41", &args.devices.to_string(), "--connect-rate", &args.connect_rate.to_string()])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -5,6 +5,7 @@
 //! HTTP: callers pass a [`auth::Principal`] and get wire DTOs or a [`DomainError`] back.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod adoption;
 pub mod auth;
 pub mod clock;
 pub mod db;
@@ -83,6 +84,8 @@ pub struct Domain {
     /// Serialises "store a file + insert its row" against "delete a row + collect its file",
     /// so a file is never collected between an upload's store and its insert.
     blob_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Rate limit of refusal and conflict event writes (see [`adoption`]).
+    adoption_throttle: Arc<adoption::EventThrottle>,
 }
 
 impl Domain {
@@ -96,6 +99,7 @@ impl Domain {
             notifier: notify::NotifierSlot::default(),
             geoip: None,
             blob_lock: Arc::new(tokio::sync::Mutex::new(())),
+            adoption_throttle: Arc::new(adoption::EventThrottle::default()),
         }
     }
 

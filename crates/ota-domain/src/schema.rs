@@ -100,6 +100,10 @@ diesel::table! {
         metadata -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        adopted_at -> Nullable<BigInt>,
+        passcode_pinned_at -> Nullable<BigInt>,
+        repin -> Bool,
+        conflicts -> BigInt,
     }
 }
 
@@ -176,7 +180,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    adoption_policies (product_id) {
+        product_id -> BigInt,
+        policy -> Text,
+        open_until -> Nullable<BigInt>,
+        max_adoptions -> Nullable<BigInt>,
+        adopted_in_window -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    adoption_events (id) {
+        id -> BigInt,
+        tenant_id -> BigInt,
+        product_id -> BigInt,
+        did -> Text,
+        kind -> Text,
+        reason -> Nullable<Text>,
+        source -> Nullable<Text>,
+        count -> BigInt,
+        first_at -> BigInt,
+        last_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(adoption_policies -> products (product_id));
+diesel::joinable!(adoption_events -> products (product_id));
 diesel::joinable!(devices -> products (product_id));
 diesel::joinable!(upgrades -> devices (device_id));
 diesel::joinable!(upgrades -> firmware (firmware_id));
@@ -199,5 +231,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     upgrades,
     mac_lists,
     mac_list_entries,
-    rules
+    rules,
+    adoption_policies,
+    adoption_events
 );

@@ -23,7 +23,7 @@ use ota_wire::dto::{FirmwareType, PushMethod, UpgradeStage};
 
 use crate::Domain;
 use crate::db::{DbConn, last_insert_id};
-use crate::devices::{DeviceRecord, authenticate_in, device_not_found, find_by_did};
+use crate::devices::{DeviceRecord, device_not_found, find_by_did};
 use crate::error::{DomainError, Result};
 use crate::firmware::FirmwareRecord;
 use crate::rules::RuleRecord;
@@ -301,7 +301,9 @@ impl Domain {
         self.db
             .write(move |c| {
                 let (device, product) = match &check.auth {
-                    CheckAuth::Passcode(p) => authenticate_in(c, &check.did, p)?,
+                    CheckAuth::Passcode(p) => {
+                        crate::adoption::authenticate_check(c, &check.did, p, check.ip.as_deref(), now)?
+                    }
                     CheckAuth::ProductKey(pk) => {
                         let (d, p) = find_by_did(c, &check.did)?;
                         if &p.product_key != pk {

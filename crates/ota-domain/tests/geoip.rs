@@ -293,7 +293,7 @@ async fn geoip_fills_only_regions_nobody_set() {
     let who = operator(&domain).await;
     let pk = domain.create_product(&who, "lamp", None, None).await.unwrap().product_key;
     let csv = "mac,region\n5CCF7F000001,浙江省-杭州市\n5CCF7F000002,\n";
-    let report = domain.import_devices(&who, &pk, csv.as_bytes().to_vec()).await.unwrap();
+    let report = domain.import_devices(&who, &pk, csv.as_bytes().to_vec(), false).await.unwrap();
     assert_eq!(report.added, 2);
     let register = |mac: &'static str, from: &'static str| {
         let (domain, pk) = (domain.clone(), pk.clone());

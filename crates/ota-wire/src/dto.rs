@@ -347,8 +347,10 @@ pub enum RegisteredVia {
     Plain,
     /// `POST /dev/{product_key}/device` (AES).
     Encrypted,
-    /// A CSV import; no did until the device registers.
+    /// An import (CSV or JSON): no did until the device registers, unless the import gave one.
     Import,
+    /// An unknown did adopted during an open adoption window; no MAC until one is imported.
+    Adopted,
 }
 
 impl RegisteredVia {
@@ -357,6 +359,7 @@ impl RegisteredVia {
             RegisteredVia::Plain => "plain",
             RegisteredVia::Encrypted => "encrypted",
             RegisteredVia::Import => "import",
+            RegisteredVia::Adopted => "adopted",
         }
     }
 
@@ -365,6 +368,7 @@ impl RegisteredVia {
             "plain" => Some(RegisteredVia::Plain),
             "encrypted" => Some(RegisteredVia::Encrypted),
             "import" => Some(RegisteredVia::Import),
+            "adopted" => Some(RegisteredVia::Adopted),
             _ => None,
         }
     }
@@ -400,10 +404,33 @@ pub struct DeviceView {
     /// Last registration, provision, check, login or report.
     pub last_seen_at: Option<DateTime<Utc>>,
     pub registered_via: RegisteredVia,
+    /// How the device was taken over from the hosted cloud, its passcode state and conflicts.
+    pub adoption: DeviceAdoption,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A device's adoption state (devices provisioned by the hosted cloud, issue 5).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceAdoption {
+    /// The policy under which its first MQTT login adopted it (`imported` or `open`); null for
+    /// a device that registered here or has not logged in yet.
+    pub adopted_via: Option<AdoptionPolicy>,
+    pub adopted_at: Option<DateTime<Utc>>,
+    /// Whether the server knows the passcode (registered, imported or pinned).
+    pub passcode_known: bool,
+    /// When the passcode was learned from an MQTT login and pinned.
+    pub passcode_pinned_at: Option<DateTime<Utc>>,
+    /// An operator reset the passcode: the next MQTT login pins whatever it presents.
+    pub repin_pending: bool,
+    /// Logins refused because they presented another passcode for this did.
+    /// (The time of the last one is in the product's adoption events, kind `conflict`.)
+    pub conflicts: i64,
+    /// No MAC is known (adopted by an open window): targeting and verification by MAC need
+    /// an import that attaches it.
+    pub without_mac: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
@@ -422,6 +449,12 @@ pub struct DeviceListQuery {
     pub province: Option<String>,
     pub city: Option<String>,
     pub online: Option<bool>,
+    /// `true`: only devices without a known MAC (adopted by an open window); `false`: only with one.
+    pub without_mac: Option<bool>,
+    /// `true`: only devices flagged with passcode conflicts.
+    pub conflict: Option<bool>,
+    /// `true`: only devices adopted from the hosted cloud; `false`: only the others.
+    pub adopted: Option<bool>,
     /// 1-based page number (default 1).
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
@@ -459,12 +492,189 @@ pub struct ImportRejection {
     pub message: String,
 }
 
+/// What an import did to one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportOutcome {
+    Added,
+    Updated,
+}
+
+/// One line an import added or changed (unchanged lines are only counted).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportChange {
+    /// 1-based line number (CSV: the header is line 1; JSON: the item's position, from 1).
+    pub line: u64,
+    pub outcome: ImportOutcome,
+    pub mac: Option<String>,
+    pub did: Option<String>,
+    /// What changed: `mac`, `did`, `passcode`, `region`.
+    pub fields: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeviceImportReport {
     pub added: u64,
     pub updated: u64,
     pub unchanged: u64,
     pub rejected: Vec<ImportRejection>,
+    /// Every added or updated line, in line order.
+    pub changes: Vec<ImportChange>,
+}
+
+/// One device of a JSON import: the hosted console's device list. `mac` or `did` is required.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeviceImportItem {
+    pub mac: Option<String>,
+    /// The did the hosted cloud issued (22 letters and digits).
+    pub did: Option<String>,
+    /// The device's passcode, when the operator has it; otherwise the first MQTT login pins it.
+    pub passcode: Option<String>,
+    pub country: Option<String>,
+    pub province: Option<String>,
+    pub city: Option<String>,
+    /// `广东省-广州市` or `country/province/city`.
+    pub region: Option<String>,
+}
+
+/// A JSON import body (a bare array of items is accepted too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeviceImportRequest {
+    pub devices: Vec<DeviceImportItem>,
+}
+
+// ---------------------------------------------------------------- adoption
+
+/// How a product treats devices provisioned by the hosted cloud that never registered here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptionPolicy {
+    /// Only devices known here log in (registered here, or imported with their passcode).
+    Closed,
+    /// Devices of the imported list are adopted; a passcode not imported is pinned at the
+    /// first successful MQTT login.
+    Imported,
+    /// As `imported`, and until `open_until`, at most `max_adoptions` unknown dids naming this
+    /// product are adopted with their passcode pinned.
+    Open,
+}
+
+impl AdoptionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdoptionPolicy::Closed => "closed",
+            AdoptionPolicy::Imported => "imported",
+            AdoptionPolicy::Open => "open",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [AdoptionPolicy::Closed, AdoptionPolicy::Imported, AdoptionPolicy::Open].into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetAdoptionRequest {
+    pub policy: AdoptionPolicy,
+    /// `open` only, required: when the window ends (must be in the future).
+    pub open_until: Option<DateTime<Utc>>,
+    /// `open` only, required: how many unknown dids the window may adopt (≥ 1).
+    pub max_adoptions: Option<i64>,
+}
+
+/// Counts to watch during a migration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct AdoptionStats {
+    /// Imported devices with a did that have not logged in yet.
+    pub imported_waiting: i64,
+    /// Devices adopted so far (imported list and open window).
+    pub adopted: i64,
+    /// Adopted devices without a known MAC.
+    pub adopted_without_mac: i64,
+    /// Devices flagged with passcode conflicts.
+    pub conflicted: i64,
+    /// Distinct dids refused for this product.
+    pub refused_dids: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdoptionView {
+    pub product_key: String,
+    pub policy: AdoptionPolicy,
+    pub open_until: Option<DateTime<Utc>>,
+    pub max_adoptions: Option<i64>,
+    /// Unknown dids adopted in the current window (set back to 0 by every PUT).
+    pub adopted_in_window: i64,
+    /// `open`, before `open_until` and below `max_adoptions`.
+    pub window_open: bool,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub stats: AdoptionStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptionEventKind {
+    /// A device's first successful login adopted it.
+    Adopted,
+    /// A login (or a provisional session) was refused by the policy.
+    Refused,
+    /// A passcode was learned at login and pinned.
+    Pinned,
+    /// A login presented another passcode for a did whose passcode is known; refused.
+    Conflict,
+    /// An operator reset the passcode.
+    Reset,
+}
+
+impl AdoptionEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdoptionEventKind::Adopted => "adopted",
+            AdoptionEventKind::Refused => "refused",
+            AdoptionEventKind::Pinned => "pinned",
+            AdoptionEventKind::Conflict => "conflict",
+            AdoptionEventKind::Reset => "reset",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            AdoptionEventKind::Adopted,
+            AdoptionEventKind::Refused,
+            AdoptionEventKind::Pinned,
+            AdoptionEventKind::Conflict,
+            AdoptionEventKind::Reset,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One coalesced event: every occurrence of one kind for one did, with a count.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdoptionEventView {
+    pub did: String,
+    pub kind: AdoptionEventKind,
+    /// Why (refusals and conflicts), as of the last occurrence.
+    pub reason: Option<String>,
+    /// Source address of the last occurrence (`api:<user>` for a reset).
+    pub source: Option<String>,
+    /// Occurrences recorded (refusals are written at most once a minute per did; see the README).
+    pub count: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdoptionEventQuery {
+    pub kind: Option<AdoptionEventKind>,
+    /// Whole did or a prefix.
+    pub did: Option<String>,
+    /// 1-based page number (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1–200 (default 50).
+    pub per_page: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -107,6 +107,10 @@ error_codes! {
     DeviceNotFound = ("device_not_found", 404),
     /// Another device of the product already has this MAC.
     DeviceMacTaken = ("device_mac_taken", 409),
+    /// The did belongs to a device of another product (or another tenant).
+    DeviceDidTaken = ("device_did_taken", 409),
+    /// The device's passcode is known and differs; reset it (`POST /devices/{did}/passcode/reset`) first.
+    PasscodePinned = ("passcode_pinned", 409),
 
     // --- verification ---
     /// The verification device is not online; it must be connected to receive the push.

@@ -17,6 +17,13 @@
 //!   next, so two packets never land in one device read (§8). Packets over 1 KB are never sent
 //!   to a device, except the V1V3 firmware blob, which GK streams to its OTA hook (§3.1).
 //! - **Keep-alive:** 1.5 × the declared value, never less than 150 s (gap G9).
+//! - **Adoption** (devices provisioned by the hosted cloud, see `ota_domain::adoption`): an
+//!   unknown did while some product adopts gets CONNACK 0 *provisionally*; it may do nothing
+//!   but ping until it subscribes `ser2cli_noti/<product_key>` (GAgent's first SUBSCRIBE,
+//!   §1.7). That product's policy then adopts it (the session goes on as any other) or refuses
+//!   it (SUBACK 0x80, then the connection is closed). Other subscriptions get 0x80 and
+//!   publishes are dropped meanwhile; a session that names no product within
+//!   [`EdgeSettings::adoption_timeout`] is closed.
 //! - **Large inbound publishes** (the MCU upload of §2.5) are accepted up to
 //!   [`EdgeSettings::max_inbound_bytes`].
 
@@ -31,8 +38,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gagent_codec::CodecError;
-use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Suback};
-use ota_domain::devices::{DeviceIdentity, PresenceWriter};
+use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Suback, Subscribe};
+use ota_domain::adoption::LoginDecision;
+use ota_domain::devices::{DeviceIdentity, PresenceWriter, is_did};
 use ota_domain::{Domain, DomainError};
 use ota_wire::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +49,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Bus;
+
+/// How long after the first PINGRESP an adopted device is asked to check (see `nudge_check`).
+pub const NUDGE_DELAY: Duration = Duration::from_secs(1);
 
 /// Largest packet a device reads in one `recv` (§1.7).
 pub const DEVICE_PACKET_LIMIT: usize = 1024;
@@ -59,6 +70,8 @@ pub struct EdgeSettings {
     pub max_connections: usize,
     /// Largest V1V3 image sent inside MQTT.
     pub max_v1v3_image_bytes: u64,
+    /// How long a provisional session (an unknown did) has to name its product.
+    pub adoption_timeout: Duration,
 }
 
 impl Default for EdgeSettings {
@@ -70,6 +83,7 @@ impl Default for EdgeSettings {
             connect_timeout: Duration::from_secs(10),
             max_connections: 19_000,
             max_v1v3_image_bytes: 2 * 1024 * 1024,
+            adoption_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +101,11 @@ pub struct EdgeStats {
     pub dropped_outbound: AtomicU64,
     pub service_frames: AtomicU64,
     pub uplinks: AtomicU64,
+    /// Unknown dids accepted provisionally, adopted, and refused once they named a product
+    /// (or timed out without naming one).
+    pub provisional: AtomicU64,
+    pub adopted: AtomicU64,
+    pub refused_adoptions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -126,6 +145,18 @@ enum End {
     Protocol(&'static str),
     Io(std::io::Error),
     Kicked,
+    /// A provisional session was refused adoption.
+    NotAdopted,
+}
+
+/// What a CONNECT's credentials let in.
+enum Admission {
+    Known(DeviceIdentity),
+    /// An unknown did: wait for it to name its product.
+    Provisional {
+        did: String,
+        passcode: String,
+    },
 }
 
 impl Edge {
@@ -244,8 +275,8 @@ impl Edge {
                 return;
             }
         };
-        let identity = match self.login(&connect).await {
-            Ok(identity) => identity,
+        let admission = match self.login(&connect, peer).await {
+            Ok(admission) => admission,
             Err(code) => {
                 bump(&self.stats.refused_logins);
                 tracing::info!(%peer, client_id = %connect.client_id, ?code, "device login refused");
@@ -253,6 +284,28 @@ impl Edge {
                 drop(tx);
                 let _ = writer_task.await;
                 return;
+            }
+        };
+        let (identity, first_subscribe) = match admission {
+            Admission::Known(identity) => (identity, None),
+            Admission::Provisional { did, passcode } => {
+                bump(&self.stats.provisional);
+                let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+                match self.provisional(&did, &passcode, peer, &tx, &mut reader, &mut buf).await {
+                    Ok((identity, subscribe)) => {
+                        bump(&self.stats.adopted);
+                        (identity, Some(subscribe))
+                    }
+                    Err(end) => {
+                        if matches!(end, End::NotAdopted | End::Timeout) {
+                            bump(&self.stats.refused_adoptions);
+                        }
+                        self.ended(peer, Some(&did), end);
+                        drop(tx);
+                        let _ = writer_task.await;
+                        return;
+                    }
+                }
             }
         };
         bump(&self.stats.logins);
@@ -277,10 +330,22 @@ impl Edge {
         }
         let session_ms = self.domain.clock.now_ms();
         self.presence.online(&identity.did, &self.settings.gateway_id, Some(peer.ip().to_string()), session_ms);
-        let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+        let adopted_now = first_subscribe.is_some();
+        let session = Session {
+            identity: identity.clone(),
+            tx: tx.clone(),
+            subscriptions,
+            nudge_check: std::sync::atomic::AtomicBool::new(adopted_now),
+        };
+        match first_subscribe {
+            // Adopted: the SUBSCRIBE that named the product is answered now, as in any session.
+            Some(subscribe) => self.subscribe(&session, subscribe).await,
+            None => {
+                let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+            }
+        }
 
         let keep_alive = keep_alive_limit(connect.keep_alive);
-        let session = Session { identity: identity.clone(), tx: tx.clone(), subscriptions };
         let end = tokio::select! {
             end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
             _ = kick.notified() => End::Kicked,
@@ -306,7 +371,7 @@ impl Edge {
         }
     }
 
-    async fn login(&self, c: &mqtt::Connect) -> Result<DeviceIdentity, ConnectReturnCode> {
+    async fn login(&self, c: &mqtt::Connect, peer: SocketAddr) -> Result<Admission, ConnectReturnCode> {
         let (Some(user), Some(pass)) = (&c.username, &c.password) else {
             return Err(ConnectReturnCode::BadUsernameOrPassword);
         };
@@ -314,8 +379,12 @@ impl Edge {
             return Err(ConnectReturnCode::IdentifierRejected);
         }
         let passcode = std::str::from_utf8(pass).map_err(|_| ConnectReturnCode::BadUsernameOrPassword)?;
-        match self.domain.authenticate_device(user, passcode).await {
-            Ok(identity) => Ok(identity),
+        match self.domain.device_login(user, passcode, Some(peer.ip().to_string())).await {
+            Ok(LoginDecision::Accepted(identity)) => Ok(Admission::Known(identity)),
+            Ok(LoginDecision::Provisional) if is_did(user) => {
+                Ok(Admission::Provisional { did: user.clone(), passcode: passcode.to_owned() })
+            }
+            Ok(LoginDecision::Provisional | LoginDecision::Refused) => Err(ConnectReturnCode::BadUsernameOrPassword),
             Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) => {
                 Err(ConnectReturnCode::BadUsernameOrPassword)
             }
@@ -324,6 +393,125 @@ impl Edge {
                 Err(ConnectReturnCode::ServerUnavailable)
             }
         }
+    }
+
+    /// A provisional session: only pings until the device subscribes `ser2cli_noti/<pk>`;
+    /// then that product adopts it (returns the SUBSCRIBE to answer) or refuses it.
+    async fn provisional(
+        &self,
+        did: &str,
+        passcode: &str,
+        peer: SocketAddr,
+        tx: &mpsc::Sender<Bytes>,
+        reader: &mut OwnedReadHalf,
+        buf: &mut BytesMut,
+    ) -> Result<(DeviceIdentity, Subscribe), End> {
+        let deadline = tokio::time::Instant::now() + self.settings.adoption_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(End::Timeout);
+            }
+            match read_packet(reader, buf, 64 * 1024, Some(left)).await? {
+                Packet::Subscribe(sub) => {
+                    let named = sub.filters.iter().find_map(|(f, _)| {
+                        f.strip_prefix("ser2cli_noti/").filter(|pk| !pk.is_empty() && !pk.contains(['+', '#', '/']))
+                    });
+                    let refuse_all =
+                        Suback { pkid: sub.pkid, return_codes: vec![mqtt::suback::FAILURE; sub.filters.len()] };
+                    let Some(pk) = named else {
+                        bump(&self.stats.denied_subscriptions);
+                        send_packet(tx, Packet::Suback(refuse_all)).await;
+                        continue;
+                    };
+                    match self.domain.adopt_unknown(did, passcode, pk, Some(peer.ip().to_string())).await {
+                        Ok(Some(identity)) => {
+                            tracing::info!(%peer, did, product_key = pk, "unknown device adopted");
+                            return Ok((identity, sub));
+                        }
+                        Ok(None) => {
+                            tracing::debug!(%peer, did, product_key = pk, "unknown device refused");
+                            send_packet(tx, Packet::Suback(refuse_all)).await;
+                            return Err(End::NotAdopted);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "adoption check failed");
+                            send_packet(tx, Packet::Suback(refuse_all)).await;
+                            return Err(End::Protocol("the adoption check failed"));
+                        }
+                    }
+                }
+                Packet::PingReq => send_packet(tx, Packet::PingResp).await,
+                Packet::Publish(p) => {
+                    match p.qos {
+                        0 => {}
+                        1 => send_packet(tx, Packet::Puback(p.pkid.unwrap_or(1))).await,
+                        _ => return Err(End::Protocol("QoS 2 is not supported for devices")),
+                    }
+                    bump(&self.stats.denied_publishes);
+                }
+                Packet::Unsubscribe(unsub) => send_packet(tx, Packet::Unsuback(unsub.pkid)).await,
+                Packet::Disconnect => return Err(End::Closed),
+                Packet::Puback(_) | Packet::Pubrec(_) | Packet::Pubrel(_) | Packet::Pubcomp(_) => {}
+                Packet::Connect(_) => return Err(End::Protocol("a second CONNECT")),
+                Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::PingResp => {
+                    return Err(End::Protocol("a server-to-client packet from a device"));
+                }
+            }
+        }
+    }
+
+    async fn subscribe(&self, s: &Session, sub: Subscribe) {
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        for (filter, _qos) in &sub.filters {
+            if acl::may_subscribe(filter, &s.identity.did, &s.identity.product_key) {
+                if let Ok(mut subs) = s.subscriptions.lock()
+                    && !subs.contains(filter)
+                {
+                    subs.push(filter.clone());
+                }
+                codes.push(0);
+            } else {
+                bump(&self.stats.denied_subscriptions);
+                tracing::info!(did = %s.identity.did, %filter, "subscription refused");
+                codes.push(mqtt::suback::FAILURE);
+            }
+        }
+        s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
+    }
+
+    /// After an open-window adoption, once the device is in its online loop (its first
+    /// PINGREQ: GAgent drops anything but its SUBACK while it subscribes, §1.7), one 0x0211
+    /// type 1 asks it to check, so its versions are known without waiting for a reboot. It goes
+    /// out [`NUDGE_DELAY`] after the PINGRESP, not just one pace later: a device that reads
+    /// both in one `recv` would lose it (§8), and a busy gateway can fall behind the pace.
+    fn nudge_check(&self, s: &Session) {
+        let own = format!("ser2cli_res/{}", s.identity.did);
+        let subscribed = s.subscriptions.lock().is_ok_and(|subs| subs.contains(&own));
+        if !subscribed || !s.nudge_check.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let nudge = gagent_codec::ServiceMessage::OtaPushV41 {
+            fw_type: gagent_codec::legacy::FW_TYPE_WIFI,
+            did: Some(s.identity.did.clone()),
+        };
+        let packet = match nudge
+            .encode()
+            .map_err(|e| e.to_string())
+            .and_then(|frame| gagent_codec::publish_qos0(&own, &frame).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "could not encode 0x0211");
+                return;
+            }
+        };
+        let tx = s.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NUDGE_DELAY).await;
+            // The session may have ended meanwhile; then there is nobody to nudge.
+            let _ = tx.send(packet).await;
+        });
     }
 
     async fn session_loop(
@@ -339,24 +527,7 @@ impl Edge {
                 Err(end) => return end,
             };
             match packet {
-                Packet::Subscribe(sub) => {
-                    let mut codes = Vec::with_capacity(sub.filters.len());
-                    for (filter, _qos) in &sub.filters {
-                        if acl::may_subscribe(filter, &s.identity.did, &s.identity.product_key) {
-                            if let Ok(mut subs) = s.subscriptions.lock()
-                                && !subs.contains(filter)
-                            {
-                                subs.push(filter.clone());
-                            }
-                            codes.push(0);
-                        } else {
-                            bump(&self.stats.denied_subscriptions);
-                            tracing::info!(did = %s.identity.did, %filter, "subscription refused");
-                            codes.push(mqtt::suback::FAILURE);
-                        }
-                    }
-                    s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
-                }
+                Packet::Subscribe(sub) => self.subscribe(s, sub).await,
                 Packet::Unsubscribe(unsub) => {
                     if let Ok(mut subs) = s.subscriptions.lock() {
                         subs.retain(|f| !unsub.filters.contains(f));
@@ -390,6 +561,7 @@ impl Edge {
                 Packet::PingReq => {
                     self.presence.seen(&s.identity.did, self.domain.clock.now_ms());
                     s.send(Packet::PingResp).await;
+                    self.nudge_check(s);
                 }
                 Packet::Disconnect => return End::Closed,
                 Packet::Connect(_) => return End::Protocol("a second CONNECT"),
@@ -407,16 +579,14 @@ pub(crate) struct Session {
     pub(crate) identity: DeviceIdentity,
     tx: mpsc::Sender<Bytes>,
     subscriptions: Arc<Mutex<Vec<String>>>,
+    /// Adopted by an open window in this session: its first boot's checks failed (the did was
+    /// unknown then), so one 0x0211 type 1 asks it to check now and report its versions.
+    nudge_check: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
     async fn send(&self, packet: Packet) {
-        match packet.encode() {
-            Ok(bytes) => {
-                let _ = self.tx.send(bytes).await;
-            }
-            Err(e) => tracing::error!(error = %e, "could not encode a packet for a device"),
-        }
+        send_packet(&self.tx, packet).await;
     }
 
     /// A PUBLISH on `ser2cli_res/<did>`; `allow_large` only for the V1V3 blob.
@@ -426,6 +596,15 @@ impl Session {
             Ok(p) if allow_large || p.len() <= DEVICE_PACKET_LIMIT => self.tx.send(p).await.is_ok(),
             Ok(_) | Err(_) => false,
         }
+    }
+}
+
+async fn send_packet(tx: &mpsc::Sender<Bytes>, packet: Packet) {
+    match packet.encode() {
+        Ok(bytes) => {
+            let _ = tx.send(bytes).await;
+        }
+        Err(e) => tracing::error!(error = %e, "could not encode a packet for a device"),
     }
 }
 

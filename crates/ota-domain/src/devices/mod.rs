@@ -11,8 +11,8 @@ pub mod presence;
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{
-    DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia, Scope, TargetVersions,
-    UpdateDeviceRequest, VersionCount,
+    AdoptionPolicy, DeviceAdoption, DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia,
+    Scope, TargetVersions, UpdateDeviceRequest, VersionCount,
 };
 
 use crate::Domain;
@@ -57,6 +57,10 @@ pub struct DeviceRecord {
     pub metadata: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub adopted_at: Option<i64>,
+    pub passcode_pinned_at: Option<i64>,
+    pub repin: bool,
+    pub conflicts: i64,
 }
 
 impl DeviceRecord {
@@ -100,6 +104,19 @@ impl DeviceRecord {
             disconnected_at: self.disconnected_at.map(from_ms),
             last_seen_at: self.last_seen_at.map(from_ms),
             registered_via: self.registered_via(),
+            adoption: DeviceAdoption {
+                adopted_via: self.adopted_at.and_then(|_| match self.registered_via() {
+                    RegisteredVia::Import => Some(AdoptionPolicy::Imported),
+                    RegisteredVia::Adopted => Some(AdoptionPolicy::Open),
+                    RegisteredVia::Plain | RegisteredVia::Encrypted => None,
+                }),
+                adopted_at: self.adopted_at.map(from_ms),
+                passcode_known: self.passcode.is_some(),
+                passcode_pinned_at: self.passcode_pinned_at.map(from_ms),
+                repin_pending: self.repin,
+                conflicts: self.conflicts,
+                without_mac: self.mac.is_none(),
+            },
             metadata: self.metadata.as_deref().and_then(|m| serde_json::from_str(m).ok()),
             created_at: from_ms(self.created_at),
             updated_at: from_ms(self.updated_at),
@@ -120,7 +137,8 @@ pub struct DeviceIdentity {
 /// What a provision call answers with (besides the gateway's own MQTT address).
 #[derive(Debug, Clone)]
 pub struct Provisioned {
-    pub identity: DeviceIdentity,
+    /// `None` for an unknown did answered because some product adopts (see [`crate::adoption`]).
+    pub identity: Option<DeviceIdentity>,
     /// The product secret, for encrypted provision replies.
     pub product_secret: String,
     pub encrypted: bool,
@@ -195,7 +213,7 @@ pub(crate) fn authenticate_in(c: &mut DbConn, did: &str, passcode: &str) -> Resu
     Ok((device, product))
 }
 
-fn identity(device: &DeviceRecord, product: &ProductRecord) -> DeviceIdentity {
+pub(crate) fn identity(device: &DeviceRecord, product: &ProductRecord) -> DeviceIdentity {
     DeviceIdentity {
         device_id: device.id,
         tenant_id: device.tenant_id,
@@ -206,7 +224,7 @@ fn identity(device: &DeviceRecord, product: &ProductRecord) -> DeviceIdentity {
 }
 
 /// A device of the tenant by did, or by MAC when the key is one (unique in the tenant).
-fn find_in_tenant(c: &mut DbConn, tenant_id: i64, key: &str) -> Result<(DeviceRecord, String)> {
+pub(crate) fn find_in_tenant(c: &mut DbConn, tenant_id: i64, key: &str) -> Result<(DeviceRecord, String)> {
     let base = || {
         devices::table
             .inner_join(products::table)
@@ -350,7 +368,21 @@ impl Domain {
         let encrypted = encrypted_for.is_some();
         self.db
             .write(move |c| {
-                let (device, product) = find_by_did(c, &did)?;
+                let (device, product) = match find_by_did(c, &did) {
+                    Ok(found) => found,
+                    // An unknown did while some product adopts: tell it where MQTT is; the
+                    // product it names there decides (nothing is written before that).
+                    Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. })
+                        if is_did(&did) && crate::adoption::adoption_active_in(c)? =>
+                    {
+                        let secret = match &encrypted_for {
+                            Some(pk) => find_product_by_key(c, pk).map_err(|_| device_not_found())?.product_secret,
+                            None => String::new(),
+                        };
+                        return Ok(Provisioned { identity: None, product_secret: secret, encrypted });
+                    }
+                    Err(e) => return Err(e),
+                };
                 if encrypted_for.as_ref().is_some_and(|pk| pk != &product.product_key) {
                     return Err(device_not_found());
                 }
@@ -371,7 +403,7 @@ impl Domain {
                 }
                 crate::upgrades::mark_rebooted(c, device.id, now)?;
                 Ok(Provisioned {
-                    identity: identity(&device, &product),
+                    identity: Some(identity(&device, &product)),
                     product_secret: product.product_secret,
                     encrypted: is_encrypted,
                 })
@@ -399,17 +431,6 @@ impl Domain {
     pub async fn product_secret(&self, product_key: &str) -> Result<String> {
         let key = product_key.to_owned();
         self.db.run(move |c| Ok(find_product_by_key(c, &key)?.product_secret)).await
-    }
-
-    /// The MQTT login check: did and passcode.
-    pub async fn authenticate_device(&self, did: &str, passcode: &str) -> Result<DeviceIdentity> {
-        let (did, passcode) = (did.to_owned(), passcode.to_owned());
-        self.db
-            .run(move |c| {
-                let (device, product) = authenticate_in(c, &did, &passcode)?;
-                Ok(identity(&device, &product))
-            })
-            .await
     }
 
     // ------------------------------------------------------------ operator side
@@ -479,6 +500,21 @@ impl Domain {
                     }
                     if let Some(online) = query.online {
                         q = q.filter(devices::online.eq(online));
+                    }
+                    match query.without_mac {
+                        Some(true) => q = q.filter(devices::mac.is_null()),
+                        Some(false) => q = q.filter(devices::mac.is_not_null()),
+                        None => {}
+                    }
+                    match query.conflict {
+                        Some(true) => q = q.filter(devices::conflicts.gt(0)),
+                        Some(false) => q = q.filter(devices::conflicts.eq(0)),
+                        None => {}
+                    }
+                    match query.adopted {
+                        Some(true) => q = q.filter(devices::adopted_at.is_not_null()),
+                        Some(false) => q = q.filter(devices::adopted_at.is_null()),
+                        None => {}
                     }
                     q
                 };
@@ -611,19 +647,22 @@ impl Domain {
     }
 }
 
-/// Inserts a device row for an import (no did yet); returns its id.
+/// Inserts a device row for an import (MAC and/or the hosted cloud's did and passcode).
 pub(crate) fn insert_imported(
     c: &mut DbConn,
     product: &ProductRecord,
-    mac: &str,
+    identity: (Option<&str>, Option<&str>, Option<&str>),
     region: &Region,
     now: i64,
 ) -> Result<i64> {
+    let (mac, did, passcode) = identity;
     diesel::insert_into(devices::table)
         .values((
             devices::tenant_id.eq(product.tenant_id),
             devices::product_id.eq(product.id),
             devices::mac.eq(mac),
+            devices::did.eq(did),
+            devices::passcode.eq(passcode),
             devices::registered_via.eq(RegisteredVia::Import.as_str()),
             devices::country.eq(&region.country),
             devices::province.eq(&region.province),

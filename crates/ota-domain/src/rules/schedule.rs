@@ -75,11 +75,8 @@ fn take_targets(c: &mut DbConn, rule: &RuleRecord, fw: &FirmwareRecord, now: i64
                 devices::id.eq_any(upgrades::table.filter(upgrades::rule_id.eq(rule.id)).select(upgrades::device_id)),
             ));
         }
-        let batch: Vec<DeviceRecord> = q
-            .order(devices::id)
-            .limit(TAKE_BATCH)
-            .select(DeviceRecord::as_select())
-            .load(c)?;
+        let batch: Vec<DeviceRecord> =
+            q.order(devices::id).limit(TAKE_BATCH).select(DeviceRecord::as_select()).load(c)?;
         let Some(last) = batch.last() else { break };
         after = last.id;
         for chunk in batch.chunks(INSERT_CHUNK) {

@@ -286,7 +286,10 @@ pub(crate) fn preview(
         .targets()
         // `product_id`, not `id`: PostgreSQL indexes do not carry the row id, and reading it
         // would turn the index-only scan into a million heap fetches.
-        .select((count_star(), diesel::dsl::count(diesel::dsl::case_when(devices::online.eq(true), devices::product_id))))
+        .select((
+            count_star(),
+            diesel::dsl::count(diesel::dsl::case_when(devices::online.eq(true), devices::product_id)),
+        ))
         .get_result(c)?;
     let already_on_target: i64 = f.already().select(count_star()).get_result(c)?;
     let others = same_series_rules(c, fw, rule_id, rules_cfg)?;
