@@ -302,7 +302,14 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
     let exe = std::env::current_exe().context("locating ota-bench")?;
     let mut child = tokio::process::Command::new(exe)
         .args(["sim", "--quiet", "--http", &gateway.http_addr.to_string(), "--mqtt", &gateway.mqtt_addr.to_string()])
-        .args(["--product-key", &s.product_key, "--v41", &args.devices.to_string(), "--connect-rate", &args.connect_rate.to_string()])
+        .args([
+            "--product-key",
+            &s.product_key,
+            "--v41",
+            &args.devices.to_string(),
+            "--connect-rate",
+            &args.connect_rate.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

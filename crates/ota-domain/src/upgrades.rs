@@ -64,6 +64,18 @@ impl UpgradeRecord {
     pub fn stage(&self) -> UpgradeStage {
         UpgradeStage::parse(&self.stage).unwrap_or(UpgradeStage::Failed)
     }
+
+    pub fn times(&self) -> ota_wire::dto::UpgradeTimes {
+        use crate::clock::from_ms;
+        ota_wire::dto::UpgradeTimes {
+            notified_at: self.notified_at.map(from_ms),
+            checked_at: self.checked_at.map(from_ms),
+            download_started_at: self.download_started_at.map(from_ms),
+            downloaded_at: self.downloaded_at.map(from_ms),
+            succeeded_at: self.succeeded_at.map(from_ms),
+            failed_at: self.failed_at.map(from_ms),
+        }
+    }
 }
 
 pub const KIND_VERIFICATION: &str = "verification";

@@ -4,7 +4,7 @@
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{Scope, UpgradeStage, UpgradeTimes, VerificationState, VerificationView};
+use ota_wire::dto::{Scope, UpgradeStage, VerificationState, VerificationView};
 
 use crate::Domain;
 use crate::auth::Principal;
@@ -40,14 +40,7 @@ fn view(r: &UpgradeRecord, device: &DeviceRecord, now: i64) -> VerificationView 
         from_version: r.from_version.clone(),
         to_version: r.to_version.clone(),
         reason: r.reason.clone(),
-        times: UpgradeTimes {
-            notified_at: r.notified_at.map(from_ms),
-            checked_at: r.checked_at.map(from_ms),
-            download_started_at: r.download_started_at.map(from_ms),
-            downloaded_at: r.downloaded_at.map(from_ms),
-            succeeded_at: r.succeeded_at.map(from_ms),
-            failed_at: r.failed_at.map(from_ms),
-        },
+        times: r.times(),
         started_at: from_ms(r.created_at),
         deadline_at: from_ms(deadline),
         seconds_remaining: if state == VerificationState::Pushing { ((deadline - now).max(0) + 999) / 1000 } else { 0 },

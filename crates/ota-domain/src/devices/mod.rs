@@ -152,6 +152,23 @@ pub fn normalize_mac(input: &str) -> Option<String> {
     (hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_uppercase())
 }
 
+/// A list's MAC search: a whole MAC or a prefix of at least 4 hex digits (separators
+/// allowed), normalised to upper case; `None` when empty.
+pub(crate) fn mac_search(mac: Option<&str>) -> Result<Option<String>> {
+    let Some(m) = mac.map(str::trim).filter(|m| !m.is_empty()) else {
+        return Ok(None);
+    };
+    let hex: String = m.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
+    if hex.len() < 4 || hex.len() > 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DomainError::field(
+            ErrorCode::InvalidQuery,
+            "mac",
+            "mac must be 4–12 hex digits (a prefix or a whole MAC)",
+        ));
+    }
+    Ok(Some(hex.to_ascii_uppercase()))
+}
+
 /// A did as the hosted cloud issues them: 22 ASCII letters and digits (GAgent checks the length).
 pub fn is_did(s: &str) -> bool {
     s.len() == 22 && s.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -443,20 +460,7 @@ impl Domain {
     ) -> Result<Page<DeviceView>> {
         who.require(Scope::Read)?;
         let page = PageRequest::new(query.page, query.per_page)?;
-        let mac_filter = match query.mac.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
-            None => None,
-            Some(m) => {
-                let hex: String = m.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
-                if hex.len() < 4 || hex.len() > 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(DomainError::field(
-                        ErrorCode::InvalidQuery,
-                        "mac",
-                        "mac must be 4–12 hex digits (a prefix or a whole MAC)",
-                    ));
-                }
-                Some(hex.to_ascii_uppercase())
-            }
-        };
+        let mac_filter = mac_search(query.mac.as_deref())?;
         let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
         let (rows, total, pk) = self
             .db

@@ -2,14 +2,13 @@
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{Page, Scope, UpgradeStage, UpgradeTimes};
+use ota_wire::dto::{Page, Scope, UpgradeStage};
 use ota_wire::rules::{RuleDeviceFilter, RuleDeviceQuery, RuleDeviceView};
 
 use super::find_rule;
 use crate::Domain;
 use crate::auth::Principal;
-use crate::clock::from_ms;
-use crate::devices::DeviceRecord;
+use crate::devices::{DeviceRecord, mac_search};
 use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
 use crate::schema::{devices, upgrades};
@@ -23,22 +22,6 @@ type Joined = diesel::dsl::IntoBoxed<
     >,
     crate::db::MultiBackend,
 >;
-
-/// The MAC search of a result list: a whole MAC or a prefix of at least 4 hex digits.
-fn mac_search(mac: Option<&str>) -> Result<Option<String>> {
-    let Some(m) = mac.map(str::trim).filter(|m| !m.is_empty()) else {
-        return Ok(None);
-    };
-    let hex: String = m.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
-    if hex.len() < 4 || hex.len() > 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(DomainError::field(
-            ErrorCode::InvalidQuery,
-            "mac",
-            "mac must be 4–12 hex digits (a prefix or a whole MAC)",
-        ));
-    }
-    Ok(Some(hex.to_ascii_uppercase()))
-}
 
 fn filtered(rule_id: i64, filter: RuleDeviceFilter, mac: &Option<String>) -> Joined {
     let mut q = upgrades::table.inner_join(devices::table).filter(upgrades::rule_id.eq(Some(rule_id))).into_boxed();
@@ -65,14 +48,7 @@ fn view(r: &UpgradeRecord, d: &DeviceRecord) -> RuleDeviceView {
         stage: r.stage(),
         from_version: r.from_version.clone(),
         to_version: r.to_version.clone(),
-        times: UpgradeTimes {
-            notified_at: r.notified_at.map(from_ms),
-            checked_at: r.checked_at.map(from_ms),
-            download_started_at: r.download_started_at.map(from_ms),
-            downloaded_at: r.downloaded_at.map(from_ms),
-            succeeded_at: r.succeeded_at.map(from_ms),
-            failed_at: r.failed_at.map(from_ms),
-        },
+        times: r.times(),
         last_error: r.reason.clone(),
         online: d.online,
     }
@@ -188,6 +164,8 @@ impl Domain {
 
 #[cfg(test)]
 mod tests {
+    use ota_wire::dto::UpgradeTimes;
+
     use super::*;
 
     #[test]
