@@ -536,6 +536,36 @@ async fn rule_requests_are_validated_and_refusals_change_nothing() {
     )
     .await;
     assert_eq!(f.rule(id).await, before, "a refused edit changes nothing");
+
+    // Bad input on the other rule endpoints.
+    let bad_preview = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-31"), (7, 7));
+    let e = expect_error(
+        f.s.post(&format!("/api/v1/firmware/{unverified}/rules/preview"), bad_preview).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(e["details"]["field"], "daily_window");
+    for query in ["mac=zz", "mac=12", "filter=bogus", "per_page=0", "page=0"] {
+        let r = f.s.get(&format!("/api/v1/rules/{id}/devices?{query}")).await;
+        expect_error(r, StatusCode::BAD_REQUEST, "invalid_query").await;
+    }
+    expect_error(
+        f.s.get(&format!("/api/v1/rules/{id}/devices.csv?mac=zz")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    expect_error(f.s.get("/api/v1/rules/424242/devices").await, StatusCode::NOT_FOUND, "rule_not_found").await;
+    expect_error(f.s.get("/api/v1/rules/424242/devices.csv").await, StatusCode::NOT_FOUND, "rule_not_found").await;
+    expect_error(f.s.get(&format!("/api/v1/rules/{id}/macs")).await, StatusCode::NOT_FOUND, "mac_list_not_found").await;
+    expect_error(f.s.get("/api/v1/firmware/999/old-versions").await, StatusCode::NOT_FOUND, "firmware_not_found").await;
+    let start = || f.s.client.post(f.s.url(&format!("/api/v1/rules/{id}/start"))).bearer_auth(&f.s.token);
+    let r = start().header("content-type", "application/json").body("{").send();
+    expect_error(r.await.unwrap(), StatusCode::BAD_REQUEST, "invalid_json").await;
+    let r = start().body("{}").send();
+    expect_error(r.await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+    assert_eq!(f.rule(id).await, before, "nothing changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
