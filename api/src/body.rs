@@ -18,8 +18,13 @@ fn too_large(limit: usize) -> ApiError {
     ))
 }
 
-/// The whole body, at most `limit` bytes.
-pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The whole body, at most `limit` bytes; a body that breaks off answers `unreadable`.
+pub async fn read_limited(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    unreadable: ErrorCode,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -30,9 +35,8 @@ pub async fn read_limited(req: &HttpRequest, mut payload: web::Payload, limit: u
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::from(DomainError::new(ErrorCode::InvalidField, format!("the body could not be read: {e}")))
-        })?;
+        let chunk = chunk
+            .map_err(|e| ApiError::from(DomainError::new(unreadable, format!("the body could not be read: {e}"))))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large(limit));
         }

@@ -382,16 +382,7 @@ async fn a_migrated_fleet_is_adopted_list_first_then_through_a_window() {
     for n in 0..LISTED {
         csv.push_str(&format!("{},{},广东省-深圳市\n", mac(1000 + n), did(1000 + n)));
     }
-    let r =
-        p.s.client
-            .post(p.s.url(&format!("/api/v1/products/{pk}/devices/import")))
-            .bearer_auth(&p.s.token)
-            .header("content-type", "text/csv")
-            .body(csv)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(expect_status(r, StatusCode::OK).await["added"], LISTED);
+    assert_eq!(expect_status(p.s.import_csv(&pk, &csv).await, StatusCode::OK).await["added"], LISTED);
     expect_status(put_policy(&p, &pk, json!({ "policy": "imported" })).await, StatusCode::OK).await;
 
     let started = std::time::Instant::now();
@@ -441,11 +432,10 @@ async fn a_migrated_fleet_is_adopted_list_first_then_through_a_window() {
             ("a.bin", image(3000, 21)),
         )
         .await;
-    let tenant = p.s.api.t.domain.verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id;
-    p.s.api.t.domain.mark_firmware_verified(tenant, fw).await.unwrap();
+    p.s.verify_directly(fw).await;
     let list: String = (0..LISTED).map(|n| format!("{}\n", mac(1000 + n))).collect();
-    let r = p.s.client.post(p.s.url(&format!("/api/v1/products/{pk}/mac-lists"))).bearer_auth(&p.s.token).body(list);
-    let list = expect_status(r.send().await.unwrap(), StatusCode::CREATED).await;
+    let r = p.s.post_text(&format!("/api/v1/products/{pk}/mac-lists"), list).await;
+    let list = expect_status(r, StatusCode::CREATED).await;
     assert_eq!(list["count"], LISTED);
     let rule = crate::rules::rule_body(
         json!({ "target": "macs", "mac_list_id": list["id"] }),

@@ -9,14 +9,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 async fn import(s: &Session, pk: &str, csv: &str) -> reqwest::Response {
-    s.client
-        .post(s.url(&format!("/api/v1/products/{pk}/devices/import")))
-        .bearer_auth(&s.token)
-        .header("content-type", "text/csv")
-        .body(csv.to_owned())
-        .send()
-        .await
-        .unwrap()
+    s.import_csv(pk, csv).await
 }
 
 /// A registered device that reported Wi-Fi and MCU versions through V4.1 checks.

@@ -72,17 +72,7 @@ impl Fleet {
 
     /// Imports MACs with regions (`mac,region` lines).
     pub async fn import(&self, csv: &str) {
-        let r = self
-            .s
-            .client
-            .post(self.s.url(&format!("/api/v1/products/{}/devices/import", self.pk)))
-            .bearer_auth(&self.s.token)
-            .header("content-type", "text/csv")
-            .body(format!("mac,region\n{csv}"))
-            .send()
-            .await
-            .unwrap();
-        expect_status(r, StatusCode::OK).await;
+        expect_status(self.s.import_csv(&self.pk, &format!("mac,region\n{csv}")).await, StatusCode::OK).await;
     }
 
     /// Registers a device and has it report `sw` (V4.1 Wi-Fi unless told otherwise).
@@ -151,14 +141,9 @@ impl Fleet {
         let r = self.s.upload(&self.pk, form(&fields, Some(("a.bin", image(2000, sw.len() as u8))))).await;
         let id = expect_status(r, StatusCode::CREATED).await["id"].as_i64().unwrap();
         if verified {
-            let tenant = self.tenant_id().await;
-            self.domain().mark_firmware_verified(tenant, id).await.unwrap();
+            self.s.verify_directly(id).await;
         }
         id
-    }
-
-    pub async fn tenant_id(&self) -> i64 {
-        self.domain().verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id
     }
 
     pub async fn create_rule(&self, fw: i64, body: Value) -> Value {
@@ -671,16 +656,9 @@ async fn mac_lists_upload_with_line_numbers_and_download_again() {
     let f = Fleet::start().await;
     f.device("5CCF7F500001", "04020006", true).await;
     let text = "5ccf7f500001\n5CCF7F500002,5CCF7F500001\nbogus\n\n5C-CF-7F-50-00-03\n";
-    let r =
-        f.s.client
-            .post(f.s.url(&format!("/api/v1/products/{}/mac-lists", f.pk)))
-            .bearer_auth(&f.s.token)
-            .header("content-type", "text/plain")
-            .body(text)
-            .send()
-            .await
-            .unwrap();
-    let list = expect_status(r, StatusCode::CREATED).await;
+    let list =
+        expect_status(f.s.post_text(&format!("/api/v1/products/{}/mac-lists", f.pk), text).await, StatusCode::CREATED)
+            .await;
     assert_eq!(list["count"], 3);
     assert_eq!(list["duplicates"], 1);
     assert_eq!(list["invalid"], json!([{ "line": 3, "value": "bogus" }]));

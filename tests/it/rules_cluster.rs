@@ -90,7 +90,7 @@ async fn three_gateways_push_a_rule_exactly_once_and_survive_one_dying() {
     });
 
     let macs: Vec<String> = (0..DEVICES).map(|i| format!("5CCF7F7{i:05X}")).collect();
-    let mut handles: Vec<(usize, DeviceHandle)> =
+    let handles: Vec<(usize, DeviceHandle)> =
         macs.iter().enumerate().map(|(i, mac)| (i % 3, spawn(addrs[i % 3], &pk, mac, None))).collect();
     let mut online = 0;
     for _ in 0..600 {
@@ -118,8 +118,7 @@ async fn three_gateways_push_a_rule_exactly_once_and_survive_one_dying() {
     let fw =
         expect_status(s.upload(&pk, form(&fields, Some(("a.bin", image(3000, 7))))).await, StatusCode::CREATED).await;
     let fw = fw["id"].as_i64().unwrap();
-    let tenant = s.api.t.domain.verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id;
-    s.api.t.domain.mark_firmware_verified(tenant, fw).await.unwrap();
+    s.verify_directly(fw).await;
     let rule = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-01"), (0, 24));
     let rule = expect_status(s.post(&format!("/api/v1/firmware/{fw}/rules"), rule).await, StatusCode::CREATED).await;
     let id = rule["request_id"].as_i64().unwrap();
@@ -145,26 +144,11 @@ async fn three_gateways_push_a_rule_exactly_once_and_survive_one_dying() {
     g2.stop();
     // Its devices find another gateway (a load balancer's job in production), keeping their
     // identity; its unfinished claims run out after the lease.
-    let mut moved = Vec::new();
-    for (gw, h) in handles.iter_mut().filter(|(gw, _)| *gw == 1) {
-        *gw = 0;
-        moved.push(h);
-    }
-    let mut respawned = Vec::new();
-    for h in moved {
-        let snap = h.snapshot();
-        respawned.push((snap.mac.clone(), snap.did.clone().unwrap(), snap.passcode.clone(), snap.wifi_sw.clone()));
-    }
-    let old: Vec<(usize, DeviceHandle)> = std::mem::take(&mut handles);
-    for (gw, h) in old {
-        if respawned.iter().any(|(mac, ..)| *mac == h.snapshot().mac) {
-            h.stop().await;
-        } else {
-            handles.push((gw, h));
-        }
-    }
-    for (mac, did, passcode, sw) in respawned {
-        handles.push((0, spawn(addrs[0], &pk, &mac, Some((did, passcode, sw)))));
+    let (on_dead, mut handles): (Vec<_>, Vec<_>) = handles.into_iter().partition(|(gw, _)| *gw == 1);
+    for (_, h) in on_dead {
+        let snap = h.stop().await;
+        let state = (snap.did.clone().unwrap(), snap.passcode.clone(), snap.wifi_sw.clone());
+        handles.push((0, spawn(addrs[0], &pk, &snap.mac, Some(state))));
     }
 
     let mut last = serde_json::Value::Null;

@@ -37,11 +37,6 @@ fn set_clock(p: &Plane, d: u32, h: u32) {
     p.s.api.t.clock.set(Utc.with_ymd_and_hms(2026, 1, d, h, 0, 0).single().unwrap());
 }
 
-async fn verify_directly(p: &Plane, fw: i64) {
-    let tenant = p.s.api.t.domain.verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id;
-    p.s.api.t.domain.mark_firmware_verified(tenant, fw).await.unwrap();
-}
-
 /// Spawns a device that registers, reports its versions and goes offline again.
 async fn registered_then_offline(p: &Plane, mac: &str) -> ota_sim::DeviceSnapshot {
     let d = p.spawn(p.spec(mac, Method::V41));
@@ -65,16 +60,7 @@ async fn the_console_flow_with_a_mixed_fleet_ends_with_exact_counts() {
     let imported = "mac,region\n\
         5CCF7F600001,广东省-广州市\n5CCF7F600002,广东省-广州市\n5CCF7F600003,浙江省-杭州市\n\
         5CCF7F600004,广东省-深圳市\n5CCF7F600005,广东省-广州市\n5CCF7F600006,广东省-佛山市\n";
-    let r =
-        p.s.client
-            .post(p.s.url(&format!("/api/v1/products/{}/devices/import", p.pk)))
-            .bearer_auth(&p.s.token)
-            .header("content-type", "text/csv")
-            .body(imported)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(expect_status(r, StatusCode::OK).await["added"], 6);
+    assert_eq!(expect_status(p.s.import_csv(&p.pk, imported).await, StatusCode::OK).await["added"], 6);
 
     // The fleet. V4.1 Wi-Fi: W1, W2 in Guangzhou, W3 in Hangzhou (not targeted), W5 whose
     // downloads are cut, W4 and W6 registered but offline at the start; WV the test device.
@@ -165,7 +151,7 @@ async fn the_console_flow_with_a_mixed_fleet_ends_with_exact_counts() {
     let confirmed = p.s.post(&format!("/api/v1/firmware/{wifi}/verification/confirm"), json!({ "stable": true })).await;
     assert_eq!(expect_status(confirmed, StatusCode::OK).await["state"], "verified");
     for fw in [mcu, v4, v11] {
-        verify_directly(&p, fw).await;
+        p.s.verify_directly(fw).await;
     }
 
     // Old versions: the six Wi-Fi-only devices and the two with an MCU run 04020006 on their
@@ -192,14 +178,8 @@ async fn the_console_flow_with_a_mixed_fleet_ends_with_exact_counts() {
             .as_i64()
             .unwrap();
 
-    let list =
-        p.s.client
-            .post(p.s.url(&format!("/api/v1/products/{}/mac-lists", p.pk)))
-            .bearer_auth(&p.s.token)
-            .body("5CCF7F610001\n5c:cf:7f:61:00:02\nAABBCCDDEEFF\nnot-a-mac\n")
-            .send()
-            .await
-            .unwrap();
+    let text = "5CCF7F610001\n5c:cf:7f:61:00:02\nAABBCCDDEEFF\nnot-a-mac\n";
+    let list = p.s.post_text(&format!("/api/v1/products/{}/mac-lists", p.pk), text).await;
     let list = expect_status(list, StatusCode::CREATED).await;
     assert_eq!((list["count"].as_i64(), list["invalid_count"].as_i64()), (Some(3), Some(1)));
     let by_macs = rule_body(json!({ "target": "macs", "mac_list_id": list["id"] }), &["00010001"], window, (0, 12));

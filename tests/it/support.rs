@@ -56,6 +56,31 @@ impl Session {
         self.client.patch(self.url(path)).bearer_auth(&self.token).json(&body).send().await.unwrap()
     }
 
+    /// A text body (`text/plain`), e.g. a MAC list.
+    pub async fn post_text(&self, path: &str, body: impl Into<String>) -> Response {
+        let r = self.client.post(self.url(path)).bearer_auth(&self.token).header("content-type", "text/plain");
+        r.body(body.into()).send().await.unwrap()
+    }
+
+    /// `POST /products/{pk}/devices/import` with a CSV body.
+    pub async fn import_csv(&self, product_key: &str, csv: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/api/v1/products/{product_key}/devices/import")))
+            .bearer_auth(&self.token)
+            .header("content-type", "text/csv")
+            .body(csv.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Marks firmware verified through the domain, for tests whose subject is what comes
+    /// after verification (the flow itself is tested in `device_plane.rs` and `rules_fleet.rs`).
+    pub async fn verify_directly(&self, firmware_id: i64) {
+        let tenant = self.api.t.domain.verify_login(ADMIN, ADMIN_PASSWORD).await.unwrap().tenant_id;
+        self.api.t.domain.mark_firmware_verified(tenant, firmware_id).await.unwrap();
+    }
+
     pub async fn create_product(&self, name: &str) -> String {
         let r = self.post("/api/v1/products", json!({ "name": name })).await;
         let v = expect_status(r, StatusCode::CREATED).await;

@@ -1,12 +1,12 @@
 //! The device registry, as operators see it.
 
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
-use futures_util::StreamExt;
 use ota_wire::dto::*;
 use ota_wire::{ErrorBody, ErrorCode};
 
 use crate::AppState;
 use crate::auth::Auth;
+use crate::body::read_limited;
 use crate::error::ApiError;
 
 /// Largest CSV accepted by the device import (about a million lines).
@@ -79,37 +79,10 @@ pub async fn import_devices(
     who: Auth,
     key: web::Path<String>,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     who.require(Scope::Write)?;
-    let too_large = || {
-        ApiError::from(ota_domain::DomainError::with_details(
-            ErrorCode::PayloadTooLarge,
-            format!("an import may have at most {MAX_IMPORT_BYTES} bytes"),
-            serde_json::json!({ "limit_bytes": MAX_IMPORT_BYTES }),
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_IMPORT_BYTES) {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(MAX_IMPORT_BYTES));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::from(ota_domain::DomainError::new(
-                ErrorCode::InvalidCsv,
-                format!("the body could not be read: {e}"),
-            ))
-        })?;
-        if body.len() + chunk.len() > MAX_IMPORT_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_limited(&req, payload, MAX_IMPORT_BYTES, ErrorCode::InvalidCsv).await?;
     let declared_json = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)

@@ -217,25 +217,31 @@ pub async fn rule_devices(
     Ok(HttpResponse::Ok().json(st.domain.rule_devices(&who, id.into_inner(), q.into_inner()).await?))
 }
 
-/// Pages of rows for a streamed download, read from the database as the client reads.
-fn streamed<F, Fut>(first: String, next: F) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>>
+/// A streamed download: `first`, then the pages `next(cursor)` returns, read from the
+/// database as the client reads; a page without a next cursor ends it.
+fn streamed<C, F, Fut>(
+    first: String,
+    start: C,
+    next: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>>
 where
-    F: Fn(i64) -> Fut + 'static,
-    Fut: std::future::Future<Output = Result<(String, Option<i64>), ApiError>>,
+    C: 'static,
+    F: Fn(C) -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<(String, Option<C>), ApiError>>,
 {
     let header = stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(first)) });
-    let body = stream::unfold(Some(0i64), move |after| {
-        let page = after.map(&next);
+    let body = stream::unfold(Some(start), move |cursor| {
+        let page = cursor.map(&next);
         async move {
-            let (text, last) = match page?.await {
+            let (text, cursor) = match page?.await {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::error!(error = %e.0, "export stopped");
                     return Some((Err(actix_web::error::ErrorInternalServerError("export failed")), None));
                 }
             };
-            let last = last?;
-            Some((Ok(Bytes::from(text)), Some(last)))
+            let cursor = cursor?;
+            Some((Ok(Bytes::from(text)), Some(cursor)))
         }
     });
     futures_util::StreamExt::chain(header, body)
@@ -264,7 +270,7 @@ pub async fn export_rule_devices(
     let mac = st.domain.check_rule_export(&who, id, q.mac.as_deref()).await?;
     let filter = q.filter.unwrap_or_default();
     let (domain, who): (Domain, Principal) = (st.domain.clone(), who.0.clone());
-    let rows = streamed(ota_domain::rules::results::CSV_HEADER.to_owned(), move |after| {
+    let rows = streamed(ota_domain::rules::results::CSV_HEADER.to_owned(), 0i64, move |after| {
         let (domain, who, mac) = (domain.clone(), who.clone(), mac.clone());
         async move {
             let (rows, last) = domain.rule_export_page(&who, id, filter, mac, after, EXPORT_BATCH).await?;
@@ -299,19 +305,13 @@ pub async fn rule_macs(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -
 }
 
 fn mac_download(domain: Domain, who: Principal, list: i64, name: String) -> HttpResponse {
-    // Keyset paging by MAC: the cursor is the last MAC sent, kept beside the numeric cursor.
-    let cursor = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let body = streamed(String::new(), move |_| {
-        let (domain, who, cursor) = (domain.clone(), who.clone(), cursor.clone());
+    // Keyset paging by MAC: the cursor is the last MAC sent.
+    let body = streamed(String::new(), String::new(), move |after| {
+        let (domain, who) = (domain.clone(), who.clone());
         async move {
-            let after = cursor.lock().map(|c| c.clone()).unwrap_or_default();
             let macs = domain.mac_list_entries(&who, list, after, EXPORT_BATCH).await?;
-            let Some(last) = macs.last().cloned() else { return Ok((String::new(), None)) };
-            if let Ok(mut c) = cursor.lock() {
-                *c = last;
-            }
-            let text: String = macs.iter().map(|m| format!("{m}\n")).collect();
-            Ok((text, Some(0)))
+            let last = macs.last().cloned();
+            Ok((macs.iter().map(|m| format!("{m}\n")).collect(), last))
         }
     });
     HttpResponse::Ok()
@@ -343,7 +343,7 @@ pub async fn upload_mac_list(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     who.require(ota_wire::dto::Scope::Write)?;
-    let body = read_limited(&req, payload, MAX_MAC_LIST_BYTES).await?;
+    let body = read_limited(&req, payload, MAX_MAC_LIST_BYTES, ota_wire::ErrorCode::InvalidField).await?;
     Ok(HttpResponse::Created().json(st.domain.upload_mac_list(&who, &key, body).await?))
 }
 

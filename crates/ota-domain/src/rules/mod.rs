@@ -516,7 +516,7 @@ impl Domain {
                         .set((rules::name.eq(name), rules::period_end.eq(period_end), rules::updated_at.eq(now)))
                         .execute(c)?;
                 } else {
-                    let keep_list = req.macs_absent_and_kind_kept(current.kind);
+                    let keep_list = keeps_mac_list(&req, current.kind);
                     let body = RuleBody {
                         name: req.name.or(current.name.clone()),
                         target: req.target.unwrap_or(current.kind),
@@ -575,15 +575,9 @@ impl Domain {
     }
 }
 
-trait KeepsMacs {
-    fn macs_absent_and_kind_kept(&self, kind: TargetKind) -> bool;
-}
-
-impl KeepsMacs for UpdateRuleRequest {
-    /// An edit that neither names MACs nor changes the target kind keeps the current list.
-    fn macs_absent_and_kind_kept(&self, kind: TargetKind) -> bool {
-        self.macs.is_none() && self.target.is_none_or(|t| t == kind)
-    }
+/// An edit that neither names MACs nor changes the target kind keeps the current list.
+fn keeps_mac_list(req: &UpdateRuleRequest, kind: TargetKind) -> bool {
+    req.macs.is_none() && req.target.is_none_or(|t| t == kind)
 }
 
 fn region_text(r: &Region) -> String {
