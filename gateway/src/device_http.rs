@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use ota_domain::upgrades::{Check, CheckAuth, NoOffer, Offer};
+use ota_domain::upgrades::downloads::download_end;
+use ota_domain::upgrades::{Check, CheckAuth, NoOffer, Offer, RecordEventWriter};
 use ota_domain::{Domain, DomainError};
 use ota_wire::ErrorCode;
 use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia};
@@ -35,13 +36,17 @@ pub struct DeviceEndpoints {
 pub struct DeviceHttp {
     domain: Domain,
     endpoints: DeviceEndpoints,
+    /// This gateway's node id: downloads served here are attributed to it.
+    node: String,
+    /// Where download ends are reported.
+    events: RecordEventWriter,
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
 impl DeviceHttp {
-    pub fn new(domain: Domain, endpoints: DeviceEndpoints) -> Arc<DeviceHttp> {
-        Arc::new(DeviceHttp { domain, endpoints })
+    pub fn new(domain: Domain, endpoints: DeviceEndpoints, node: String, events: RecordEventWriter) -> Arc<DeviceHttp> {
+        Arc::new(DeviceHttp { domain, endpoints, node, events })
     }
 
     async fn route(&self, req: Request, peer: SocketAddr) -> Reply {
@@ -225,24 +230,20 @@ impl DeviceHttp {
         let Ok(upgrade_id) = id.parse::<i64>() else {
             return domain_error_reply(&not_found_download());
         };
-        let opened = match self.domain.open_offer_download(upgrade_id).await {
+        let opened = match self.domain.open_offer_download(upgrade_id, &self.node).await {
             Ok(Some(found)) => found,
             Ok(None) => return domain_error_reply(&not_found_download()),
             Err(e) => return domain_error_reply(&e),
         };
         let (fw, stream) = opened;
         let total = fw.size.max(0) as u64;
-        let domain = self.domain.clone();
+        let events = self.events.clone();
         let on_done: crate::http::server::DoneHook = Box::new(move |result: std::io::Result<u64>| {
-            tokio::spawn(async move {
-                let (sent, error) = match result {
-                    Ok(n) => (n, None),
-                    Err(e) => (0, Some(e.to_string())),
-                };
-                if let Err(e) = domain.finish_offer_download(upgrade_id, sent, total, error).await {
-                    tracing::warn!(error = %e, upgrade_id, "could not record a download result");
-                }
-            });
+            let (sent, error) = match result {
+                Ok(n) => (n, None),
+                Err(e) => (0, Some(e.to_string())),
+            };
+            events.send(upgrade_id, download_end(sent, total, error));
         });
         download_reply(&fw, stream, method, Some(on_done))
     }

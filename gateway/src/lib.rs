@@ -7,12 +7,15 @@ pub mod device_http;
 pub mod edge;
 pub mod http;
 pub mod notifier;
+pub mod push;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ota_domain::Domain;
 use ota_domain::devices::PresenceWriter;
+use ota_domain::liveness::Heartbeat;
+use ota_domain::upgrades::RecordEventWriter;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -21,8 +24,9 @@ pub use bus::{Bus, BusConfig};
 pub use device_http::DeviceEndpoints;
 pub use edge::{Edge, EdgeSettings, EdgeStats};
 
-/// Topics every gateway takes from the broker: pushes and app messages for its devices.
-pub const GATEWAY_SUBSCRIPTIONS: &[&str] = &["ser2cli_res/+", "ser2cli_noti/+", "app2dev/#"];
+/// Topics every gateway takes from the broker: pushes (in their envelope, and plain frames
+/// from backends) and app messages for its devices.
+pub const GATEWAY_SUBSCRIPTIONS: &[&str] = &["ota/push/+", "ser2cli_res/+", "ser2cli_noti/+", "app2dev/#"];
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
@@ -40,12 +44,28 @@ pub struct GatewaySettings {
     pub edge: EdgeSettings,
     pub http: http::ServerSettings,
     pub push: PushSettings,
+    pub liveness: LivenessSettings,
+}
+
+/// This gateway's lease (see `ota_domain::liveness`); its node id is `edge.gateway_id`.
+#[derive(Debug, Clone)]
+pub struct LivenessSettings {
+    /// A gateway silent for this long is dead: the others mark its devices offline. The
+    /// heartbeat runs every third of it.
+    pub lease: Duration,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        LivenessSettings { lease: Duration::from_millis(ota_domain::liveness::DEFAULT_LEASE_MS as u64) }
+    }
 }
 
 /// The fleet scheduler of this gateway (see `ota_domain::rules::schedule`).
 #[derive(Debug, Clone)]
 pub struct PushSettings {
-    /// Pushes per second this gateway sends at most; 0 runs no scheduler here.
+    /// Pushes per second this gateway sends at most; 0 sends none from here (the round's
+    /// time-driven work, timeouts and rule completion, still runs).
     pub rate_per_second: u32,
     /// How often a round starts.
     pub interval: Duration,
@@ -61,18 +81,52 @@ impl Default for PushSettings {
 /// evenly over the round.
 async fn run_scheduler(domain: Domain, push: PushSettings) {
     let interval = push.interval.max(Duration::from_millis(10));
-    let limit = ((f64::from(push.rate_per_second) * interval.as_secs_f64()).ceil() as usize).max(1);
-    let spacing = interval / u32::try_from(limit).unwrap_or(u32::MAX);
+    let limit = (f64::from(push.rate_per_second) * interval.as_secs_f64()).ceil() as usize;
+    let spacing = interval / u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         match domain.push_round(limit, spacing).await {
-            Ok(round) if round.claimed > 0 => {
-                tracing::info!(notified = round.notified, failed = round.failed, "push round");
+            Ok(round) if round.claimed > 0 || round.due > 0 => {
+                tracing::info!(due = round.due, notified = round.notified, failed = round.failed, "push round");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "push round failed; retrying next round"),
+        }
+    }
+}
+
+/// Keeps this gateway's lease and reaps dead ones; writes the live sessions again when the
+/// database may have fallen behind them (a failed presence batch, an outage long enough for
+/// the lease to lapse).
+async fn run_liveness(domain: Domain, node: String, started_at: i64, lease: Duration, edge: Arc<Edge>, presence: PresenceWriter) {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match domain.gateway_heartbeat(&node, started_at, lease_ms).await {
+            Ok(beat) => {
+                if beat == Heartbeat::Reregistered || presence.take_dirty() {
+                    let edge = edge.clone();
+                    if !presence.resync(&node, Box::new(move || edge.live_sessions())).await {
+                        presence.mark_dirty();
+                    }
+                }
+                match domain.reap_gateways(&node).await {
+                    Ok(c) if c.gateways > 0 => {
+                        tracing::warn!(gateways = c.gateways, devices = c.devices, downloads = c.downloads, "dead gateways reaped");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reaping dead gateways failed"),
+                }
+            }
+            Err(e) => {
+                // Whatever happens to sessions meanwhile may not reach the database.
+                presence.mark_dirty();
+                tracing::warn!(error = %e, "gateway heartbeat failed");
+            }
         }
     }
 }
@@ -84,6 +138,8 @@ pub enum GatewayError {
     Bind { setting: &'static str, addr: SocketAddr, cause: std::io::Error },
     #[error("the message broker is not usable (bus settings): {0}")]
     Bus(#[from] bus::BusError),
+    #[error("the database is not usable: {0}")]
+    Database(ota_domain::DomainError),
 }
 
 /// A running gateway. Dropping it stops its tasks.
@@ -94,6 +150,10 @@ pub struct Gateway {
     pub edge: Arc<Edge>,
     pub http_stats: Arc<http::ServerStats>,
     pub presence: PresenceWriter,
+    pub events: RecordEventWriter,
+    /// This gateway's node id.
+    pub node: String,
+    domain: Domain,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -119,8 +179,8 @@ fn bind_http(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 }
 
 impl Gateway {
-    /// Binds both listeners, connects the broker, and attaches itself to the domain as the
-    /// way pushes reach devices.
+    /// Binds both listeners, cleans up after an earlier run of this node, connects the broker,
+    /// and attaches itself to the domain as the way pushes reach devices.
     pub async fn start(domain: Domain, settings: GatewaySettings) -> Result<Gateway, GatewayError> {
         let http_listener = bind_http(settings.http_bind)?;
         let mqtt_listener = bind("device_mqtt_bind", settings.mqtt_bind).await?;
@@ -134,9 +194,19 @@ impl Gateway {
             addr: settings.mqtt_bind,
             cause,
         })?;
+        let node = settings.edge.gateway_id.clone();
+        let started_at = domain.clock.now_ms();
+        let lease_ms = i64::try_from(settings.liveness.lease.as_millis()).unwrap_or(i64::MAX);
+        // Sessions and downloads of an earlier run of this node are gone: say so before any
+        // device can log in again.
+        let cleanup = domain.gateway_started(&node, started_at, lease_ms).await.map_err(GatewayError::Database)?;
+        if cleanup.devices > 0 || cleanup.downloads > 0 {
+            tracing::info!(node = %node, devices = cleanup.devices, downloads = cleanup.downloads, "cleaned up after the previous run");
+        }
         let (bus, mut inbound) = Bus::start(settings.bus.clone(), GATEWAY_SUBSCRIPTIONS).await?;
         let presence = PresenceWriter::start(domain.clone());
-        let edge = Edge::new(domain.clone(), bus.clone(), presence.clone(), settings.edge.clone());
+        let events = RecordEventWriter::start(domain.clone());
+        let edge = Edge::new(domain.clone(), bus.clone(), presence.clone(), events.clone(), settings.edge.clone());
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(edge.clone().serve(mqtt_listener)));
         let pump_edge = edge.clone();
@@ -150,21 +220,44 @@ impl Gateway {
             mqtt_host: settings.mqtt_public_host.clone(),
             mqtt_port: settings.mqtt_public_port.unwrap_or(mqtt_addr.port()),
         };
-        let handler = device_http::DeviceHttp::new(domain.clone(), endpoints);
+        let handler = device_http::DeviceHttp::new(domain.clone(), endpoints, node.clone(), events.clone());
         let http_stats = settings.http.stats.clone();
         let http_settings = settings.http.clone();
         tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
         domain.attach_notifier(Arc::new(notifier::BusNotifier { bus: bus.clone(), public_host: settings.public_host }));
-        if settings.push.rate_per_second > 0 {
-            tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
-        }
-        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, tasks })
+        tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
+        tasks.push(tokio::spawn(run_liveness(
+            domain.clone(),
+            node.clone(),
+            started_at,
+            settings.liveness.lease,
+            edge.clone(),
+            presence.clone(),
+        )));
+        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, events, node, domain, tasks })
     }
 
-    /// Stops accepting and drops every connection (a gateway dying, for tests).
+    /// Stops accepting and drops every connection, writing nothing more (a gateway dying,
+    /// for tests; its lease lapses as a killed process's would).
     pub fn stop(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        self.edge.close_all();
+    }
+
+    /// A graceful stop (SIGTERM, Ctrl-C): no new sessions or pushes, every session closed,
+    /// pending writes flushed, this node's devices marked offline and its lease removed.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.edge.close_all();
+        self.presence.flush().await;
+        self.events.flush().await;
+        match self.domain.gateway_stopped(&self.node).await {
+            Ok(n) => tracing::info!(node = %self.node, devices = n, "gateway stopped; its devices are offline"),
+            Err(e) => tracing::warn!(error = %e, "could not mark this gateway's devices offline; its lease will lapse"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Pushes decided by the domain, sent through the broker to whichever gateway holds the
-//! device's session (`ser2cli_res/<did>`, legacy frames of §2.2).
+//! device's session: the legacy frame for `ser2cli_res/<did>` inside a [`PushEnvelope`] on
+//! `ota/push/<did>`, so the delivering edge can acknowledge it.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -9,6 +10,7 @@ use ota_wire::dto::PushMethod;
 
 use crate::bus::Bus;
 use crate::device_http::{type_number, v4_download_url};
+use crate::push::PushEnvelope;
 
 pub struct BusNotifier {
     pub bus: Bus,
@@ -49,8 +51,8 @@ impl DeviceNotifier for BusNotifier {
         let bus = self.bus.clone();
         let frame = push_frame(&notice, &self.public_host);
         Box::pin(async move {
-            let frame = frame?;
-            bus.publish(&format!("ser2cli_res/{}", notice.did), frame).await?;
+            let envelope = PushEnvelope { upgrade_id: notice.upgrade_id, opening: notice.opening, frame: frame? };
+            bus.publish(&PushEnvelope::topic(&notice.did), envelope.encode()).await?;
             Ok(())
         })
     }

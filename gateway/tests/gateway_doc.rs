@@ -50,6 +50,7 @@ fn notice(method: PushMethod, fw_type: FirmwareType) -> PushNotice {
         hard_version: Some("00ESP826".into()),
         soft_version: Some("04000008".into()),
         file_name: V4_FILE.into(),
+        opening: None,
     }
 }
 

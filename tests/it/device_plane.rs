@@ -32,6 +32,7 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
         http: Default::default(),
         // Faster than the default 50/s so fleet tests finish quickly; still paced.
         push: ota_gateway::PushSettings { rate_per_second: 250, ..Default::default() },
+        liveness: Default::default(),
     }
 }
 

@@ -54,7 +54,7 @@ async fn three_gateways_push_a_rule_exactly_once_and_survive_one_dying() {
     let mut t = TestDomain::on(db, 8 * 1024 * 1024);
     // The shared clock runs at real speed here, and a dead gateway's claims are taken over
     // after 2 s (30 s in production): far longer than a live gateway holds one.
-    t.adjust(|s| s.claim_lease_ms = 2_000);
+    t.adjust(|s| s.delivery_timeout_ms = 2_000);
     let clock = t.clock.clone();
     tokio::spawn(async move {
         loop {

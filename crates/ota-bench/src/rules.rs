@@ -147,6 +147,7 @@ fn body(target: TargetKind, regions: Vec<String>) -> RuleBody {
         old_versions: OLD.iter().map(|v| v.to_string()).collect(),
         period: Period { start: "2026-01-01".into(), end: "2030-12-31".into() },
         daily_window: DailyWindow { start_hour: 0, end_hour: 24 },
+        policy: None,
     }
 }
 
@@ -292,6 +293,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
         edge: EdgeSettings { gateway_id: "bench".into(), pace: Duration::from_millis(20), ..EdgeSettings::default() },
         http: Default::default(),
         push: PushSettings { rate_per_second: args.push_rate, interval: Duration::from_millis(200) },
+        liveness: Default::default(),
     };
     let gateway = Gateway::start(s.domain.clone(), settings).await.context("starting the gateway")?;
     let fw = firmware(&s, args.image_bytes).await?;

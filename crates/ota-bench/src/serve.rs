@@ -107,6 +107,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
         },
         http: Default::default(),
         push: Default::default(),
+        liveness: Default::default(),
     };
     let gateway = Gateway::start(domain.clone(), gateway_settings).await.context("starting the gateway")?;
     let ready = json!({

@@ -60,8 +60,15 @@ pub struct Config {
     /// Pause between two MQTT packets to one device (GAgent loses the second of two packets
     /// that arrive in one read).
     pub mqtt_pace_ms: u64,
-    /// Push-rule notifications this gateway sends per second at most (0: no scheduler here).
+    /// Push-rule notifications this gateway sends per second at most (0: none from here).
     pub push_rate: u32,
+    /// This node's stable id: its devices' sessions and downloads are attributed to it, and
+    /// a restart cleans up after the previous run of the same id. Default: generated once
+    /// and kept in `<data_dir>/node-id` (so nodes sharing a data directory need one each).
+    pub node_id: Option<String>,
+    /// A gateway silent this long is dead: the others mark its devices offline and fail its
+    /// downloads. It renews its lease every third of this.
+    pub gateway_lease_secs: u64,
     /// How long a verification waits for the test device to report the new version.
     pub verification_timeout_minutes: i64,
     /// A MaxMind-format GeoIP database (GeoIP2/GeoLite2 City or Country `.mmdb`) that fills
@@ -98,6 +105,8 @@ impl Default for Config {
             broker_listen: None,
             mqtt_pace_ms: 20,
             push_rate: 50,
+            node_id: None,
+            gateway_lease_secs: 30,
             verification_timeout_minutes: 10,
             geoip_database: None,
         }
@@ -156,9 +165,32 @@ impl Config {
         })
     }
 
+    /// `node_id`, or the id kept in `<data_dir>/node-id` (created on first use).
+    pub fn node_id(&self) -> anyhow::Result<String> {
+        if let Some(id) = &self.node_id {
+            return check_node_id(id.trim()).map(str::to_owned);
+        }
+        let path = self.data_dir.join("node-id");
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            return check_node_id(existing.trim())
+                .map(str::to_owned)
+                .map_err(|e| anyhow::anyhow!("{e} (in {}; delete the file to get a new id)", path.display()));
+        }
+        let id = format!("gw-{}", hex::encode(rand::random::<[u8; 4]>()));
+        std::fs::write(&path, format!("{id}\n"))
+            .map_err(|e| anyhow::anyhow!("cannot keep the node id in {}: {e}", path.display()))?;
+        Ok(id)
+    }
+
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
+}
+
+fn check_node_id(id: &str) -> anyhow::Result<&str> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    anyhow::ensure!(ok, "node_id `{id}` must be 1–64 letters, digits, `.`, `_` or `-`");
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -191,5 +223,20 @@ mod tests {
             assert_eq!(c.geoip_database.as_deref(), Some(Path::new("/var/lib/GeoIP/GeoLite2-City.mmdb")));
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_node_id_is_kept_in_the_data_directory_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_owned(), ..Config::default() };
+        let first = config.node_id().unwrap();
+        assert!(first.starts_with("gw-") && first.len() == 11, "{first}");
+        assert_eq!(config.node_id().unwrap(), first, "the same id on every start");
+        let named = Config { node_id: Some("gw-eu-1".into()), ..config.clone() };
+        assert_eq!(named.node_id().unwrap(), "gw-eu-1");
+        let bad = Config { node_id: Some("gw eu/1".into()), ..config.clone() };
+        assert!(bad.node_id().unwrap_err().to_string().contains("node_id `gw eu/1`"));
+        std::fs::write(dir.path().join("node-id"), "no good\n").unwrap();
+        assert!(config.node_id().unwrap_err().to_string().contains("delete the file"));
     }
 }

@@ -244,11 +244,13 @@ async fn up(config: Config) -> anyhow::Result<()> {
     }
     println!("Log in:  curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\");
     println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
-    println!("Stop with Ctrl-C.");
+    println!("  node id        {}", gateway.node);
+    println!("Stop with Ctrl-C (or SIGTERM): sessions close and this node's devices show offline.");
     let handle = server.handle();
     let stop = async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         println!("stopping…");
+        gateway.stop().await;
         handle.stop(true).await;
     };
     actix_rt::spawn(stop);
@@ -256,16 +258,53 @@ async fn up(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `up` prints about the gateway.
+/// Ctrl-C or SIGTERM (what `docker stop` and systemd send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The running gateway, as `up` sees it.
 struct GatewayInfo {
     http_addr: std::net::SocketAddr,
     mqtt_addr: std::net::SocketAddr,
     broker: String,
+    node: String,
+    /// Asks the gateway thread to stop gracefully; it answers when done.
+    stop: tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl GatewayInfo {
+    /// Stops the gateway gracefully, waiting a bounded time for it.
+    async fn stop(self) {
+        let (done, stopped) = tokio::sync::oneshot::channel();
+        if self.stop.send(done).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stopped).await;
+        }
+    }
 }
 
 /// Starts the device gateway on its own multi-threaded runtime (the API has actix's) and
 /// keeps it running for the life of the process.
 fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo> {
+    let node = config.node_id()?;
     let parse = |setting: &str, env: &str, value: &str| -> anyhow::Result<std::net::SocketAddr> {
         value
             .parse()
@@ -279,18 +318,21 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
         mqtt_public_port: config.device_mqtt_port,
         bus: config.bus()?,
         edge: ota_gateway::EdgeSettings {
-            gateway_id: format!("gw-{}", hex::encode(rand::random::<[u8; 4]>())),
+            gateway_id: node.clone(),
             pace: std::time::Duration::from_millis(config.mqtt_pace_ms),
             ..Default::default()
         },
         http: Default::default(),
         push: ota_gateway::PushSettings { rate_per_second: config.push_rate, ..Default::default() },
+        liveness: ota_gateway::LivenessSettings { lease: std::time::Duration::from_secs(config.gateway_lease_secs) },
     };
     let broker = match &settings.bus {
         ota_gateway::BusConfig::Embedded { .. } => "embedded (rumqttd in this process)".to_owned(),
         ota_gateway::BusConfig::External { host, port, .. } => format!("external mqtt://{host}:{port}"),
     };
+    anyhow::ensure!(config.gateway_lease_secs >= 3, "gateway_lease_secs must be at least 3");
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
     std::thread::Builder::new().name("gateway".into()).spawn(move || {
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
@@ -303,8 +345,12 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
             match ota_gateway::Gateway::start(domain, settings).await {
                 Ok(gateway) => {
                     let _ = tx.send(Ok((gateway.http_addr, gateway.mqtt_addr)));
-                    std::future::pending::<()>().await;
-                    drop(gateway);
+                    if let Ok(done) = stop_rx.await {
+                        gateway.shutdown().await;
+                        let _ = done.send(());
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
                 }
                 Err(e) => {
                     let hint = match &e {
@@ -312,6 +358,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
                             format!("; set `{setting}` or OTA_{}", setting.to_ascii_uppercase())
                         }
                         ota_gateway::GatewayError::Bus(_) => "; check `broker` / OTA_BROKER".to_owned(),
+                        ota_gateway::GatewayError::Database(_) => "; check `database_url`".to_owned(),
                     };
                     let _ = tx.send(Err(anyhow::anyhow!("{e}{hint}")));
                 }
@@ -319,7 +366,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
         });
     })?;
     let (http_addr, mqtt_addr) = rx.recv().map_err(|_| anyhow::anyhow!("the gateway thread ended"))??;
-    Ok(GatewayInfo { http_addr, mqtt_addr, broker })
+    Ok(GatewayInfo { http_addr, mqtt_addr, broker, node, stop })
 }
 
 /// On a database without users, creates the first admin: from configuration

@@ -45,6 +45,7 @@ use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
 use crate::products::{ProductRecord, find_product};
 use crate::schema::{adoption_events, adoption_policies, devices};
+use crate::stored::Stored;
 
 /// Refusals and conflicts of one did are written at most this often (per process).
 pub const EVENT_WRITE_INTERVAL_MS: i64 = 60_000;
@@ -53,7 +54,7 @@ pub const EVENT_WRITE_INTERVAL_MS: i64 = 60_000;
 #[diesel(table_name = adoption_policies)]
 pub struct PolicyRecord {
     pub product_id: i64,
-    pub policy: String,
+    pub policy: Stored<AdoptionPolicy>,
     pub open_until: Option<i64>,
     pub max_adoptions: Option<i64>,
     pub adopted_in_window: i64,
@@ -62,7 +63,7 @@ pub struct PolicyRecord {
 
 impl PolicyRecord {
     pub fn policy(&self) -> AdoptionPolicy {
-        AdoptionPolicy::parse(&self.policy).unwrap_or(AdoptionPolicy::Closed)
+        self.policy.get()
     }
 
     /// Whether an unknown did may be adopted now.
@@ -484,7 +485,7 @@ impl Domain {
             }
         };
         let (tenant_id, key, kind) = (who.tenant_id, product_key.to_owned(), query.kind);
-        type Row = (String, String, Option<String>, Option<String>, i64, i64, i64);
+        type Row = (String, Stored<AdoptionEventKind>, Option<String>, Option<String>, i64, i64, i64);
         let (rows, total) = self
             .db
             .run(move |c| {
@@ -525,7 +526,7 @@ impl Domain {
             .into_iter()
             .map(|(did, kind, reason, source, count, first_at, last_at)| AdoptionEventView {
                 did,
-                kind: AdoptionEventKind::parse(&kind).unwrap_or(AdoptionEventKind::Refused),
+                kind: kind.get(),
                 reason,
                 source,
                 count,
@@ -722,7 +723,7 @@ mod tests {
     fn policy(kind: &str, open_until: Option<i64>, max: Option<i64>, adopted: i64) -> PolicyRecord {
         PolicyRecord {
             product_id: 1,
-            policy: kind.into(),
+            policy: Stored(AdoptionPolicy::parse(kind).unwrap()),
             open_until,
             max_adoptions: max,
             adopted_in_window: adopted,

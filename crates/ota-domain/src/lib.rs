@@ -13,12 +13,15 @@ pub mod devices;
 pub mod error;
 pub mod firmware;
 pub mod geoip;
+pub mod lifecycle;
+pub mod liveness;
 pub mod notify;
 pub mod paging;
 pub mod products;
 pub mod rules;
 pub mod schema;
 pub mod store;
+pub mod stored;
 pub mod upgrade;
 pub mod upgrades;
 pub mod verification;
@@ -47,9 +50,9 @@ pub struct DomainSettings {
     pub verification_timeout_ms: i64,
     /// Series matching, including the 0400/0401 → 0402 Wi-Fi exception.
     pub series_rules: SeriesRules,
-    /// How long a gateway's claim on notifying a rule target keeps other gateways off it; a
-    /// claim of a gateway that died is taken over after this (see `rules::schedule`).
-    pub claim_lease_ms: i64,
+    /// How long a push may wait for the edge holding the device's session to deliver it;
+    /// after that it counts as not sent and is tried again (see `lifecycle`).
+    pub delivery_timeout_ms: i64,
 }
 
 impl DomainSettings {
@@ -60,10 +63,13 @@ impl DomainSettings {
             staging_dir,
             verification_timeout_ms: DEFAULT_VERIFICATION_TIMEOUT_MS,
             series_rules: SeriesRules::default(),
-            claim_lease_ms: rules::schedule::CLAIM_LEASE_MS,
+            delivery_timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
         }
     }
 }
+
+/// Ten seconds: an edge writes a push within milliseconds of the broker handing it over.
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: i64 = 10_000;
 
 /// Ten minutes, the hosted console's countdown.
 pub const DEFAULT_VERIFICATION_TIMEOUT_MS: i64 = 10 * 60 * 1000;

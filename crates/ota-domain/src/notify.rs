@@ -25,10 +25,14 @@ pub struct PushNotice {
     pub hard_version: Option<String>,
     pub soft_version: Option<String>,
     pub file_name: String,
+    /// The rule's window opening (its start, Unix ms) the push belongs to; the edge that
+    /// delivers it reports it back with the delivery.
+    pub opening: Option<i64>,
 }
 
 pub trait DeviceNotifier: Send + Sync + 'static {
-    /// Sends the push; an error means it certainly did not go out.
+    /// Hands the push to the broker; an error means it certainly did not go out. Whether a
+    /// device got it is reported separately, by the edge that delivers it.
     fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>>;
 }
 

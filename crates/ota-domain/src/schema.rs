@@ -123,7 +123,6 @@ diesel::table! {
         checked_at -> Nullable<BigInt>,
         download_started_at -> Nullable<BigInt>,
         downloaded_at -> Nullable<BigInt>,
-        rebooted_at -> Nullable<BigInt>,
         succeeded_at -> Nullable<BigInt>,
         failed_at -> Nullable<BigInt>,
         deadline_at -> Nullable<BigInt>,
@@ -132,7 +131,14 @@ diesel::table! {
         updated_at -> BigInt,
         rule_id -> Nullable<BigInt>,
         last_opening -> Nullable<BigInt>,
-        claim_until -> Nullable<BigInt>,
+        attempt -> BigInt,
+        failure -> Nullable<Text>,
+        due_at -> Nullable<BigInt>,
+        retry_at -> Nullable<BigInt>,
+        pushed_at -> Nullable<BigInt>,
+        download_node -> Nullable<Text>,
+        history -> Text,
+        rev -> BigInt,
     }
 }
 
@@ -177,6 +183,27 @@ diesel::table! {
         completed_at -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        policy -> Text,
+    }
+}
+
+diesel::table! {
+    gateways (id) {
+        id -> Text,
+        started_at -> BigInt,
+        heartbeat_at -> BigInt,
+        lease_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    device_ota_state (device_id) {
+        device_id -> BigInt,
+        provision_at -> Nullable<BigInt>,
+        wifi_check_at -> Nullable<BigInt>,
+        mcu_check_at -> Nullable<BigInt>,
+        mcu_served_version -> Nullable<Text>,
+        mcu_served_at -> Nullable<BigInt>,
     }
 }
 
@@ -221,6 +248,7 @@ diesel::joinable!(rules -> firmware (firmware_id));
 diesel::joinable!(rules -> products (product_id));
 diesel::joinable!(mac_list_entries -> mac_lists (list_id));
 diesel::joinable!(mac_lists -> products (product_id));
+diesel::joinable!(device_ota_state -> devices (device_id));
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     users,
@@ -233,5 +261,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     mac_list_entries,
     rules,
     adoption_policies,
-    adoption_events
+    adoption_events,
+    gateways,
+    device_ota_state
 );

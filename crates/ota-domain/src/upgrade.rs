@@ -141,10 +141,16 @@ impl SeriesRules {
         }
     }
 
+    /// Whether a report speaks about the target a firmware is for: the same push method and
+    /// (V1V3 names no target) the same firmware type.
+    pub fn concerns(&self, report: &Report<'_>, c: &Candidate<'_>) -> bool {
+        report.method == c.method && (report.method == PushMethod::V1V3 || report.fw_type == c.fw_type)
+    }
+
     /// Whether the report shows the device now runs the candidate (or, for V4.1, a newer
     /// version of its series).
     pub fn reached(&self, report: &Report<'_>, c: &Candidate<'_>) -> bool {
-        if report.method != c.method || (report.method != PushMethod::V1V3 && report.fw_type != c.fw_type) {
+        if !self.concerns(report, c) {
             return false;
         }
         match c.method {

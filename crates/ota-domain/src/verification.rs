@@ -9,27 +9,33 @@ use ota_wire::dto::{Scope, UpgradeStage, VerificationState, VerificationView};
 use crate::Domain;
 use crate::auth::Principal;
 use crate::clock::from_ms;
+use crate::db::DbConn;
 use crate::devices::{DeviceRecord, normalize_mac};
 use crate::error::{DomainError, Result};
 use crate::firmware::FirmwareRecord;
+use crate::lifecycle::{Event, RecordKind};
 use crate::notify::PushNotice;
 use crate::schema::{devices, firmware, products, upgrades};
-use crate::upgrades::{KIND_VERIFICATION, UpgradeRecord, candidate, close, expire_due, insert_record, report_of};
+use crate::stored::Stored;
+use crate::upgrades::{Applied, RecordEvent, UpgradeRecord, apply, apply_to, candidate, insert_record, load, report_of};
 
-fn state_of(r: &UpgradeRecord) -> VerificationState {
+/// The state the console shows. A deadline that passed since the scheduler's last round
+/// shows as expired already (computed here: reads write nothing).
+fn state_of(r: &UpgradeRecord, now: i64) -> VerificationState {
     match r.stage() {
         UpgradeStage::Succeeded if r.confirmed_at.is_some() => VerificationState::Verified,
         UpgradeStage::Succeeded => VerificationState::AwaitingConfirmation,
         UpgradeStage::Failed => VerificationState::Failed,
         UpgradeStage::Expired => VerificationState::Expired,
         UpgradeStage::Cancelled => VerificationState::Cancelled,
+        _ if r.deadline_at.is_some_and(|d| d <= now) => VerificationState::Expired,
         _ => VerificationState::Pushing,
     }
 }
 
 fn view(r: &UpgradeRecord, device: &DeviceRecord, now: i64) -> VerificationView {
     let deadline = r.deadline_at.unwrap_or(r.created_at);
-    let state = state_of(r);
+    let state = state_of(r, now);
     VerificationView {
         id: r.id,
         firmware_id: r.firmware_id,
@@ -40,6 +46,7 @@ fn view(r: &UpgradeRecord, device: &DeviceRecord, now: i64) -> VerificationView 
         from_version: r.from_version.clone(),
         to_version: r.to_version.clone(),
         reason: r.reason.clone(),
+        failure: r.failure_view(),
         times: r.times(),
         started_at: from_ms(r.created_at),
         deadline_at: from_ms(deadline),
@@ -48,7 +55,7 @@ fn view(r: &UpgradeRecord, device: &DeviceRecord, now: i64) -> VerificationView 
     }
 }
 
-fn find_fw(c: &mut crate::db::DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String)> {
+fn find_fw(c: &mut DbConn, tenant_id: i64, id: i64) -> Result<(FirmwareRecord, String)> {
     firmware::table
         .inner_join(products::table)
         .filter(firmware::id.eq(id).and(firmware::tenant_id.eq(tenant_id)))
@@ -58,11 +65,13 @@ fn find_fw(c: &mut crate::db::DbConn, tenant_id: i64, id: i64) -> Result<(Firmwa
         .ok_or_else(|| DomainError::new(ErrorCode::FirmwareNotFound, "no such firmware in this tenant"))
 }
 
-fn latest(c: &mut crate::db::DbConn, firmware_id: i64) -> Result<(UpgradeRecord, DeviceRecord)> {
+/// The firmware's latest verification.
+fn latest(c: &mut DbConn, tenant_id: i64, firmware_id: i64) -> Result<(UpgradeRecord, DeviceRecord)> {
+    find_fw(c, tenant_id, firmware_id)?;
     upgrades::table
         .inner_join(devices::table)
         .filter(upgrades::firmware_id.eq(firmware_id))
-        .filter(upgrades::kind.eq(KIND_VERIFICATION))
+        .filter(upgrades::kind.eq(Stored(RecordKind::Verification)))
         .order(upgrades::id.desc())
         .select((UpgradeRecord::as_select(), DeviceRecord::as_select()))
         .first(c)
@@ -70,21 +79,38 @@ fn latest(c: &mut crate::db::DbConn, firmware_id: i64) -> Result<(UpgradeRecord,
         .ok_or_else(crate::upgrades::not_found_upgrade)
 }
 
-/// The firmware's latest verification, after closing any whose deadline passed.
-fn current(
-    c: &mut crate::db::DbConn,
+/// The latest verification for an operator's action: one whose deadline passed is expired
+/// first, through the state machine (the scheduler would have done it at its next round).
+fn current_for_action(
+    c: &mut DbConn,
     tenant_id: i64,
     firmware_id: i64,
     now: i64,
+    delivery: i64,
 ) -> Result<(UpgradeRecord, DeviceRecord)> {
-    expire_due(c, now)?;
-    find_fw(c, tenant_id, firmware_id)?;
-    latest(c, firmware_id)
+    let (record, device) = latest(c, tenant_id, firmware_id)?;
+    if record.active && record.deadline_at.is_some_and(|d| d <= now) && !record.stage().is_final() {
+        apply_to(c, record.id, &Event::Due, now, delivery)?;
+        return latest(c, tenant_id, firmware_id);
+    }
+    Ok((record, device))
 }
 
-fn wrong_state(r: &UpgradeRecord, code: ErrorCode, message: &str) -> DomainError {
-    let state = serde_json::to_value(state_of(r)).unwrap_or_default();
+fn wrong_state(r: &UpgradeRecord, now: i64, code: ErrorCode, message: &str) -> DomainError {
+    let state = serde_json::to_value(state_of(r, now)).unwrap_or_default();
     DomainError::with_details(code, message.to_owned(), serde_json::json!({ "state": state }))
+}
+
+/// Applies an operator's event to the current verification and returns it afterwards.
+fn act(
+    c: &mut DbConn,
+    record: &UpgradeRecord,
+    event: &Event,
+    now: i64,
+    delivery: i64,
+) -> Result<UpgradeRecord> {
+    apply_to(c, record.id, event, now, delivery)?;
+    Ok(upgrades::table.find(record.id).select(UpgradeRecord::as_select()).first(c)?)
 }
 
 impl Domain {
@@ -92,15 +118,17 @@ impl Domain {
     pub async fn start_verification(&self, who: &Principal, firmware_id: i64, mac: &str) -> Result<VerificationView> {
         who.require(Scope::Push)?;
         let mac = normalize_mac(mac).ok_or_else(|| DomainError::invalid("mac", "mac must be 12 hex digits"))?;
+        let Some(notifier) = self.notifier.get() else {
+            return Err(DomainError::new(ErrorCode::GatewayUnavailable, "no device gateway is attached to this server"));
+        };
         let now = self.clock.now_ms();
         let deadline = now + self.settings.verification_timeout_ms;
+        let delivery = self.settings.delivery_timeout_ms;
         let rules = self.settings.series_rules;
         let tenant_id = who.tenant_id;
-        let notifier = self.notifier.get();
         let (record, device, notice) = self
             .db
             .write(move |c| {
-                expire_due(c, now)?;
                 let (fw, product_key) = find_fw(c, tenant_id, firmware_id)?;
                 if fw.verified {
                     return Err(DomainError::new(
@@ -108,14 +136,9 @@ impl Domain {
                         "this firmware is already verified",
                     ));
                 }
-                let active: Option<i64> = upgrades::table
-                    .filter(upgrades::firmware_id.eq(fw.id))
-                    .filter(upgrades::kind.eq(KIND_VERIFICATION))
-                    .filter(upgrades::active.eq(true))
-                    .select(upgrades::id)
-                    .first(c)
-                    .optional()?;
-                if active.is_some() {
+                if let Ok((running, _)) = current_for_action(c, tenant_id, fw.id, now, delivery)
+                    && running.active
+                {
                     return Err(DomainError::new(
                         ErrorCode::VerificationInProgress,
                         "a verification of this firmware is already running; cancel it first",
@@ -140,7 +163,6 @@ impl Domain {
                         format!("device {mac} is offline; it must be connected to receive the push"),
                     ));
                 }
-                let method = fw.push_method();
                 let Some(device_method) = device.push_method() else {
                     return Err(not_eligible(
                         "the device has not checked for firmware yet, so its push method is unknown",
@@ -148,12 +170,16 @@ impl Domain {
                 };
                 let report = report_of(&device, device_method, fw.fw_type());
                 rules.check_offer(&report, &candidate(&fw, 0)).map_err(not_eligible)?;
-                let id = insert_record(c, &device, &fw, KIND_VERIFICATION, deadline, now)?;
+                let id = insert_record(c, &device, &fw, RecordKind::Verification, deadline, now)?;
+                let Some(item) = load(c, &[id])?.pop() else {
+                    return Err(DomainError::Internal(anyhow::anyhow!("verification {id} vanished")));
+                };
+                let sent = apply(c, &item, &Event::PushSent, now, delivery)? == Applied::Changed;
                 let record: UpgradeRecord = upgrades::table.find(id).select(UpgradeRecord::as_select()).first(c)?;
-                let notice = PushNotice {
+                let notice = sent.then(|| PushNotice {
                     did: device.did.clone().unwrap_or_default(),
                     product_key,
-                    method,
+                    method: fw.push_method(),
                     fw_type: fw.fw_type(),
                     upgrade_id: id,
                     firmware_id: fw.id,
@@ -161,7 +187,8 @@ impl Domain {
                     hard_version: fw.hard_version.clone(),
                     soft_version: fw.soft_version.clone(),
                     file_name: fw.file_name.clone(),
-                };
+                    opening: None,
+                });
                 Ok((record, device, notice))
             })
             .await
@@ -173,13 +200,13 @@ impl Domain {
                 other => other,
             })?;
         let upgrade_id = record.id;
-        let failure = match notifier {
-            None => Some("no device gateway is attached to this server".to_owned()),
-            Some(n) => n.notify(notice).await.err().map(|e| format!("the push could not be sent: {e:#}")),
-        };
-        self.record_notified(upgrade_id, failure.clone()).await?;
-        if let Some(reason) = failure {
-            return Err(DomainError::new(ErrorCode::GatewayUnavailable, reason));
+        if let Some(notice) = notice
+            && let Err(e) = notifier.notify(notice).await
+        {
+            // The verification goes on: the push is sent again once its delivery deadline
+            // clears it, while the device is online and the countdown runs.
+            let event = Event::PushRefused { reason: format!("{e:#}") };
+            self.record_events(vec![RecordEvent { upgrade_id, event }]).await?;
         }
         let record = self
             .db
@@ -188,12 +215,12 @@ impl Domain {
         Ok(view(&record, &device, self.clock.now_ms()))
     }
 
-    /// The firmware's latest verification, with its countdown.
+    /// The firmware's latest verification, with its countdown. A read: nothing is written.
     pub async fn get_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
         who.require(Scope::Read)?;
         let now = self.clock.now_ms();
         let tenant_id = who.tenant_id;
-        let (record, device) = self.db.write(move |c| current(c, tenant_id, firmware_id, now)).await?;
+        let (record, device) = self.db.run(move |c| latest(c, tenant_id, firmware_id)).await?;
         Ok(view(&record, &device, now))
     }
 
@@ -206,30 +233,21 @@ impl Domain {
     ) -> Result<VerificationView> {
         who.require(Scope::Push)?;
         let now = self.clock.now_ms();
+        let delivery = self.settings.delivery_timeout_ms;
         let tenant_id = who.tenant_id;
         let (record, device) = self
             .db
             .write(move |c| {
-                let (record, device) = current(c, tenant_id, firmware_id, now)?;
-                if state_of(&record) != VerificationState::AwaitingConfirmation || !record.active {
+                let (record, device) = current_for_action(c, tenant_id, firmware_id, now, delivery)?;
+                if state_of(&record, now) != VerificationState::AwaitingConfirmation || !record.active {
                     return Err(wrong_state(
                         &record,
+                        now,
                         ErrorCode::VerificationNotSucceeded,
                         "the device has not reported the new version, so there is nothing to confirm",
                     ));
                 }
-                let target = upgrades::table.find(record.id);
-                if stable {
-                    diesel::update(target)
-                        .set((upgrades::confirmed_at.eq(now), upgrades::active.eq(false), upgrades::updated_at.eq(now)))
-                        .execute(c)?;
-                    diesel::update(firmware::table.find(firmware_id))
-                        .set((firmware::verified.eq(true), firmware::verified_at.eq(now), firmware::updated_at.eq(now)))
-                        .execute(c)?;
-                } else {
-                    close(c, record.id, UpgradeStage::Failed, "the operator found the firmware not stable", now)?;
-                }
-                let record = target.select(UpgradeRecord::as_select()).first(c)?;
+                let record = act(c, &record, &Event::Confirmed { stable }, now, delivery)?;
                 Ok((record, device))
             })
             .await?;
@@ -240,20 +258,21 @@ impl Domain {
     pub async fn cancel_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
         who.require(Scope::Push)?;
         let now = self.clock.now_ms();
+        let delivery = self.settings.delivery_timeout_ms;
         let (tenant_id, username) = (who.tenant_id, who.username.clone());
         let (record, device) = self
             .db
             .write(move |c| {
-                let (record, device) = current(c, tenant_id, firmware_id, now)?;
+                let (record, device) = current_for_action(c, tenant_id, firmware_id, now, delivery)?;
                 if !record.active {
                     return Err(wrong_state(
                         &record,
+                        now,
                         ErrorCode::VerificationNotFound,
                         "no verification of this firmware is running",
                     ));
                 }
-                close(c, record.id, UpgradeStage::Cancelled, &format!("cancelled by {username}"), now)?;
-                let record = upgrades::table.find(record.id).select(UpgradeRecord::as_select()).first(c)?;
+                let record = act(c, &record, &Event::Cancelled { by: username }, now, delivery)?;
                 Ok((record, device))
             })
             .await?;

@@ -791,6 +791,74 @@ pub struct UpgradeTimes {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
+/// What the server saw go wrong with an attempt. A device reports nothing when its own
+/// checks fail (an MD5 mismatch, a flash error): the server sees a timeout, or the old
+/// version reported after a completed download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The next step did not come within the stage's timeout; `stage` names the stage the
+    /// record was in (`notified`: no check, `checked`: no download, `downloading`: the
+    /// download did not end, `downloaded`: no report of the target version).
+    Timeout,
+    /// The download ended before `Content-Length` bytes were sent: the connection closed, or
+    /// the gateway serving it died.
+    DownloadCut,
+    /// After a completed download the device reported a version other than the target.
+    OldVersionReported,
+    /// The operator confirmed a verification as not stable.
+    NotStable,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::DownloadCut => "download_cut",
+            FailureKind::OldVersionReported => "old_version_reported",
+            FailureKind::NotStable => "not_stable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [FailureKind::Timeout, FailureKind::DownloadCut, FailureKind::OldVersionReported, FailureKind::NotStable]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// Why the current attempt failed, and in which stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailureView {
+    pub kind: FailureKind,
+    pub stage: UpgradeStage,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    /// The period (a rule) or the deadline (a verification) ended first.
+    Expired,
+    Cancelled,
+}
+
+/// One finished attempt of an upgrade record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    /// 1 for the first push of a window opening, 2 for its first retry, and so on.
+    pub attempt: i64,
+    /// Start of the window opening the attempt belongs to (rules only).
+    pub opening: Option<DateTime<Utc>>,
+    pub outcome: AttemptOutcome,
+    /// The stage the attempt had reached when it ended.
+    pub stage: UpgradeStage,
+    pub failure: Option<FailureKind>,
+    pub ended_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VerificationView {
     pub id: i64,
@@ -804,6 +872,8 @@ pub struct VerificationView {
     pub to_version: Option<String>,
     /// Why it failed, expired or was cancelled.
     pub reason: Option<String>,
+    /// The failure, typed, when `state` is `failed`.
+    pub failure: Option<FailureView>,
     pub times: UpgradeTimes,
     pub started_at: DateTime<Utc>,
     pub deadline_at: DateTime<Utc>,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::dto::{Region, UpgradeStage, UpgradeTimes};
+use crate::dto::{AttemptView, FailureView, Region, UpgradeStage, UpgradeTimes};
 
 /// Where a rule stands. `stopped` rules can be started again; `completed` is final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -85,6 +85,117 @@ pub struct DailyWindow {
     pub end_hour: u8,
 }
 
+/// How a rule retries targets whose attempt failed. Attempts count per window opening: a new
+/// opening starts again at attempt 1 (the console re-pushes every day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts per window opening, the first push included: 1–10 (default 3).
+    #[serde(default = "RetryPolicy::default_attempts")]
+    #[schema(minimum = 1, maximum = 10)]
+    pub attempts: u32,
+    /// Seconds from a failure to the next push, 0–86400 (default 120).
+    #[serde(default = "RetryPolicy::default_backoff")]
+    #[schema(maximum = 86400)]
+    pub backoff_s: u32,
+    /// `true` (default): retry inside the same window opening. `false`: the console's strict
+    /// behaviour, a failed target waits for the next opening.
+    #[serde(default = "RetryPolicy::default_within")]
+    pub within_opening: bool,
+}
+
+impl RetryPolicy {
+    fn default_attempts() -> u32 {
+        3
+    }
+    fn default_backoff() -> u32 {
+        120
+    }
+    fn default_within() -> bool {
+        true
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: Self::default_attempts(),
+            backoff_s: Self::default_backoff(),
+            within_opening: Self::default_within(),
+        }
+    }
+}
+
+/// How long a target may stay in each stage before its attempt fails with a timeout, in
+/// seconds, 10–86400 each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageTimeouts {
+    /// Push delivered → the device checks (V4.1), fetches the image (V4) or asks for it
+    /// (V1V3). Default 120.
+    #[serde(default = "StageTimeouts::default_notified")]
+    #[schema(minimum = 10, maximum = 86400)]
+    pub notified_s: u32,
+    /// Image offered → the download starts. Default 60.
+    #[serde(default = "StageTimeouts::default_checked")]
+    #[schema(minimum = 10, maximum = 86400)]
+    pub checked_s: u32,
+    /// Download started → the whole image sent. Default 600.
+    #[serde(default = "StageTimeouts::default_downloading")]
+    #[schema(minimum = 10, maximum = 86400)]
+    pub downloading_s: u32,
+    /// Wi-Fi image downloaded → the device reports the target version (it flashes and
+    /// reboots first). Default 300.
+    #[serde(default = "StageTimeouts::default_downloaded_wifi")]
+    #[schema(minimum = 10, maximum = 86400)]
+    pub downloaded_wifi_s: u32,
+    /// MCU image downloaded → the device reports the target version after the serial
+    /// transfer (9600 baud) and the MCU's reboot. Default 1800.
+    #[serde(default = "StageTimeouts::default_downloaded_mcu")]
+    #[schema(minimum = 10, maximum = 86400)]
+    pub downloaded_mcu_s: u32,
+}
+
+impl StageTimeouts {
+    fn default_notified() -> u32 {
+        120
+    }
+    fn default_checked() -> u32 {
+        60
+    }
+    fn default_downloading() -> u32 {
+        600
+    }
+    fn default_downloaded_wifi() -> u32 {
+        300
+    }
+    fn default_downloaded_mcu() -> u32 {
+        1800
+    }
+}
+
+impl Default for StageTimeouts {
+    fn default() -> Self {
+        StageTimeouts {
+            notified_s: Self::default_notified(),
+            checked_s: Self::default_checked(),
+            downloading_s: Self::default_downloading(),
+            downloaded_wifi_s: Self::default_downloaded_wifi(),
+            downloaded_mcu_s: Self::default_downloaded_mcu(),
+        }
+    }
+}
+
+/// A rule's retry policy and stage timeouts; every field has a default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutPolicy {
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub timeouts: StageTimeouts,
+}
+
 /// A rule as created, or as a draft to preview.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +216,9 @@ pub struct RuleBody {
     pub old_versions: Vec<String>,
     pub period: Period,
     pub daily_window: DailyWindow,
+    /// Retries and stage timeouts; the defaults when left out.
+    #[serde(default)]
+    pub policy: Option<RolloutPolicy>,
 }
 
 /// `PATCH /rules/{request_id}`: fields to change. Before a rule starts everything may change;
@@ -120,6 +234,9 @@ pub struct UpdateRuleRequest {
     pub old_versions: Option<Vec<String>>,
     pub period: Option<Period>,
     pub daily_window: Option<DailyWindow>,
+    /// Replaces the whole policy (fields left out take their defaults); any time before the
+    /// rule completes, taking effect from the next failure or stage.
+    pub policy: Option<RolloutPolicy>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -129,9 +246,14 @@ pub struct RuleCounts {
     pub succeeded: i64,
     /// Targets not (yet) succeeded: `targets - succeeded`.
     pub not_succeeded: i64,
-    /// Targets pushed at least once.
+    /// Targets pushed at least once (a push an edge delivered, or a check the device made).
     pub notified: i64,
-    /// Targets whose last attempt failed (download cut, push refused), with a reason.
+    /// Targets not reached yet in the current attempt (stage `pending`).
+    pub pending: i64,
+    /// Targets on their way: `notified`, `checked`, `downloading` or `downloaded` now.
+    pub in_progress: i64,
+    /// Targets whose current attempt failed (timeout, download cut, old version reported),
+    /// waiting for a retry or the next window opening.
     pub failed: i64,
     /// Targets notified or checked that went silent until the period ended.
     pub expired: i64,
@@ -155,6 +277,7 @@ pub struct RuleView {
     pub period: Period,
     pub daily_window: DailyWindow,
     pub status: RuleStatus,
+    pub policy: RolloutPolicy,
     /// True while pushing inside the period and the daily window.
     pub window_open: bool,
     pub counts: RuleCounts,
@@ -268,7 +391,13 @@ pub struct RuleDeviceView {
     pub from_version: Option<String>,
     pub to_version: Option<String>,
     pub times: UpgradeTimes,
-    /// The last error (download cut, push failed, expired), if any.
+    /// The last error (download cut, timeout, push not delivered, expired), if any.
     pub last_error: Option<String>,
+    /// Why the current attempt failed, typed (`stage` is `failed`).
+    pub failure: Option<FailureView>,
+    /// The current attempt in the current window opening (0: never pushed or checked).
+    pub attempt: i64,
+    /// Finished attempts, oldest first (at most the last 20).
+    pub attempts: Vec<AttemptView>,
     pub online: bool,
 }

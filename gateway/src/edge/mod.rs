@@ -41,14 +41,18 @@ use gagent_codec::CodecError;
 use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Suback, Subscribe};
 use ota_domain::adoption::LoginDecision;
 use ota_domain::devices::{DeviceIdentity, PresenceWriter, is_did};
+use ota_domain::lifecycle::Event;
+use ota_domain::liveness::LiveSession;
+use ota_domain::upgrades::RecordEventWriter;
 use ota_domain::{Domain, DomainError};
 use ota_wire::ErrorCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::bus::Bus;
+use crate::push::{PUSH_TOPIC_PREFIX, PushEnvelope};
 
 /// How long after the first PINGRESP an adopted device is asked to check (see `nudge_check`).
 pub const NUDGE_DELAY: Duration = Duration::from_secs(1);
@@ -98,6 +102,8 @@ pub struct EdgeStats {
     pub denied_publishes: AtomicU64,
     pub malformed: AtomicU64,
     pub packets_sent: AtomicU64,
+    /// Pushes written to a device's socket (and reported delivered).
+    pub pushes_delivered: AtomicU64,
     pub dropped_outbound: AtomicU64,
     pub service_frames: AtomicU64,
     pub uplinks: AtomicU64,
@@ -112,22 +118,40 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A packet for one device; `ack` names the push it carries, reported as delivered once the
+/// packet is on the socket.
+pub(crate) struct Outbound {
+    bytes: Bytes,
+    ack: Option<(i64, Option<i64>)>,
+}
+
+impl Outbound {
+    fn plain(bytes: Bytes) -> Outbound {
+        Outbound { bytes, ack: None }
+    }
+}
+
 /// Where a broker message goes: a session's outbox and its subscriptions.
-type Target = (mpsc::Sender<Bytes>, Arc<Mutex<Vec<String>>>);
+type Target = (mpsc::Sender<Outbound>, Arc<Mutex<Vec<String>>>);
 
 /// One live session, as the registry sees it.
 struct SessionEntry {
     id: u64,
     product_key: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outbound>,
     subscriptions: Arc<Mutex<Vec<String>>>,
     kick: Arc<Notify>,
+    session_ms: i64,
+    ip: String,
 }
 
 pub struct Edge {
     domain: Domain,
     bus: Bus,
     presence: PresenceWriter,
+    events: RecordEventWriter,
+    /// Set to `true` to close every session (the gateway stops).
+    closing: watch::Sender<bool>,
     settings: EdgeSettings,
     stats: Arc<EdgeStats>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
@@ -160,12 +184,20 @@ enum Admission {
 }
 
 impl Edge {
-    pub fn new(domain: Domain, bus: Bus, presence: PresenceWriter, settings: EdgeSettings) -> Arc<Edge> {
+    pub fn new(
+        domain: Domain,
+        bus: Bus,
+        presence: PresenceWriter,
+        events: RecordEventWriter,
+        settings: EdgeSettings,
+    ) -> Arc<Edge> {
         let permits = settings.max_connections;
         Arc::new(Edge {
             domain,
             bus,
             presence,
+            events,
+            closing: watch::Sender::new(false),
             settings,
             stats: Arc::new(EdgeStats::default()),
             sessions: Mutex::new(HashMap::new()),
@@ -185,6 +217,20 @@ impl Edge {
 
     pub fn is_connected(&self, did: &str) -> bool {
         self.sessions.lock().map(|s| s.contains_key(did)).unwrap_or(false)
+    }
+
+    /// The sessions held here now, for a resync of presence.
+    pub fn live_sessions(&self) -> Vec<LiveSession> {
+        let Ok(sessions) = self.sessions.lock() else { return Vec::new() };
+        sessions
+            .iter()
+            .map(|(did, s)| LiveSession { did: did.clone(), session_ms: s.session_ms, ip: Some(s.ip.clone()) })
+            .collect()
+    }
+
+    /// Closes every session (the gateway stops); new connections are closed at once.
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Accepts devices until the listener fails for good.
@@ -214,7 +260,26 @@ impl Edge {
     }
 
     /// Delivers a broker message to the local session it is for, if any and if subscribed.
+    /// A push envelope (`ota/push/<did>`) goes out as its frame on `ser2cli_res/<did>` and is
+    /// acknowledged once written.
     pub fn deliver(&self, topic: &str, payload: &Bytes) {
+        if let Some(did) = topic.strip_prefix(PUSH_TOPIC_PREFIX) {
+            match PushEnvelope::decode(payload) {
+                Some(push) => {
+                    let device_topic = format!("ser2cli_res/{did}");
+                    self.deliver_to(&device_topic, &push.frame, Some((push.upgrade_id, push.opening)));
+                }
+                None => {
+                    bump(&self.stats.malformed);
+                    tracing::warn!(topic, "a push without a valid envelope; dropped");
+                }
+            }
+            return;
+        }
+        self.deliver_to(topic, payload, None);
+    }
+
+    fn deliver_to(&self, topic: &str, payload: &Bytes, ack: Option<(i64, Option<i64>)>) {
         let targets: Vec<Target> = {
             let Ok(sessions) = self.sessions.lock() else { return };
             let did_of = |t: &str| t.split('/').nth(1).map(str::to_owned);
@@ -246,7 +311,7 @@ impl Edge {
         };
         for (tx, subs) in targets {
             let subscribed = subs.lock().map(|s| s.iter().any(|f| acl::filter_matches(f, topic))).unwrap_or(false);
-            if subscribed && tx.try_send(packet.clone()).is_err() {
+            if subscribed && tx.try_send(Outbound { bytes: packet.clone(), ack }).is_err() {
                 bump(&self.stats.dropped_outbound);
             }
         }
@@ -254,8 +319,12 @@ impl Edge {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let (mut reader, writer) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let writer_task = tokio::spawn(write_paced(writer, rx, self.settings.pace, self.stats.clone()));
+        let (tx, rx) = mpsc::channel::<Outbound>(64);
+        let writer_task =
+            tokio::spawn(write_paced(writer, rx, self.settings.pace, self.stats.clone(), self.events.clone()));
+        if *self.closing.borrow() {
+            return;
+        }
         let mut buf = BytesMut::with_capacity(1024);
         let connect = match read_packet(&mut reader, &mut buf, 8 * 1024, Some(self.settings.connect_timeout)).await {
             Ok(Packet::Connect(c)) => c,
@@ -265,7 +334,7 @@ impl Edge {
             }
             Err(End::Malformed(CodecError::UnsupportedProtocol { name, level })) => {
                 tracing::info!(%peer, %name, level, "unsupported MQTT protocol");
-                let _ = tx.send(connack(ConnectReturnCode::UnacceptableProtocol)).await;
+                let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::UnacceptableProtocol))).await;
                 drop(tx);
                 let _ = writer_task.await;
                 return;
@@ -280,7 +349,7 @@ impl Edge {
             Err(code) => {
                 bump(&self.stats.refused_logins);
                 tracing::info!(%peer, client_id = %connect.client_id, ?code, "device login refused");
-                let _ = tx.send(connack(code)).await;
+                let _ = tx.send(Outbound::plain(connack(code))).await;
                 drop(tx);
                 let _ = writer_task.await;
                 return;
@@ -290,7 +359,7 @@ impl Edge {
             Admission::Known(identity) => (identity, None),
             Admission::Provisional { did, passcode } => {
                 bump(&self.stats.provisional);
-                let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+                let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::Accepted))).await;
                 match self.provisional(&did, &passcode, peer, &tx, &mut reader, &mut buf).await {
                     Ok((identity, subscribe)) => {
                         bump(&self.stats.adopted);
@@ -312,6 +381,7 @@ impl Edge {
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriptions = Arc::new(Mutex::new(Vec::new()));
         let kick = Arc::new(Notify::new());
+        let session_ms = self.domain.clock.now_ms();
         let replaced = self.sessions.lock().ok().and_then(|mut s| {
             s.insert(
                 identity.did.clone(),
@@ -321,6 +391,8 @@ impl Edge {
                     tx: tx.clone(),
                     subscriptions: subscriptions.clone(),
                     kick: kick.clone(),
+                    session_ms,
+                    ip: peer.ip().to_string(),
                 },
             )
         });
@@ -328,7 +400,6 @@ impl Edge {
             // MQTT: a second login with the same client id takes the session over.
             old.kick.notify_one();
         }
-        let session_ms = self.domain.clock.now_ms();
         self.presence.online(&identity.did, &self.settings.gateway_id, Some(peer.ip().to_string()), session_ms);
         let adopted_now = first_subscribe.is_some();
         let session = Session {
@@ -341,14 +412,16 @@ impl Edge {
             // Adopted: the SUBSCRIBE that named the product is answered now, as in any session.
             Some(subscribe) => self.subscribe(&session, subscribe).await,
             None => {
-                let _ = tx.send(connack(ConnectReturnCode::Accepted)).await;
+                let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::Accepted))).await;
             }
         }
 
         let keep_alive = keep_alive_limit(connect.keep_alive);
+        let mut closing = self.closing.subscribe();
         let end = tokio::select! {
             end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
             _ = kick.notified() => End::Kicked,
+            _ = closing.wait_for(|c| *c) => End::Closed,
         };
         if let Ok(mut s) = self.sessions.lock()
             && s.get(&identity.did).is_some_and(|e| e.id == session_id)
@@ -402,7 +475,7 @@ impl Edge {
         did: &str,
         passcode: &str,
         peer: SocketAddr,
-        tx: &mpsc::Sender<Bytes>,
+        tx: &mpsc::Sender<Outbound>,
         reader: &mut OwnedReadHalf,
         buf: &mut BytesMut,
     ) -> Result<(DeviceIdentity, Subscribe), End> {
@@ -510,7 +583,7 @@ impl Edge {
         tokio::spawn(async move {
             tokio::time::sleep(NUDGE_DELAY).await;
             // The session may have ended meanwhile; then there is nobody to nudge.
-            let _ = tx.send(packet).await;
+            let _ = tx.send(Outbound::plain(packet)).await;
         });
     }
 
@@ -577,7 +650,7 @@ impl Edge {
 /// What a session's handlers need.
 pub(crate) struct Session {
     pub(crate) identity: DeviceIdentity,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outbound>,
     subscriptions: Arc<Mutex<Vec<String>>>,
     /// Adopted by an open window in this session: its first boot's checks failed (the did was
     /// unknown then), so one 0x0211 type 1 asks it to check now and report its versions.
@@ -593,16 +666,16 @@ impl Session {
     pub(crate) async fn send_service(&self, payload: &[u8], allow_large: bool) -> bool {
         let topic = format!("ser2cli_res/{}", self.identity.did);
         match gagent_codec::publish_qos0(&topic, payload) {
-            Ok(p) if allow_large || p.len() <= DEVICE_PACKET_LIMIT => self.tx.send(p).await.is_ok(),
+            Ok(p) if allow_large || p.len() <= DEVICE_PACKET_LIMIT => self.tx.send(Outbound::plain(p)).await.is_ok(),
             Ok(_) | Err(_) => false,
         }
     }
 }
 
-async fn send_packet(tx: &mpsc::Sender<Bytes>, packet: Packet) {
+async fn send_packet(tx: &mpsc::Sender<Outbound>, packet: Packet) {
     match packet.encode() {
         Ok(bytes) => {
-            let _ = tx.send(bytes).await;
+            let _ = tx.send(Outbound::plain(bytes)).await;
         }
         Err(e) => tracing::error!(error = %e, "could not encode a packet for a device"),
     }
@@ -652,18 +725,24 @@ async fn read_packet(
     }
 }
 
-/// The only writer of a device socket: one packet per `write_all`, then a pause.
+/// The only writer of a device socket: one packet per `write_all`, then a pause. A push is
+/// reported delivered once its packet is written.
 async fn write_paced(
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Outbound>,
     pace: Duration,
     stats: Arc<EdgeStats>,
+    events: RecordEventWriter,
 ) {
-    while let Some(packet) = rx.recv().await {
-        if writer.write_all(&packet).await.is_err() {
+    while let Some(out) = rx.recv().await {
+        if writer.write_all(&out.bytes).await.is_err() {
             return;
         }
         bump(&stats.packets_sent);
+        if let Some((upgrade_id, opening)) = out.ack {
+            bump(&stats.pushes_delivered);
+            events.send(upgrade_id, Event::Delivered { opening });
+        }
         if !pace.is_zero() {
             tokio::time::sleep(pace).await;
         }

@@ -96,7 +96,7 @@ impl Edge {
             let _ = self.domain.finish_offer_download(offer.upgrade_id, 0, total, Some(reason)).await;
             return;
         }
-        let image = match self.domain.open_offer_download(offer.upgrade_id).await {
+        let image = match self.domain.open_offer_download(offer.upgrade_id, &self.settings.gateway_id).await {
             Ok(Some((_, mut stream))) => {
                 let mut image = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
                 while let Some(chunk) = stream.next().await {

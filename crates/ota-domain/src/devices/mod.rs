@@ -23,6 +23,7 @@ use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
 use crate::products::{ProductRecord, find_product, product_not_found};
 use crate::schema::{devices, products};
+use crate::stored::Stored;
 
 pub use presence::PresenceWriter;
 
@@ -35,8 +36,8 @@ pub struct DeviceRecord {
     pub did: Option<String>,
     pub mac: Option<String>,
     pub passcode: Option<String>,
-    pub registered_via: String,
-    pub push_method: Option<String>,
+    pub registered_via: Stored<RegisteredVia>,
+    pub push_method: Option<Stored<PushMethod>>,
     pub wifi_hw: Option<String>,
     pub wifi_sw: Option<String>,
     pub mcu_hw: Option<String>,
@@ -65,11 +66,11 @@ pub struct DeviceRecord {
 
 impl DeviceRecord {
     pub fn push_method(&self) -> Option<PushMethod> {
-        self.push_method.as_deref().and_then(PushMethod::parse)
+        self.push_method.map(Stored::get)
     }
 
     pub fn registered_via(&self) -> RegisteredVia {
-        RegisteredVia::parse(&self.registered_via).unwrap_or(RegisteredVia::Plain)
+        self.registered_via.get()
     }
 
     /// The versions last reported for one target.
@@ -418,7 +419,7 @@ impl Domain {
                 if let Some(region) = &guessed {
                     crate::geoip::fill_missing_region(c, device.id, region)?;
                 }
-                crate::upgrades::mark_rebooted(c, device.id, now)?;
+                crate::upgrades::ota_state::provisioned(c, device.id, now)?;
                 Ok(Provisioned {
                     identity: Some(identity(&device, &product)),
                     product_secret: product.product_secret,

@@ -5,14 +5,23 @@
 //! them in transactions of up to [`BATCH`] events (only repeated "seen" marks of one did are
 //! merged). A logout only applies to the session it belongs to (`connected_at`), so
 //! a device that already logged in again — here or on another gateway — stays online.
+//!
+//! A batch that cannot be written (the database is down) is not retried event by event: the
+//! writer remembers that the database may be behind ([`PresenceWriter::take_dirty`]), and the
+//! gateway's liveness loop asks for a **resync**, which writes the gateway's live sessions as
+//! they are then. A resync goes through the same channel, so it is ordered with the events:
+//! the session list is read when the writer reaches it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::prelude::*;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Domain;
+use crate::liveness::LiveSession;
 use crate::schema::devices;
 
 /// Largest number of events applied in one transaction.
@@ -27,23 +36,29 @@ enum Event {
     Seen { did: String, at_ms: i64 },
 }
 
+/// Reads a gateway's live sessions when a resync runs.
+pub type SessionSnapshot = Box<dyn FnOnce() -> Vec<LiveSession> + Send>;
+
 enum Command {
     Event(Event),
     Flush(oneshot::Sender<()>),
+    Resync { node: String, snapshot: SessionSnapshot, done: oneshot::Sender<bool> },
 }
 
 /// Handle to the writer task. Cheap to clone.
 #[derive(Clone)]
 pub struct PresenceWriter {
     tx: mpsc::UnboundedSender<Command>,
+    dirty: Arc<AtomicBool>,
 }
 
 impl PresenceWriter {
     /// Starts the writer on the current tokio runtime.
     pub fn start(domain: Domain) -> PresenceWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(domain, rx));
-        PresenceWriter { tx }
+        let dirty = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(domain, rx, dirty.clone()));
+        PresenceWriter { tx, dirty }
     }
 
     /// A session began; `session_ms` identifies it (the login time).
@@ -69,41 +84,84 @@ impl PresenceWriter {
             let _ = rx.await;
         }
     }
+
+    /// Whether a batch failed since the last call (the database may be behind the sessions).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::Relaxed)
+    }
+
+    /// Notes that the database may be behind the sessions (e.g. it was unreachable).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes the sessions `snapshot` returns (read when the writer gets there) as the truth
+    /// of gateway `node`; resolves to whether it was written.
+    pub async fn resync(&self, node: &str, snapshot: SessionSnapshot) -> bool {
+        let (done, rx) = oneshot::channel();
+        let cmd = Command::Resync { node: node.to_owned(), snapshot, done };
+        if self.tx.send(cmd).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
 }
 
-async fn run(domain: Domain, mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn write_batch(domain: &Domain, pending: &mut Vec<Event>, dirty: &AtomicBool) {
+    let batch = coalesce(std::mem::take(pending));
+    if batch.is_empty() {
+        return;
+    }
+    let now = domain.clock.now_ms();
+    let count = batch.len();
+    if let Err(e) = domain.db.write(move |c| apply(c, &batch, now)).await {
+        dirty.store(true, Ordering::Relaxed);
+        tracing::error!(error = %e, count, "presence batch failed; the gateway will write its sessions again");
+    }
+}
+
+async fn run(domain: Domain, mut rx: mpsc::UnboundedReceiver<Command>, dirty: Arc<AtomicBool>) {
     let mut pending: Vec<Event> = Vec::new();
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { return };
-        let take = |cmd: Command, pending: &mut Vec<Event>, waiters: &mut Vec<oneshot::Sender<()>>| match cmd {
-            Command::Event(e) => pending.push(e),
-            Command::Flush(w) => waiters.push(w),
-        };
-        take(first, &mut pending, &mut waiters);
+        let mut commands = vec![first];
         let deadline = tokio::time::Instant::now() + LINGER;
-        while pending.len() < BATCH && waiters.is_empty() {
+        let settled = |c: &[Command]| c.iter().any(|c| !matches!(c, Command::Event(_)));
+        while commands.len() < BATCH && !settled(&commands) {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(cmd)) => take(cmd, &mut pending, &mut waiters),
+                Ok(Some(cmd)) => commands.push(cmd),
                 _ => break,
             }
         }
-        while let Ok(cmd) = rx.try_recv() {
-            if pending.len() >= BATCH {
-                take(cmd, &mut pending, &mut waiters);
-                break;
-            }
-            take(cmd, &mut pending, &mut waiters);
+        while commands.len() < BATCH
+            && let Ok(cmd) = rx.try_recv()
+        {
+            commands.push(cmd);
         }
-        let batch = coalesce(std::mem::take(&mut pending));
-        if !batch.is_empty() {
-            let now = domain.clock.now_ms();
-            let count = batch.len();
-            if let Err(e) = domain.db.write(move |c| apply(c, &batch, now)).await {
-                tracing::error!(error = %e, count, "presence batch failed; the next login or logout will correct it");
+        let mut waiters = Vec::new();
+        for cmd in commands {
+            match cmd {
+                Command::Event(e) => pending.push(e),
+                Command::Flush(w) => waiters.push(w),
+                Command::Resync { node, snapshot, done } => {
+                    write_batch(&domain, &mut pending, &dirty).await;
+                    let sessions = snapshot();
+                    let now = domain.clock.now_ms();
+                    let count = sessions.len();
+                    let result =
+                        domain.db.write(move |c| Domain::resync_sessions_in(c, &node, &sessions, now)).await;
+                    if let Err(e) = &result {
+                        dirty.store(true, Ordering::Relaxed);
+                        tracing::error!(error = %e, count, "session resync failed; tried again later");
+                    } else {
+                        tracing::info!(count, "live sessions written again");
+                    }
+                    let _ = done.send(result.is_ok());
+                }
             }
         }
-        for w in waiters.drain(..) {
+        write_batch(&domain, &mut pending, &dirty).await;
+        for w in waiters {
             let _ = w.send(());
         }
     }

@@ -17,6 +17,7 @@ use crate::paging::PageRequest;
 use crate::products::find_product;
 use crate::schema::{firmware, products};
 use crate::store::{BlobStream, StagedFile};
+use crate::stored::Stored;
 
 use rules::*;
 
@@ -27,8 +28,8 @@ pub struct FirmwareRecord {
     pub tenant_id: i64,
     pub product_id: i64,
     pub name: String,
-    pub fw_type: String,
-    pub push_method: String,
+    pub fw_type: Stored<FirmwareType>,
+    pub push_method: Stored<PushMethod>,
     pub hard_version: Option<String>,
     pub soft_version: Option<String>,
     pub fid: Option<i64>,
@@ -45,11 +46,11 @@ pub struct FirmwareRecord {
 
 impl FirmwareRecord {
     pub fn fw_type(&self) -> FirmwareType {
-        FirmwareType::parse(&self.fw_type).unwrap_or(FirmwareType::Wifi)
+        self.fw_type.get()
     }
 
     pub fn push_method(&self) -> PushMethod {
-        PushMethod::parse(&self.push_method).unwrap_or(PushMethod::V41)
+        self.push_method.get()
     }
 
     /// `status`: derived from the firmware's push rules (see [`crate::rules::push_statuses`]).

@@ -23,7 +23,8 @@ use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{PushStatus, Region, Scope};
 use ota_wire::rules::{
-    DailyWindow, Period as PeriodDto, RuleBody, RuleCounts, RuleStatus, RuleView, TargetKind, UpdateRuleRequest,
+    DailyWindow, Period as PeriodDto, RolloutPolicy, RuleBody, RuleCounts, RuleStatus, RuleView, TargetKind,
+    UpdateRuleRequest,
 };
 
 use crate::Domain;
@@ -34,10 +35,9 @@ use crate::devices::import::parse_region;
 use crate::error::{DomainError, Result};
 use crate::firmware::{FirmwareRecord, find_firmware};
 use crate::schema::{mac_lists, rules, upgrades};
+use crate::stored::Stored;
 use crate::upgrade::SeriesRules;
 use crate::window::{Period, Window, pushable_opening};
-
-pub const KIND_RULE: &str = "rule";
 
 /// At most this many regions in one rule.
 const MAX_REGIONS: usize = 500;
@@ -52,7 +52,7 @@ pub struct RuleRecord {
     pub product_id: i64,
     pub firmware_id: i64,
     pub name: Option<String>,
-    pub target: String,
+    pub target: Stored<TargetKind>,
     pub regions: String,
     pub mac_list_id: Option<i64>,
     pub old_versions: String,
@@ -60,21 +60,29 @@ pub struct RuleRecord {
     pub period_end: String,
     pub window_start: i32,
     pub window_end: i32,
-    pub status: String,
+    pub status: Stored<RuleStatus>,
     pub started_at: Option<i64>,
     pub stopped_at: Option<i64>,
     pub completed_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub policy: String,
 }
 
 impl RuleRecord {
     pub fn status(&self) -> RuleStatus {
-        RuleStatus::parse(&self.status).unwrap_or(RuleStatus::Stopped)
+        self.status.get()
     }
 
     pub fn kind(&self) -> TargetKind {
-        TargetKind::parse(&self.target).unwrap_or(TargetKind::Macs)
+        self.target.get()
+    }
+
+    /// The retry policy and stage timeouts; an unreadable one is an error, never a default.
+    pub fn policy(&self) -> Result<RolloutPolicy> {
+        serde_json::from_str(&self.policy).map_err(|e| {
+            DomainError::Internal(anyhow::anyhow!("rule {} has an unreadable policy: {e}", self.id))
+        })
     }
 
     /// Stored validated; an unreadable row pushes nowhere rather than everywhere.
@@ -111,8 +119,8 @@ impl RuleRecord {
         mac_count: Option<i64>,
         counts: RuleCounts,
         now: i64,
-    ) -> RuleView {
-        RuleView {
+    ) -> Result<RuleView> {
+        Ok(RuleView {
             request_id: self.id,
             firmware_id: self.firmware_id,
             firmware_name: fw.name.clone(),
@@ -130,6 +138,7 @@ impl RuleRecord {
                 end_hour: u8::try_from(self.window_end).unwrap_or(0),
             },
             status: self.status(),
+            policy: self.policy()?,
             window_open: self.opening(now).is_some(),
             counts,
             started_at: self.started_at.map(from_ms),
@@ -137,7 +146,7 @@ impl RuleRecord {
             completed_at: self.completed_at.map(from_ms),
             created_at: from_ms(self.created_at),
             updated_at: from_ms(self.updated_at),
-        }
+        })
     }
 }
 
@@ -152,6 +161,7 @@ pub(crate) struct RuleSpec {
     pub old_versions: Vec<String>,
     pub period: Period,
     pub window: Window,
+    pub policy: RolloutPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -265,11 +275,12 @@ impl RuleSpec {
         if old_versions.len() > MAX_OLD_VERSIONS {
             return Err(DomainError::invalid("old_versions", format!("at most {MAX_OLD_VERSIONS} old versions")));
         }
-        Ok(RuleSpec { name, kind: body.target, regions, macs, old_versions, period, window })
+        let policy = check_policy(body.policy.unwrap_or_default())?;
+        Ok(RuleSpec { name, kind: body.target, regions, macs, old_versions, period, window, policy })
     }
 
-    fn from_record(r: &RuleRecord) -> RuleSpec {
-        RuleSpec {
+    fn from_record(r: &RuleRecord) -> Result<RuleSpec> {
+        Ok(RuleSpec {
             name: r.name.clone(),
             kind: r.kind(),
             regions: r.regions(),
@@ -277,7 +288,8 @@ impl RuleSpec {
             old_versions: r.old_versions(),
             period: r.period(),
             window: r.window(),
-        }
+            policy: r.policy()?,
+        })
     }
 
     fn mac_list_id(&self) -> Option<i64> {
@@ -286,6 +298,32 @@ impl RuleSpec {
             _ => None,
         }
     }
+}
+
+/// The bounds the schema of [`RolloutPolicy`] states.
+pub(crate) fn check_policy(p: RolloutPolicy) -> Result<RolloutPolicy> {
+    if !(1..=10).contains(&p.retry.attempts) {
+        return Err(DomainError::invalid("policy.retry.attempts", "attempts must be 1–10"));
+    }
+    if p.retry.backoff_s > 86_400 {
+        return Err(DomainError::invalid("policy.retry.backoff_s", "backoff_s must be at most 86400"));
+    }
+    let t = &p.timeouts;
+    for (name, v) in [
+        ("notified_s", t.notified_s),
+        ("checked_s", t.checked_s),
+        ("downloading_s", t.downloading_s),
+        ("downloaded_wifi_s", t.downloaded_wifi_s),
+        ("downloaded_mcu_s", t.downloaded_mcu_s),
+    ] {
+        if !(10..=86_400).contains(&v) {
+            return Err(DomainError::invalid(
+                &format!("policy.timeouts.{name}"),
+                format!("{name} must be 10–86400 seconds"),
+            ));
+        }
+    }
+    Ok(p)
 }
 
 pub(crate) fn rule_not_found() -> DomainError {
@@ -340,7 +378,7 @@ fn resolve_spec(c: &mut DbConn, fw: &FirmwareRecord, spec: &mut RuleSpec, now: i
 /// Counts of a rule's targets, from its records.
 pub(crate) fn counts(c: &mut DbConn, rule_id: i64) -> Result<RuleCounts> {
     use ota_wire::dto::UpgradeStage as S;
-    let rows: Vec<(String, i64)> = upgrades::table
+    let rows: Vec<(Stored<S>, i64)> = upgrades::table
         .filter(upgrades::rule_id.eq(rule_id))
         .group_by(upgrades::stage)
         .select((upgrades::stage, diesel::dsl::count_star()))
@@ -353,11 +391,13 @@ pub(crate) fn counts(c: &mut DbConn, rule_id: i64) -> Result<RuleCounts> {
     let mut out = RuleCounts { notified, ..RuleCounts::default() };
     for (stage, n) in rows {
         out.targets += n;
-        match S::parse(&stage) {
-            Some(S::Succeeded) => out.succeeded += n,
-            Some(S::Failed) => out.failed += n,
-            Some(S::Expired) => out.expired += n,
-            _ => {}
+        match stage.get() {
+            S::Succeeded => out.succeeded += n,
+            S::Failed => out.failed += n,
+            S::Expired => out.expired += n,
+            S::Pending => out.pending += n,
+            S::Notified | S::Checked | S::Downloading | S::Downloaded => out.in_progress += n,
+            S::Cancelled => {}
         }
     }
     out.not_succeeded = out.targets - out.succeeded;
@@ -377,15 +417,15 @@ pub(crate) fn push_statuses(
     c: &mut DbConn,
     firmware_ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, PushStatus>> {
-    let rows: Vec<(i64, String)> = rules::table
+    let rows: Vec<(i64, Stored<RuleStatus>)> = rules::table
         .filter(rules::firmware_id.eq_any(firmware_ids))
-        .filter(rules::status.eq_any([RuleStatus::Pushing.as_str(), RuleStatus::Completed.as_str()]))
+        .filter(rules::status.eq_any([Stored(RuleStatus::Pushing), Stored(RuleStatus::Completed)]))
         .select((rules::firmware_id, rules::status))
         .distinct()
         .load(c)?;
     let mut out = std::collections::HashMap::new();
     for (id, status) in rows {
-        let s = if status == RuleStatus::Pushing.as_str() { PushStatus::Pushing } else { PushStatus::Completed };
+        let s = if status.get() == RuleStatus::Pushing { PushStatus::Pushing } else { PushStatus::Completed };
         let e = out.entry(id).or_insert(s);
         if s == PushStatus::Pushing {
             *e = s;
@@ -405,7 +445,7 @@ impl Domain {
     ) -> Result<RuleView> {
         let counts = counts(c, rule.id)?;
         let macs = mac_count(c, rule)?;
-        Ok(rule.view(fw, pk, macs, counts, now))
+        rule.view(fw, pk, macs, counts, now)
     }
 
     /// Creates a rule (not started) for a firmware; verified or not (drafts are allowed).
@@ -429,7 +469,7 @@ impl Domain {
                         rules::tenant_id.eq(fw.tenant_id),
                         rules::product_id.eq(fw.product_id),
                         rules::firmware_id.eq(fw.id),
-                        rules::status.eq(RuleStatus::NotStarted.as_str()),
+                        rules::status.eq(Stored(RuleStatus::NotStarted)),
                         rules::created_at.eq(now),
                     ))
                     .execute(c)?;
@@ -446,9 +486,8 @@ impl Domain {
         let tenant_id = who.tenant_id;
         let this = self.clone();
         self.db
-            .write(move |c| {
+            .run(move |c| {
                 let (fw, pk) = find_firmware(c, tenant_id, firmware_id)?;
-                schedule::settle(c, now, Some(fw.id))?;
                 let rows: Vec<RuleRecord> = rules::table
                     .filter(rules::firmware_id.eq(fw.id))
                     .order(rules::id.desc())
@@ -465,9 +504,7 @@ impl Domain {
         let tenant_id = who.tenant_id;
         let this = self.clone();
         self.db
-            .write(move |c| {
-                let (rule, _, _) = find_rule(c, tenant_id, id)?;
-                schedule::settle(c, now, Some(rule.firmware_id))?;
+            .run(move |c| {
                 let (rule, fw, pk) = find_rule(c, tenant_id, id)?;
                 this.rule_view_in(c, &rule, &fw, &pk, now)
             })
@@ -483,7 +520,7 @@ impl Domain {
         self.db
             .write(move |c| {
                 let (rule, fw, pk) = find_rule(c, tenant_id, id)?;
-                let current = RuleSpec::from_record(&rule);
+                let current = RuleSpec::from_record(&rule)?;
                 let status = rule.status();
                 if status != RuleStatus::NotStarted {
                     let touches_targets = req.target.is_some()
@@ -493,12 +530,17 @@ impl Domain {
                         || req.old_versions.is_some()
                         || req.daily_window.is_some()
                         || req.period.as_ref().is_some_and(|p| p.start != rule.period_start);
-                    if touches_targets || status == RuleStatus::Completed && req.period.is_some() {
+                    let completed = status == RuleStatus::Completed;
+                    if touches_targets || completed && (req.period.is_some() || req.policy.is_some()) {
                         return Err(wrong_status(
                             &rule,
-                            "once started, only `name` and `period.end` may change (and nothing but `name` once completed)",
+                            "once started, only `name`, `period.end` and `policy` may change (and nothing but `name` once completed)",
                         ));
                     }
+                    let policy = match req.policy {
+                        Some(p) => check_policy(p)?,
+                        None => current.policy,
+                    };
                     let name = match req.name {
                         Some(n) => clean_name(Some(n))?,
                         None => rule.name.clone(),
@@ -513,7 +555,12 @@ impl Domain {
                         period_end = parsed.end.format("%Y-%m-%d").to_string();
                     }
                     diesel::update(rules::table.find(rule.id))
-                        .set((rules::name.eq(name), rules::period_end.eq(period_end), rules::updated_at.eq(now)))
+                        .set((
+                            rules::name.eq(name),
+                            rules::period_end.eq(period_end),
+                            rules::policy.eq(json(&policy)),
+                            rules::updated_at.eq(now),
+                        ))
                         .execute(c)?;
                 } else {
                     let keep_list = keeps_mac_list(&req, current.kind);
@@ -542,6 +589,7 @@ impl Domain {
                             start_hour: current.window.start_hour,
                             end_hour: current.window.end_hour,
                         }),
+                        policy: Some(req.policy.unwrap_or(current.policy)),
                     };
                     let mut spec = RuleSpec::from_body(body)?;
                     resolve_spec(c, &fw, &mut spec, now, this.settings.series_rules)?;
@@ -598,7 +646,7 @@ fn no_targets(p: &ota_wire::rules::RulePreview) -> DomainError {
 #[diesel(table_name = rules, treat_none_as_null = true)]
 struct SpecColumns {
     name: Option<String>,
-    target: String,
+    target: Stored<TargetKind>,
     regions: String,
     mac_list_id: Option<i64>,
     old_versions: String,
@@ -606,6 +654,7 @@ struct SpecColumns {
     period_end: String,
     window_start: i32,
     window_end: i32,
+    policy: String,
     updated_at: i64,
 }
 
@@ -617,7 +666,7 @@ impl SpecColumns {
     fn of(spec: &RuleSpec, now: i64) -> SpecColumns {
         SpecColumns {
             name: spec.name.clone(),
-            target: spec.kind.as_str().to_owned(),
+            target: Stored(spec.kind),
             regions: json(&spec.regions),
             mac_list_id: spec.mac_list_id(),
             old_versions: json(&spec.old_versions),
@@ -625,6 +674,7 @@ impl SpecColumns {
             period_end: spec.period.end.format("%Y-%m-%d").to_string(),
             window_start: i32::from(spec.window.start_hour),
             window_end: i32::from(spec.window.end_hour),
+            policy: json(&spec.policy),
             updated_at: now,
         }
     }

@@ -12,6 +12,7 @@ use crate::devices::{DeviceRecord, mac_search};
 use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
 use crate::schema::{devices, upgrades};
+use crate::stored::Stored;
 use crate::upgrades::UpgradeRecord;
 
 type Joined = diesel::dsl::IntoBoxed<
@@ -25,7 +26,7 @@ type Joined = diesel::dsl::IntoBoxed<
 
 fn filtered(rule_id: i64, filter: RuleDeviceFilter, mac: &Option<String>) -> Joined {
     let mut q = upgrades::table.inner_join(devices::table).filter(upgrades::rule_id.eq(Some(rule_id))).into_boxed();
-    let ok = UpgradeStage::Succeeded.as_str();
+    let ok = Stored(UpgradeStage::Succeeded);
     q = match filter {
         RuleDeviceFilter::All => q,
         RuleDeviceFilter::Succeeded => q.filter(upgrades::stage.eq(ok)),
@@ -41,8 +42,8 @@ fn filtered(rule_id: i64, filter: RuleDeviceFilter, mac: &Option<String>) -> Joi
     q
 }
 
-fn view(r: &UpgradeRecord, d: &DeviceRecord) -> RuleDeviceView {
-    RuleDeviceView {
+fn view(r: &UpgradeRecord, d: &DeviceRecord) -> Result<RuleDeviceView> {
+    Ok(RuleDeviceView {
         did: d.did.clone(),
         mac: d.mac.clone(),
         stage: r.stage(),
@@ -50,12 +51,15 @@ fn view(r: &UpgradeRecord, d: &DeviceRecord) -> RuleDeviceView {
         to_version: r.to_version.clone(),
         times: r.times(),
         last_error: r.reason.clone(),
+        failure: r.failure_view(),
+        attempt: r.attempt,
+        attempts: r.attempts_view()?,
         online: d.online,
-    }
+    })
 }
 
 /// The CSV header of an export; [`csv_row`] writes rows in this order.
-pub const CSV_HEADER: &str = "mac,did,stage,from_version,to_version,notified_at,checked_at,download_started_at,downloaded_at,succeeded_at,failed_at,last_error\n";
+pub const CSV_HEADER: &str = "mac,did,stage,from_version,to_version,notified_at,checked_at,download_started_at,downloaded_at,succeeded_at,failed_at,failure_kind,failed_stage,attempt,attempts,last_error\n";
 
 /// One export row, RFC 4180 quoting.
 pub fn csv_row(v: &RuleDeviceView) -> String {
@@ -65,11 +69,16 @@ pub fn csv_row(v: &RuleDeviceView) -> String {
     }
     let t =
         |d: Option<chrono::DateTime<chrono::Utc>>| d.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let stage = serde_json::to_value(v.stage).ok().and_then(|s| s.as_str().map(str::to_owned));
+    let stage = Some(v.stage.as_str());
+    let (kind, failed_stage) = match v.failure {
+        Some(f) => (Some(f.kind.as_str()), Some(f.stage.as_str())),
+        None => (None, None),
+    };
+    let (attempt, attempts) = (v.attempt.to_string(), v.attempts.len().to_string());
     let cols = [
         field(v.mac.as_deref()),
         field(v.did.as_deref()),
-        field(stage.as_deref()),
+        field(stage),
         field(v.from_version.as_deref()),
         field(v.to_version.as_deref()),
         field(t(v.times.notified_at).as_deref()),
@@ -78,6 +87,10 @@ pub fn csv_row(v: &RuleDeviceView) -> String {
         field(t(v.times.downloaded_at).as_deref()),
         field(t(v.times.succeeded_at).as_deref()),
         field(t(v.times.failed_at).as_deref()),
+        field(kind),
+        field(failed_stage),
+        field(Some(&attempt)),
+        field(Some(&attempts)),
         field(v.last_error.as_deref()),
     ];
     let mut line = cols.join(",");
@@ -107,7 +120,8 @@ impl Domain {
                 Ok((rows, total))
             })
             .await?;
-        Ok(page.wrap(rows.iter().map(|(r, d)| view(r, d)).collect(), total))
+        let items = rows.iter().map(|(r, d)| view(r, d)).collect::<Result<Vec<_>>>()?;
+        Ok(page.wrap(items, total))
     }
 
     /// Checks the export's parameters before the response starts streaming.
@@ -145,7 +159,7 @@ impl Domain {
             })
             .await?;
         let last = rows.last().map(|(r, _)| r.id);
-        Ok((rows.iter().map(|(r, d)| view(r, d)).collect(), last))
+        Ok((rows.iter().map(|(r, d)| view(r, d)).collect::<Result<Vec<_>>>()?, last))
     }
 
     /// The rule's MAC list id, for its download.
@@ -185,9 +199,18 @@ mod tests {
                 failed_at: None,
             },
             last_error: Some("cut, \"badly\"\nhere".into()),
+            failure: Some(ota_wire::dto::FailureView {
+                kind: ota_wire::dto::FailureKind::DownloadCut,
+                stage: UpgradeStage::Downloading,
+            }),
+            attempt: 2,
+            attempts: Vec::new(),
             online: false,
         };
-        assert_eq!(csv_row(&v), "AABBCCDDEEFF,d,failed,04020019,04020021,,,,,,,\"cut, \"\"badly\"\"\nhere\"\n");
+        assert_eq!(
+            csv_row(&v),
+            "AABBCCDDEEFF,d,failed,04020019,04020021,,,,,,,download_cut,downloading,2,0,\"cut, \"\"badly\"\"\nhere\"\n"
+        );
         assert_eq!(CSV_HEADER.matches(',').count(), csv_row(&v).matches(',').count() - 1);
     }
 }

@@ -1,15 +1,25 @@
 //! Starting, stopping and driving rules: the fleet scheduler.
 //!
-//! **Exactly once across gateways.** Every gateway process runs [`Domain::push_round`] on
-//! the same database. A target is notified in a window opening only after its gateway *claims*
-//! it: a conditional UPDATE that succeeds for one gateway only (`last_opening` older than this
-//! opening and no live claim). The claim is a lease: when the push went out the target is
-//! marked notified for the opening; if the gateway died first, the lease runs out and another
-//! gateway claims and notifies it (at least once, never lost; a push that went out just
-//! before the death may go out once more). Success is the record's single move to
+//! Every gateway process runs [`Domain::push_round`] on the same database. A round
+//! 1. feeds the time-driven events of the state machine: records whose `due_at` passed (a
+//!    push nobody delivered, a stage timeout, a verification deadline) — see
+//!    [`crate::lifecycle`];
+//! 2. completes rules whose period ended or whose targets all succeeded;
+//! 3. pushes: picks due online targets (and verifications whose push was not delivered) and
+//!    marks each *sent* through the state machine, conditionally on the record's revision, so
+//!    two gateways never both push one record; then hands the pushes to the broker, `spacing`
+//!    apart.
+//!
+//! **Exactly once, delivered.** A push counts once the edge holding the device's session has
+//! written it to the socket (the edge reports it, see `record_events`). A push that no edge
+//! delivers within the delivery timeout (a gateway died, the device's session moved, the
+//! broker lost it) is cleared and sent again when the device is next online in the opening.
+//! "At most once per window opening" counts delivered first attempts: a target is due when
+//! its last delivered push belongs to an earlier opening, or when its attempt failed and its
+//! retry time came (the rule's retry policy). Success is the record's single move to
 //! `succeeded` in the device's check, whichever gateway answers it, so it counts once.
 //!
-//! **Pacing.** A round notifies at most `limit` targets, `spacing` apart; the gateway runs a
+//! **Pacing.** A round pushes at most `limit` records, `spacing` apart; the gateway runs a
 //! round a second, so a fleet is pushed at a steady rate per gateway, never in one burst.
 
 use std::time::Duration;
@@ -20,32 +30,37 @@ use ota_wire::dto::{FirmwareType, PushMethod, Scope, UpgradeStage};
 use ota_wire::rules::{DailyWindow, Period as PeriodDto, RuleStarted, RuleStatus, StartRuleRequest};
 
 use super::targets::{TargetFilter, start_overlap};
-use super::{KIND_RULE, RuleRecord, find_rule, wrong_status};
+use super::{RuleRecord, find_rule, wrong_status};
 use crate::Domain;
 use crate::auth::Principal;
 use crate::db::DbConn;
 use crate::devices::DeviceRecord;
 use crate::error::{DomainError, Result};
 use crate::firmware::FirmwareRecord;
+use crate::lifecycle::{Context, Event, RecordKind};
 use crate::notify::PushNotice;
 use crate::schema::{devices, firmware, products, rules, upgrades};
-use crate::upgrades::{device_version_label, firmware_version_label};
+use crate::stored::Stored;
+use crate::upgrades::events::{RecordEvent, end_rule_period, process_due, requeue_rule};
+use crate::upgrades::{Applied, apply, device_version_label, firmware_version_label, load};
 
-/// How long a claim keeps other gateways off a target, by default.
-pub const CLAIM_LEASE_MS: i64 = 30_000;
 /// Device rows read per batch when a rule takes its targets.
 const TAKE_BATCH: i64 = 5000;
 /// Records per INSERT statement.
 const INSERT_CHUNK: usize = 1000;
+/// Time-driven events handled per round at most (the rest wait for the next round).
+const DUE_PER_ROUND: i64 = 5000;
 
 /// What one scheduler round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushRound {
-    /// Targets claimed for notification in this round.
+    /// Time-driven events handled (timeouts, missed deliveries, deadlines).
+    pub due: usize,
+    /// Records marked sent in this round.
     pub claimed: usize,
     /// Pushes handed to the broker.
     pub notified: usize,
-    /// Pushes that could not be sent (retried after the claim lease).
+    /// Pushes the broker refused (sent again after the delivery timeout).
     pub failed: usize,
 }
 
@@ -87,9 +102,9 @@ fn take_targets(c: &mut DbConn, rule: &RuleRecord, fw: &FirmwareRecord, now: i64
                         upgrades::tenant_id.eq(d.tenant_id),
                         upgrades::device_id.eq(d.id),
                         upgrades::firmware_id.eq(fw.id),
-                        upgrades::kind.eq(KIND_RULE),
+                        upgrades::kind.eq(Stored(RecordKind::Rule)),
                         upgrades::active.eq(true),
-                        upgrades::stage.eq(UpgradeStage::Pending.as_str()),
+                        upgrades::stage.eq(Stored(UpgradeStage::Pending)),
                         upgrades::from_version.eq(device_version_label(d, fw.push_method(), fw.fw_type())),
                         upgrades::to_version.eq(to_version.clone()),
                         upgrades::rule_id.eq(rule.id),
@@ -105,15 +120,17 @@ fn take_targets(c: &mut DbConn, rule: &RuleRecord, fw: &FirmwareRecord, now: i64
     Ok(taken)
 }
 
-/// Completes pushing rules whose period is over or whose targets all succeeded.
-/// `firmware_id`: only that firmware's rules (cheap reads); `None`: all.
-pub(crate) fn settle(c: &mut DbConn, now: i64, firmware_id: Option<i64>) -> Result<()> {
-    let mut q = rules::table.filter(rules::status.eq(RuleStatus::Pushing.as_str())).into_boxed();
-    if let Some(id) = firmware_id {
-        q = q.filter(rules::firmware_id.eq(id));
-    }
-    let pushing: Vec<RuleRecord> = q.select(RuleRecord::as_select()).load(c)?;
-    for rule in pushing {
+/// Completes pushing rules whose period is over (its open targets close through the state
+/// machine) or whose targets all succeeded. Runs in the scheduler round only: reads never
+/// settle anything.
+pub(crate) fn settle(c: &mut DbConn, now: i64, delivery: i64) -> Result<usize> {
+    let pushing: Vec<(RuleRecord, Stored<FirmwareType>)> = rules::table
+        .inner_join(firmware::table)
+        .filter(rules::status.eq(Stored(RuleStatus::Pushing)))
+        .select((RuleRecord::as_select(), firmware::fw_type))
+        .load(c)?;
+    let mut completed = 0;
+    for (rule, fw_type) in pushing {
         let over = rule.period().is_over(crate::clock::from_ms(now));
         // Any open target? (Not a count: this runs every scheduler round.)
         let open = upgrades::table
@@ -127,39 +144,19 @@ pub(crate) fn settle(c: &mut DbConn, now: i64, firmware_id: Option<i64>) -> Resu
             continue;
         }
         if over && open {
-            close_at_period_end(c, rule.id, now)?;
+            let policy = rule.policy()?;
+            let ctx = Context { now, fw_type: fw_type.get(), policy: &policy, opening: None, delivery_timeout_ms: delivery };
+            end_rule_period(c, rule.id, &ctx, delivery)?;
         }
-        diesel::update(rules::table.find(rule.id).filter(rules::status.eq(RuleStatus::Pushing.as_str())))
+        completed += diesel::update(rules::table.find(rule.id).filter(rules::status.eq(Stored(RuleStatus::Pushing))))
             .set((
-                rules::status.eq(RuleStatus::Completed.as_str()),
+                rules::status.eq(Stored(RuleStatus::Completed)),
                 rules::completed_at.eq(now),
                 rules::updated_at.eq(now),
             ))
             .execute(c)?;
     }
-    Ok(())
-}
-
-/// The period ended: targets that were reached and went silent expire; the rest close as
-/// not succeeded with what stopped them.
-fn close_at_period_end(c: &mut DbConn, rule_id: i64, now: i64) -> Result<()> {
-    let open = || upgrades::table.filter(upgrades::rule_id.eq(rule_id)).filter(upgrades::active.eq(true));
-    let reached = [UpgradeStage::Notified, UpgradeStage::Checked, UpgradeStage::Downloading, UpgradeStage::Downloaded]
-        .map(UpgradeStage::as_str);
-    diesel::update(open().filter(upgrades::stage.eq_any(reached)))
-        .set((
-            upgrades::stage.eq(UpgradeStage::Expired.as_str()),
-            upgrades::failed_at.eq(now),
-            upgrades::reason.eq("no report of the target version before the period ended"),
-        ))
-        .execute(c)?;
-    diesel::update(open().filter(upgrades::stage.eq(UpgradeStage::Pending.as_str())))
-        .set(upgrades::reason.eq("never online in a window opening of the period"))
-        .execute(c)?;
-    diesel::update(open())
-        .set((upgrades::active.eq(false), upgrades::claim_until.eq(None::<i64>), upgrades::updated_at.eq(now)))
-        .execute(c)?;
-    Ok(())
+    Ok(completed)
 }
 
 /// A device that checks in while a pushing rule of its product would now take it joins the
@@ -176,8 +173,8 @@ pub(crate) fn join_pushing_rules(
     let pushing: Vec<(RuleRecord, FirmwareRecord)> = rules::table
         .inner_join(firmware::table)
         .filter(rules::product_id.eq(device.product_id))
-        .filter(rules::status.eq(RuleStatus::Pushing.as_str()))
-        .filter(firmware::push_method.eq(method.as_str()))
+        .filter(rules::status.eq(Stored(RuleStatus::Pushing)))
+        .filter(firmware::push_method.eq(Stored(method)))
         .select((RuleRecord::as_select(), FirmwareRecord::as_select()))
         .load(c)?;
     for (rule, fw) in &pushing {
@@ -216,9 +213,9 @@ pub(crate) fn join_pushing_rules(
                 upgrades::tenant_id.eq(device.tenant_id),
                 upgrades::device_id.eq(device.id),
                 upgrades::firmware_id.eq(fw.id),
-                upgrades::kind.eq(KIND_RULE),
+                upgrades::kind.eq(Stored(RecordKind::Rule)),
                 upgrades::active.eq(true),
-                upgrades::stage.eq(UpgradeStage::Pending.as_str()),
+                upgrades::stage.eq(Stored(UpgradeStage::Pending)),
                 upgrades::from_version.eq(device_version_label(device, fw.push_method(), fw.fw_type())),
                 upgrades::to_version.eq(firmware_version_label(fw)),
                 upgrades::rule_id.eq(rule.id),
@@ -230,67 +227,106 @@ pub(crate) fn join_pushing_rules(
     Ok(())
 }
 
-/// One target claimed for notification.
+/// A push to make: the record marked sent, and what the gateway needs to send it.
 struct Claim {
     upgrade_id: i64,
-    opening: i64,
     notice: PushNotice,
 }
 
-/// Claims up to `limit` due targets of pushing rules whose window is open now.
-fn claim(c: &mut DbConn, now: i64, limit: usize, lease_ms: i64) -> Result<Vec<Claim>> {
+fn notice(did: String, product_key: String, fw: &FirmwareRecord, upgrade_id: i64, opening: Option<i64>) -> PushNotice {
+    PushNotice {
+        did,
+        product_key,
+        method: fw.push_method(),
+        fw_type: fw.fw_type(),
+        upgrade_id,
+        firmware_id: fw.id,
+        fid: fw.fid,
+        hard_version: fw.hard_version.clone(),
+        soft_version: fw.soft_version.clone(),
+        file_name: fw.file_name.clone(),
+        opening,
+    }
+}
+
+/// Up to `limit` records due for a push: targets of rules whose window is open now (not
+/// delivered in this opening, or failed with their retry time come) and verifications whose
+/// push was not delivered; each on an online device with no push waiting for delivery.
+fn due_pushes(c: &mut DbConn, now: i64, limit: usize) -> Result<Vec<(i64, String, String, FirmwareRecord, Option<i64>)>> {
+    let mut out = Vec::new();
     let pushing: Vec<(RuleRecord, FirmwareRecord, String)> = rules::table
         .inner_join(firmware::table)
         .inner_join(products::table)
-        .filter(rules::status.eq(RuleStatus::Pushing.as_str()))
+        .filter(rules::status.eq(Stored(RuleStatus::Pushing)))
         .order(rules::id)
         .select((RuleRecord::as_select(), FirmwareRecord::as_select(), products::product_key))
         .load(c)?;
-    let mut out = Vec::new();
     for (rule, fw, product_key) in pushing {
         let Some(opening) = rule.opening(now) else { continue };
         let room = limit.saturating_sub(out.len());
         if room == 0 {
-            break;
+            return Ok(out);
         }
-        let due = || {
-            upgrades::table
-                .filter(upgrades::rule_id.eq(rule.id))
-                .filter(upgrades::active.eq(true))
-                .filter(upgrades::last_opening.is_null().or(upgrades::last_opening.lt(opening.start_ms)))
-                .filter(upgrades::claim_until.is_null().or(upgrades::claim_until.lt(now)))
-        };
-        let candidates: Vec<(i64, Option<String>)> = due()
+        let first_push = upgrades::stage
+            .eq_any([Stored(UpgradeStage::Pending), Stored(UpgradeStage::Notified), Stored(UpgradeStage::Failed)])
+            .and(upgrades::last_opening.is_null().or(upgrades::last_opening.lt(opening.start_ms)));
+        let retry = upgrades::stage
+            .eq(Stored(UpgradeStage::Failed))
+            .and(upgrades::last_opening.eq(opening.start_ms))
+            .and(upgrades::retry_at.le(now));
+        let rows: Vec<(i64, Option<String>)> = upgrades::table
             .inner_join(devices::table)
+            .filter(upgrades::rule_id.eq(rule.id))
+            .filter(upgrades::active.eq(true))
+            .filter(upgrades::pushed_at.is_null())
+            .filter(first_push.or(retry))
             .filter(devices::online.eq(true))
-            .filter(devices::did.is_not_null())
             .order(upgrades::id)
             .limit(room as i64)
             .select((upgrades::id, devices::did))
             .load(c)?;
-        for (upgrade_id, did) in candidates {
-            let Some(did) = did else { continue };
-            let won = diesel::update(due().filter(upgrades::id.eq(upgrade_id)))
-                .set(upgrades::claim_until.eq(now + lease_ms))
-                .execute(c)?;
-            if won == 1 {
-                out.push(Claim {
-                    upgrade_id,
-                    opening: opening.start_ms,
-                    notice: PushNotice {
-                        did,
-                        product_key: product_key.clone(),
-                        method: fw.push_method(),
-                        fw_type: fw.fw_type(),
-                        upgrade_id,
-                        firmware_id: fw.id,
-                        fid: fw.fid,
-                        hard_version: fw.hard_version.clone(),
-                        soft_version: fw.soft_version.clone(),
-                        file_name: fw.file_name.clone(),
-                    },
-                });
+        for (id, did) in rows {
+            if let Some(did) = did {
+                out.push((id, did, product_key.clone(), fw.clone(), Some(opening.start_ms)));
             }
+        }
+    }
+    let room = limit.saturating_sub(out.len());
+    if room > 0 {
+        let rows: Vec<(i64, Option<String>, FirmwareRecord, String)> = upgrades::table
+            .inner_join(devices::table)
+            .inner_join(firmware::table.inner_join(products::table))
+            .filter(upgrades::kind.eq(Stored(RecordKind::Verification)))
+            .filter(upgrades::active.eq(true))
+            .filter(upgrades::stage.eq(Stored(UpgradeStage::Pending)))
+            .filter(upgrades::pushed_at.is_null())
+            .filter(upgrades::deadline_at.gt(now))
+            .filter(devices::online.eq(true))
+            .order(upgrades::id)
+            .limit(room as i64)
+            .select((upgrades::id, devices::did, FirmwareRecord::as_select(), products::product_key))
+            .load(c)?;
+        for (id, did, fw, pk) in rows {
+            if let Some(did) = did {
+                out.push((id, did, pk, fw, None));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Marks due records sent (each through the state machine, so a record another gateway
+/// took meanwhile is skipped) and returns the pushes to make.
+fn claim(c: &mut DbConn, now: i64, limit: usize, delivery: i64) -> Result<Vec<Claim>> {
+    let due = due_pushes(c, now, limit)?;
+    let ids: Vec<i64> = due.iter().map(|d| d.0).collect();
+    let mut items: std::collections::HashMap<i64, crate::upgrades::Loaded> =
+        load(c, &ids)?.into_iter().map(|i| (i.record.id, i)).collect();
+    let mut out = Vec::new();
+    for (id, did, product_key, fw, opening) in due {
+        let Some(item) = items.remove(&id) else { continue };
+        if apply(c, &item, &Event::PushSent, now, delivery)? == Applied::Changed {
+            out.push(Claim { upgrade_id: id, notice: notice(did, product_key, &fw, id, opening) });
         }
     }
     Ok(out)
@@ -311,6 +347,7 @@ impl Domain {
         }
         let now = self.clock.now_ms();
         let (tenant_id, cfg) = (who.tenant_id, self.settings.series_rules);
+        let delivery = self.settings.delivery_timeout_ms;
         self.db
             .write(move |c| {
                 let (rule, fw, _) = find_rule(c, tenant_id, id)?;
@@ -343,6 +380,12 @@ impl Domain {
                         serde_json::json!({ "rule_ids": rule_ids, "devices": overlap }),
                     ));
                 }
+                if rule.status() == RuleStatus::Stopped {
+                    let policy = rule.policy()?;
+                    let ctx =
+                        Context { now, fw_type: fw.fw_type(), policy: &policy, opening: None, delivery_timeout_ms: delivery };
+                    requeue_rule(c, rule.id, &ctx)?;
+                }
                 take_targets(c, &rule, &fw, now)?;
                 let open: i64 = upgrades::table
                     .filter(upgrades::rule_id.eq(rule.id))
@@ -357,7 +400,7 @@ impl Domain {
                 }
                 diesel::update(rules::table.find(rule.id))
                     .set((
-                        rules::status.eq(RuleStatus::Pushing.as_str()),
+                        rules::status.eq(Stored(RuleStatus::Pushing)),
                         rules::started_at.eq(rule.started_at.unwrap_or(now)),
                         rules::stopped_at.eq(None::<i64>),
                         rules::updated_at.eq(now),
@@ -400,7 +443,7 @@ impl Domain {
                 }
                 diesel::update(rules::table.find(rule.id))
                     .set((
-                        rules::status.eq(RuleStatus::Stopped.as_str()),
+                        rules::status.eq(Stored(RuleStatus::Stopped)),
                         rules::stopped_at.eq(now),
                         rules::updated_at.eq(now),
                     ))
@@ -411,68 +454,44 @@ impl Domain {
         self.get_rule(who, id).await
     }
 
-    /// One scheduler round: completes rules that are done, then notifies up to `limit` due
-    /// online targets, `spacing` apart. Every gateway runs it; claims keep them apart.
+    /// One scheduler round (see the module doc): time-driven events, rule completion, then
+    /// up to `limit` pushes, `spacing` apart. Every gateway runs it; record revisions keep them
+    /// apart. A process without a gateway attached pushes nothing.
     pub async fn push_round(&self, limit: usize, spacing: Duration) -> Result<PushRound> {
         let now = self.clock.now_ms();
-        let Some(notifier) = self.notifier.get() else {
-            self.db.write(move |c| settle(c, now, None)).await?;
-            return Ok(PushRound::default());
-        };
-        let lease = self.settings.claim_lease_ms;
-        let claims = self
+        let delivery = self.settings.delivery_timeout_ms;
+        let due = self
             .db
             .write(move |c| {
-                settle(c, now, None)?;
-                claim(c, now, limit, lease)
+                let due = process_due(c, now, DUE_PER_ROUND, delivery)?;
+                settle(c, now, delivery)?;
+                Ok(due)
             })
             .await?;
-        let mut round = PushRound { claimed: claims.len(), ..PushRound::default() };
+        let mut round = PushRound { due, ..PushRound::default() };
+        let Some(notifier) = self.notifier.get() else {
+            return Ok(round);
+        };
+        if limit == 0 {
+            return Ok(round);
+        }
+        let claims = self.db.write(move |c| claim(c, now, limit, delivery)).await?;
+        round.claimed = claims.len();
+        let mut refused = Vec::new();
         for (i, claim) in claims.into_iter().enumerate() {
             if i > 0 && !spacing.is_zero() {
                 tokio::time::sleep(spacing).await;
             }
-            let result = notifier.notify(claim.notice.clone()).await;
-            let sent = result.is_ok();
-            let failure = result.err().map(|e| format!("push failed: {e:#}"));
-            let now = self.clock.now_ms();
-            self.db.write(move |c| record_push(c, &claim, failure, now)).await?;
-            if sent {
-                round.notified += 1;
-            } else {
-                round.failed += 1;
+            match notifier.notify(claim.notice).await {
+                Ok(()) => round.notified += 1,
+                Err(e) => {
+                    round.failed += 1;
+                    let reason = format!("{e:#}");
+                    refused.push(RecordEvent { upgrade_id: claim.upgrade_id, event: Event::PushRefused { reason } });
+                }
             }
         }
+        self.record_events(refused).await?;
         Ok(round)
     }
-}
-
-/// The push went out (the target is done for this opening) or could not (it is tried again
-/// when the claim lease runs out).
-fn record_push(c: &mut DbConn, claim: &Claim, failure: Option<String>, now: i64) -> Result<()> {
-    let target = upgrades::table.find(claim.upgrade_id).filter(upgrades::active.eq(true));
-    match failure {
-        None => {
-            diesel::update(target)
-                .set((
-                    upgrades::last_opening.eq(claim.opening),
-                    upgrades::claim_until.eq(None::<i64>),
-                    upgrades::notified_at.eq(now),
-                    upgrades::stage.eq(UpgradeStage::Notified.as_str()),
-                    upgrades::updated_at.eq(now),
-                ))
-                .execute(c)?;
-        }
-        Some(reason) => {
-            diesel::update(target)
-                .set((
-                    upgrades::stage.eq(UpgradeStage::Failed.as_str()),
-                    upgrades::reason.eq(reason),
-                    upgrades::failed_at.eq(now),
-                    upgrades::updated_at.eq(now),
-                ))
-                .execute(c)?;
-        }
-    }
-    Ok(())
 }

@@ -171,7 +171,7 @@ impl TargetFilter {
     }
 
     pub(crate) fn of_rule(c: &mut DbConn, fw: &FirmwareRecord, rule: &RuleRecord) -> Result<TargetFilter> {
-        Self::new(c, fw, &RuleSpec::from_record(rule))
+        Self::new(c, fw, &RuleSpec::from_record(rule)?)
     }
 
     /// Target devices.
@@ -455,7 +455,7 @@ impl Domain {
         self.db
             .run(move |c| {
                 let (rule, fw, _) = find_rule(c, tenant_id, id)?;
-                preview(c, &fw, &RuleSpec::from_record(&rule), Some(rule.id), cfg)
+                preview(c, &fw, &RuleSpec::from_record(&rule)?, Some(rule.id), cfg)
             })
             .await
     }

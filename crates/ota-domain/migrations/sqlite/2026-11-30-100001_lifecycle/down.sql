@@ -1,0 +1,16 @@
+DROP TABLE device_ota_state;
+DROP INDEX devices_gateway;
+DROP TABLE gateways;
+ALTER TABLE rules DROP COLUMN policy;
+DROP INDEX upgrades_download_node;
+DROP INDEX upgrades_due;
+ALTER TABLE upgrades DROP COLUMN rev;
+ALTER TABLE upgrades DROP COLUMN history;
+ALTER TABLE upgrades DROP COLUMN download_node;
+ALTER TABLE upgrades DROP COLUMN pushed_at;
+ALTER TABLE upgrades DROP COLUMN retry_at;
+ALTER TABLE upgrades DROP COLUMN due_at;
+ALTER TABLE upgrades DROP COLUMN failure;
+ALTER TABLE upgrades DROP COLUMN attempt;
+ALTER TABLE upgrades ADD COLUMN claim_until BIGINT;
+ALTER TABLE upgrades ADD COLUMN rebooted_at BIGINT;

@@ -1,0 +1,289 @@
+//! What a device check answers and records: `update_and_check` (V4.1), `target_fid` (V4) and
+//! 0x0205 (V1V3).
+//!
+//! A check is the only version report GAgent makes (device protocol: what the cloud can
+//! see). In one transaction it
+//! 1. stores the reported versions on the device, except an MCU echo (below);
+//! 2. moves the device's open records: the target reported → `succeeded`; another version
+//!    after a complete download → `failed` (old version reported);
+//! 3. lets a device join a pushing rule it now matches;
+//! 4. answers with the best offer the device would take, which moves that record to
+//!    `checked`.
+//!
+//! **The MCU echo.** GAgent copies the `Soft-Version` header of an MCU download into RAM at
+//! once, so a type-2 check in the same session reports the served version although no MCU was
+//! flashed (device protocol: observed with the official firmware). A type-2 report equal to a
+//! version served to that device counts only when it comes with a reboot proof: the boot
+//! sequence provision → type-1 check → type-2 check ([`crate::lifecycle::BootTrack`]). An
+//! echo is neither stored nor counted; the offer is computed against what the device claims,
+//! since that is what it compares.
+
+use diesel::prelude::*;
+use ota_wire::dto::{FirmwareType, PushMethod, UpgradeStage};
+
+use super::ota_state::{self, OtaState};
+use super::{Loaded, apply, candidate, loaded, report_of};
+use crate::Domain;
+use crate::db::DbConn;
+use crate::devices::{DeviceRecord, device_not_found, find_by_did};
+use crate::error::Result;
+use crate::firmware::FirmwareRecord;
+use crate::lifecycle::{self, Event, McuReport, RecordKind};
+use crate::rules::RuleRecord;
+use crate::schema::{devices, firmware, products, rules, upgrades};
+use crate::stored::Stored;
+use crate::upgrade::{Candidate, Report};
+
+/// How a device proved itself on a check.
+#[derive(Debug, Clone)]
+pub enum CheckAuth {
+    /// V4.1 `update_and_check` sends the passcode.
+    Passcode(String),
+    /// V4 `target_fid` sends only did and product key, as the hosted cloud accepted it.
+    ProductKey(String),
+    /// An MQTT session the edge already authenticated (V1V3 0x0205).
+    Session,
+}
+
+/// A check as the device made it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub did: String,
+    pub auth: CheckAuth,
+    pub method: PushMethod,
+    pub fw_type: FirmwareType,
+    pub hard: Option<String>,
+    pub soft: Option<String>,
+    pub fid: Option<i64>,
+    pub ip: Option<String>,
+}
+
+/// The image a device is offered.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub upgrade_id: i64,
+    pub firmware: FirmwareRecord,
+    pub product_key: String,
+}
+
+/// Why a check got no offer (the two texts the hosted cloud used; device protocol, open
+/// question "the no-update reply").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoOffer {
+    /// 9500: nothing is being pushed to this device.
+    NoRule,
+    /// 9502: something targets it, but it already runs it or it does not apply.
+    NotInEffect,
+}
+
+/// Open records of a device, with their firmware and, for push-rule records, their rule.
+pub(crate) fn open_records(c: &mut DbConn, device_id: i64) -> Result<Vec<(Loaded, FirmwareRecord)>> {
+    let rows: Vec<(super::UpgradeRecord, FirmwareRecord, Option<RuleRecord>)> = upgrades::table
+        .inner_join(firmware::table)
+        .left_join(rules::table)
+        .filter(upgrades::device_id.eq(device_id))
+        .filter(upgrades::active.eq(true))
+        .select((super::UpgradeRecord::as_select(), FirmwareRecord::as_select(), Option::<RuleRecord>::as_select()))
+        .load(c)?;
+    let firmware: Vec<FirmwareRecord> = rows.iter().map(|(_, fw, _)| fw.clone()).collect();
+    let items = loaded(rows.into_iter().map(|(r, fw, rule)| (r, fw.fw_type, rule)).collect())?;
+    Ok(items.into_iter().zip(firmware).collect())
+}
+
+/// Whether an open record may be offered now (a pure read of the time): a verification
+/// before its deadline, a rule's target while the rule pushes inside its period and window.
+/// A rule's failed attempt stays offerable: a device that asks by itself is answered.
+pub(crate) fn offerable(item: &Loaded, now: i64) -> bool {
+    let r = &item.record;
+    if !r.active {
+        return false;
+    }
+    match (r.kind(), &item.rule) {
+        (RecordKind::Rule, Some(rule)) => r.stage() != UpgradeStage::Succeeded && rule.opening(now).is_some(),
+        (RecordKind::Verification, _) => !r.stage().is_final() && r.deadline_at.is_none_or(|d| d > now),
+        (RecordKind::Rule, None) => false,
+    }
+}
+
+/// Stores the versions of a check on the device row; an MCU echo's version is not stored.
+fn store_report(c: &mut DbConn, device: &DeviceRecord, check: &Check, echo: bool, now: i64) -> Result<DeviceRecord> {
+    let target = devices::table.find(device.id);
+    diesel::update(target)
+        .set((
+            devices::push_method.eq(check.method.as_str()),
+            devices::last_seen_at.eq(now),
+            devices::updated_at.eq(now),
+        ))
+        .execute(c)?;
+    if let Some(ip) = &check.ip {
+        diesel::update(target).set(devices::ip.eq(ip)).execute(c)?;
+    }
+    match (check.method, check.fw_type) {
+        (PushMethod::V1V3, _) => {
+            diesel::update(target).set(devices::legacy_firmware_id.eq(check.fid)).execute(c)?;
+        }
+        (_, FirmwareType::Wifi) => {
+            diesel::update(target)
+                .set((devices::wifi_hw.eq(&check.hard), devices::wifi_sw.eq(&check.soft)))
+                .execute(c)?;
+            if check.method == PushMethod::V4 {
+                diesel::update(target).set(devices::wifi_fid.eq(check.fid)).execute(c)?;
+            }
+        }
+        (_, FirmwareType::Mcu) if echo => {}
+        (_, FirmwareType::Mcu) => {
+            diesel::update(target)
+                .set((devices::mcu_hw.eq(&check.hard), devices::mcu_sw.eq(&check.soft)))
+                .execute(c)?;
+            if check.method == PushMethod::V4 {
+                diesel::update(target).set(devices::mcu_fid.eq(check.fid)).execute(c)?;
+            }
+        }
+    }
+    Ok(target.select(DeviceRecord::as_select()).first(c)?)
+}
+
+/// Tracks the boot sequence (V4.1) and tells whether this check is an MCU echo.
+fn track_boot(c: &mut DbConn, device_id: i64, check: &Check, now: i64) -> Result<bool> {
+    if check.method != PushMethod::V41 {
+        return Ok(false);
+    }
+    let before = ota_state::read(c, device_id)?;
+    let (track, boot_check) = before.track.checked(check.fw_type, now);
+    let mut after = OtaState { track, served: before.served.clone() };
+    let mut echo = false;
+    if check.fw_type == FirmwareType::Mcu {
+        if let Some(soft) = &check.soft {
+            echo = lifecycle::mcu_report(before.served.as_ref(), &track, soft, boot_check) == McuReport::Echo;
+        }
+        // After a boot the MCU's own version is in RAM again: no echo is possible until the
+        // next MCU download.
+        if boot_check && !echo {
+            after.served = None;
+        }
+    }
+    ota_state::write(c, device_id, &before, &after)?;
+    Ok(echo)
+}
+
+impl Domain {
+    /// A device check: `update_and_check` (V4.1), `target_fid` (V4) or 0x0205 (V1V3).
+    pub async fn device_check(&self, check: Check) -> Result<std::result::Result<Offer, NoOffer>> {
+        let now = self.clock.now_ms();
+        let rules = self.settings.series_rules;
+        let delivery = self.settings.delivery_timeout_ms;
+        self.db
+            .write(move |c| {
+                let (device, product) = match &check.auth {
+                    CheckAuth::Passcode(p) => {
+                        crate::adoption::authenticate_check(c, &check.did, p, check.ip.as_deref(), now)?
+                    }
+                    CheckAuth::ProductKey(pk) => {
+                        let (d, p) = find_by_did(c, &check.did)?;
+                        if &p.product_key != pk {
+                            return Err(device_not_found());
+                        }
+                        (d, p)
+                    }
+                    CheckAuth::Session => find_by_did(c, &check.did)?,
+                };
+                let echo = track_boot(c, device.id, &check, now)?;
+                let device = store_report(c, &device, &check, echo, now)?;
+                crate::rules::schedule::join_pushing_rules(c, &device, check.method, check.fw_type, now, rules)?;
+                // What the device runs, as far as the server trusts it, and what it claims
+                // (they differ only for an echo): success is decided on the first, the offer
+                // on the second, since the device compares the offer with its claim.
+                let trusted = report_of(&device, check.method, check.fw_type);
+                let claimed = Report {
+                    method: check.method,
+                    fw_type: check.fw_type,
+                    hard: check.hard.as_deref(),
+                    soft: check.soft.as_deref(),
+                    fid: check.fid,
+                };
+                let reported = super::device_version_label(&device, check.method, check.fw_type);
+                let open = open_records(c, device.id)?;
+                let mut offers: Vec<Candidate<'_>> = Vec::new();
+                let mut in_effect = 0;
+                for (item, fw) in &open {
+                    let cand = candidate(fw, item.record.id);
+                    if !echo && rules.concerns(&trusted, &cand) {
+                        if rules.reached(&trusted, &cand) {
+                            let event = Event::Reported { reached: true, version: reported.clone() };
+                            apply(c, item, &event, now, delivery)?;
+                            continue;
+                        }
+                        if item.record.stage() == UpgradeStage::Downloaded {
+                            let event = Event::Reported { reached: false, version: reported.clone() };
+                            apply(c, item, &event, now, delivery)?;
+                        }
+                    }
+                    if offerable(item, now) {
+                        in_effect += 1;
+                        offers.push(cand);
+                    }
+                }
+                if in_effect == 0 {
+                    return Ok(Err(NoOffer::NoRule));
+                }
+                let Some(chosen) = rules.choose(&claimed, &offers).map(|c| c.key) else {
+                    return Ok(Err(NoOffer::NotInEffect));
+                };
+                let Some((item, fw)) = open.into_iter().find(|(i, _)| i.record.id == chosen) else {
+                    return Ok(Err(NoOffer::NotInEffect));
+                };
+                apply(c, &item, &Event::Offered, now, delivery)?;
+                Ok(Ok(Offer { upgrade_id: item.record.id, firmware: fw, product_key: product.product_key }))
+            })
+            .await
+    }
+
+    /// V1V3 0x0207: the device asks for the image with this firmware id. Answered only when
+    /// an open record offers exactly that firmware to the device.
+    pub async fn v1v3_request(&self, did: &str, firmware_id: i64) -> Result<Option<Offer>> {
+        let did = did.to_owned();
+        let now = self.clock.now_ms();
+        self.db
+            .run(move |c| {
+                let (device, product) = find_by_did(c, &did)?;
+                let found = open_records(c, device.id)?.into_iter().find(|(item, fw)| {
+                    offerable(item, now) && fw.push_method() == PushMethod::V1V3 && fw.fid == Some(firmware_id)
+                });
+                Ok(found.map(|(item, fw)| Offer {
+                    upgrade_id: item.record.id,
+                    firmware: fw,
+                    product_key: product.product_key,
+                }))
+            })
+            .await
+    }
+
+    /// `GET /dev/ota/v4.1/latest` (sub-MCU check, no did): the newest verified V4.1 MCU
+    /// firmware of the product and series that is newer than `soft`.
+    pub async fn latest_firmware(&self, product_key: &str, hard: &str, soft: &str) -> Result<Option<FirmwareRecord>> {
+        let (pk, hard, soft) = (product_key.to_owned(), hard.to_owned(), soft.to_owned());
+        let rules = self.settings.series_rules;
+        self.db
+            .run(move |c| {
+                let rows: Vec<FirmwareRecord> = firmware::table
+                    .inner_join(products::table)
+                    .filter(products::product_key.eq(&pk))
+                    .filter(firmware::push_method.eq(Stored(PushMethod::V41)))
+                    .filter(firmware::fw_type.eq(Stored(FirmwareType::Mcu)))
+                    .filter(firmware::verified.eq(true))
+                    .select(FirmwareRecord::as_select())
+                    .load(c)?;
+                let report = Report {
+                    method: PushMethod::V41,
+                    fw_type: FirmwareType::Mcu,
+                    hard: Some(&hard),
+                    soft: Some(&soft),
+                    fid: None,
+                };
+                let cands: Vec<Candidate<'_>> = rows.iter().map(|f| candidate(f, f.id)).collect();
+                let chosen = rules.choose(&report, &cands).map(|c| c.key);
+                Ok(chosen.and_then(|id| rows.into_iter().find(|f| f.id == id)))
+            })
+            .await
+    }
+}
