@@ -1,5 +1,5 @@
-//! Pushes decided by the domain, sent through the broker to whichever gateway holds the
-//! device's session (`ser2cli_res/<did>`, legacy frames of §2.2).
+//! Pushes decided by the domain, sent through the broker to whichever gateway holds the device's
+//! session (`ser2cli_res/<did>`, legacy frames of `device-protocol.md#legacy-service-frame`).
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -18,7 +18,8 @@ pub struct BusNotifier {
 /// The frame that pushes `notice` to a device.
 pub fn push_frame(notice: &PushNotice, public_host: &str) -> anyhow::Result<Bytes> {
     let message = match notice.method {
-        // 0x0211 with the did appended, as the hosted cloud sends it (G3).
+        // 0x0211 with the did appended, as the hosted cloud sends it
+        // (device-protocol.md#open-question-payload-of-0x0211).
         PushMethod::V41 => {
             ServiceMessage::OtaPushV41 { fw_type: type_number(notice.fw_type), did: Some(notice.did.clone()) }
         }

@@ -1,21 +1,21 @@
 //! Per-device upgrade records and what device checks answer.
 //!
 //! A record follows one device towards one firmware through the stages the server can see
-//! (gap G8 of the protocol reference): notified (push sent), checked (answered with the
-//! image), downloading, downloaded, then succeeded when the device reports the target, or
-//! failed / expired / cancelled, each with a reason. Verification (the console's step 2)
+//! (`device-protocol.md#open-question-progress-and-result-reports`): notified (push sent), checked
+//! (answered with the image), downloading, downloaded, then succeeded when the device reports the
+//! target, or failed / expired / cancelled, each with a reason. Verification (the console's step 2)
 //! creates the first records; push rules add more.
 //!
 //! Every check stores what the device reported (the only version report GAgent makes) and,
 //! in the same transaction, records success for any open record the report satisfies, then
 //! picks the offer with [`SeriesRules::choose`].
 //!
-//! **MCU success after a reboot only.** A V4.1 MCU download makes GAgent overwrite the MCU
-//! version in RAM with the served `Soft-Version`, so a re-check in the same session reports
-//! the target without any MCU having been flashed (protocol reference §8). A type-2 report
-//! of the target therefore counts only once the device has called provision again after the
-//! download: every boot starts with provision. (GAgent also provisions hourly; an echo that
-//! follows an hourly provision would count. That gap is accepted and documented.)
+//! **MCU success after a reboot only.** A V4.1 MCU download makes GAgent overwrite the MCU version
+//! in RAM with the served `Soft-Version`, so a re-check in the same session reports the target
+//! without any MCU having been flashed (`device-protocol.md#observed-mcu-soft-version-echo`). A
+//! type-2 report of the target therefore counts only once the device has called provision again
+//! after the download: every boot starts with provision. (GAgent also provisions hourly; an echo
+//! that follows an hourly provision would count. That gap is accepted and documented.)
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
@@ -112,7 +112,8 @@ pub struct Offer {
     pub product_key: String,
 }
 
-/// Why a check got no offer (the two texts the hosted cloud used, gap G5).
+/// Why a check got no offer (the two texts the hosted cloud used,
+/// `device-protocol.md#open-question-the-no-update-reply`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoOffer {
     /// 9500: nothing is being pushed to this device.
