@@ -1,11 +1,13 @@
-//! The HTTP calls GAgent makes (protocol reference §1.3–1.5, §3.2–3.4, §3.6), served over
-//! [`crate::http`]: lenient parsing, replies of at most 1 KB sent chunked in one write,
-//! downloads never chunked with every header in the first 600 bytes.
+//! The HTTP calls GAgent makes (`device-protocol.md#registration`, `device-protocol.md#provision`,
+//! `device-protocol.md#deregistration`, `device-protocol.md#v4-ota`, `device-protocol.md#v41-ota`,
+//! `device-protocol.md#firmware-download`, `device-protocol.md#multi-mcu-latest`), served over
+//! [`crate::http`]: lenient parsing, replies of at most 1 KB sent chunked in one write, downloads
+//! never chunked with every header in the first 600 bytes.
 //!
-//! Error replies have the shape of gap G5, `{"error_code":<n>,"error_message":"<code>",
-//! "detail_message":null}`: 9500 / 9502 for "no update" (the two texts the hosted cloud used),
-//! otherwise the HTTP status and the stable error code of `proto-docs/errors.md`. GAgent only
-//! tests the status line.
+//! Error replies have the shape of `device-protocol.md#open-question-the-no-update-reply`,
+//! `{"error_code":<n>,"error_message":"<code>", "detail_message":null}`: 9500 / 9502 for "no
+//! update" (the two texts the hosted cloud used), otherwise the HTTP status and the stable error
+//! code of `proto-docs/errors.md`. GAgent only tests the status line.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -94,7 +96,8 @@ impl DeviceHttp {
     }
 
     fn provision_body(&self, server_ts: i64) -> String {
-        // `port` is read up to the next `&`, so another field must follow it (§1.4).
+        // `port` is read up to the next `&`, so another field must follow it
+        // (device-protocol.md#plain-provision).
         let e = &self.endpoints;
         FormBuilder::new()
             .pair("host", &e.mqtt_host)
@@ -136,7 +139,8 @@ impl DeviceHttp {
             .map_err(|e| DomainError::Internal(anyhow::anyhow!("product secret of {pk} is not usable: {e}")))
     }
 
-    /// V4 (§3.2): `target_fid` with the device's versions and `current_fid`.
+    /// V4 (`device-protocol.md#v4-check`): `target_fid` with the device's versions and
+    /// `current_fid`.
     async fn target_fid(&self, req: &Request, ip: Option<String>) -> Result<Reply, DomainError> {
         let q = &req.query;
         let fw_type = parse_type(field(q, "type")?)?;
@@ -158,7 +162,8 @@ impl DeviceHttp {
             Ok(offer) => {
                 let url = self.v4_url(&offer);
                 let fid = offer.firmware.fid.unwrap_or_default();
-                // GK cuts the URL at the next `&`, so `firmware_version` must follow it (§3.2).
+                // GK cuts the URL at the next `&`, so `firmware_version` must follow it
+                // (device-protocol.md#v4-reply).
                 let body = FormBuilder::new()
                     .pair("target_fid", fid)
                     .pair("download_url", url)
@@ -170,7 +175,8 @@ impl DeviceHttp {
         }
     }
 
-    /// V4.1 (§3.3): `update_and_check` with the passcode and the current versions.
+    /// V4.1 (`device-protocol.md#v41-check`): `update_and_check` with the passcode and the current
+    /// versions.
     async fn update_and_check(&self, did: &str, req: &Request, ip: Option<String>) -> Result<Reply, DomainError> {
         let form = req.form();
         let check = Check {
@@ -196,7 +202,7 @@ impl DeviceHttp {
         }
     }
 
-    /// §3.6: the sub-MCU check, which names no device.
+    /// `device-protocol.md#multi-mcu-latest`: the sub-MCU check, which names no device.
     async fn latest(&self, req: &Request) -> Result<Reply, DomainError> {
         let q = &req.query;
         let (hw, sw) = (version(q, "hard_version")?, version(q, "soft_version")?);
@@ -266,9 +272,9 @@ impl Handler for DeviceHttp {
     }
 }
 
-/// The V4 download URL: the layout of the HF comment (§3.2),
-/// `/dev/ota/download/<pk>/<type>/<hw>/<sw>/<file>`, with the upgrade id before the file
-/// name so the download can be attributed to the device.
+/// The V4 download URL: the layout of the HF comment (`device-protocol.md#v4-reply`),
+/// `/dev/ota/download/<pk>/<type>/<hw>/<sw>/<file>`, with the upgrade id before the file name so
+/// the download can be attributed to the device.
 pub fn v4_download_url(
     public_host: &str,
     product_key: &str,
@@ -298,7 +304,8 @@ fn download_reply(
     method: PushMethod,
     on_done: Option<crate::http::server::DoneHook>,
 ) -> Reply {
-    // G11: `Soft-Version` only on V4.1 MCU downloads; V4 sends `Firmware-Version` (§3.2).
+    // device-protocol.md#open-question-soft-version-on-wi-fi-downloads: `Soft-Version` only on V4.1
+    // MCU downloads; V4 sends `Firmware-Version` (device-protocol.md#v4-sequence).
     let version_header = match (method, fw.fw_type()) {
         (PushMethod::V41, FirmwareType::Mcu) => fw.soft_version.clone().map(|v| ("Soft-Version", v)),
         (PushMethod::V41, FirmwareType::Wifi) => None,

@@ -1,6 +1,7 @@
 //! Pushes decided by the domain, sent through the broker to whichever gateway holds the
-//! device's session: the legacy frame for `ser2cli_res/<did>` inside a [`PushEnvelope`] on
-//! `ota/push/<did>`, so the delivering edge can acknowledge it.
+//! device's session: the legacy frame for `ser2cli_res/<did>`
+//! (`device-protocol.md#legacy-service-frame`) inside a [`PushEnvelope`] on `ota/push/<did>`,
+//! so the delivering edge can acknowledge it.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -20,7 +21,8 @@ pub struct BusNotifier {
 /// The frame that pushes `notice` to a device.
 pub fn push_frame(notice: &PushNotice, public_host: &str) -> anyhow::Result<Bytes> {
     let message = match notice.method {
-        // 0x0211 with the did appended, as the hosted cloud sends it (G3).
+        // 0x0211 with the did appended, as the hosted cloud sends it
+        // (device-protocol.md#open-question-payload-of-0x0211).
         PushMethod::V41 => {
             ServiceMessage::OtaPushV41 { fw_type: type_number(notice.fw_type), did: Some(notice.did.clone()) }
         }

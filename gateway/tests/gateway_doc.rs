@@ -127,8 +127,9 @@ fn reply(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     api_reply(status, content_type, body).expect("reply fits").to_vec()
 }
 
-/// The G5 body of `device_http`'s `json_reply`, built the same way.
-fn g5(status: u16, error_code: u32, message: &str) -> Vec<u8> {
+/// The error body of `device_http`'s `json_reply`, built the same way
+/// (`device-protocol.md#open-question-the-no-update-reply`).
+fn device_error(status: u16, error_code: u32, message: &str) -> Vec<u8> {
     let body = serde_json::json!({ "error_code": error_code, "error_message": message, "detail_message": null });
     reply(status, JSON, body.to_string().as_bytes())
 }
@@ -182,10 +183,10 @@ fn reply_cases() -> BTreeMap<&'static str, Vec<u8>> {
         .pair("download_url", format!("http://{PUBLIC_HOST}/dev/ota/v4.1/firmware/7"))
         .finish();
     m.insert("latest-offer", reply(200, FORM, latest.as_bytes()));
-    m.insert("no-offer-9500", g5(400, 9500, "Don't have a push rule id on device"));
-    m.insert("no-offer-9502", g5(400, 9502, "push rule not in effect or device already upgrade"));
-    m.insert("error-credentials", g5(403, 403, "invalid_credentials"));
-    m.insert("error-not-found", g5(404, 404, "firmware_not_found"));
+    m.insert("no-offer-9500", device_error(400, 9500, "Don't have a push rule id on device"));
+    m.insert("no-offer-9502", device_error(400, 9502, "push rule not in effect or device already upgrade"));
+    m.insert("error-credentials", device_error(403, 403, "invalid_credentials"));
+    m.insert("error-not-found", device_error(404, 404, "firmware_not_found"));
     m.insert("error-http-layer", error_reply(&HttpError::BadRequestLine).expect("reply").to_vec());
     m.insert("download-v41-wifi", head(262_144, None, "GAgent_00ESP826_04020021_16110718.bin"));
     m.insert("download-v41-mcu", head(26_624, Some(("Soft-Version", "00010003")), "mcu_00010003.hex"));
@@ -352,9 +353,9 @@ fn samples_respect_the_device_limits() {
     for (name, bytes) in hex_cases() {
         assert!(bytes.len() <= 1024, "hex:{name} is over the device's 1 KB read");
     }
-    // §1.7 / §8: GAgent checks byte 0..1 non-zero and byte 3 == 0.
+    // device-protocol.md#connack-handling: GAgent checks byte 0..1 non-zero and byte 3 == 0.
     assert_eq!(hex_cases()["connack-accepted"], [0x20, 0x02, 0x00, 0x00]);
-    // §2.4 is byte for byte the gateway's V4.1 push.
+    // device-protocol.md#worked-example-v41-push-publish is byte for byte the gateway's V4.1 push.
     assert_eq!(hex_cases()["publish-v41-push"].len(), 69);
     // The V4 URL names no port and carries the upgrade id before the file name.
     assert_eq!(

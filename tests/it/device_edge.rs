@@ -116,7 +116,8 @@ async fn devices_are_confined_to_their_own_topics() {
     rb.send(Packet::PingReq).await;
     assert_eq!(rb.next().await, Some(Packet::PingResp), "B must get nothing but its own PINGRESP");
 
-    // A large upload on its own topic, written in small pieces, is accepted (§2.5).
+    // A large upload on its own topic, written in small pieces, is accepted
+    // (device-protocol.md#mcu-uploads-over-1-kb).
     let uplinks = stats.uplinks.load(std::sync::atomic::Ordering::Relaxed);
     let big = publish_qos0(&format!("dev2app/{a}"), &vec![7u8; 50_000]).unwrap();
     for piece in big.chunks(700) {

@@ -63,7 +63,7 @@ pub enum CodecError {
     /// A field is longer than its length prefix (or fixed slot) allows.
     #[error("field `{field}` is {len} bytes, at most {max} fit")]
     FieldTooLong {
-        /// Name of the field, as in the protocol reference.
+        /// Name of the field, as in `proto-docs/device-protocol.md`.
         field: &'static str,
         /// Its length.
         len: usize,

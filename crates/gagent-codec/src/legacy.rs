@@ -1,5 +1,6 @@
-//! The legacy "service" frame of `ser2cli_res` / `cli2ser_req` (protocol reference §2.2, §2.3,
-//! §3.1, §3.2).
+//! The legacy "service" frame of `ser2cli_res` / `cli2ser_req`
+//! (`device-protocol.md#legacy-service-frame`, `device-protocol.md#command-words`,
+//! `device-protocol.md#v1v3-ota`, `device-protocol.md#v4-push`).
 //!
 //! ```text
 //! 00 00 00 03 | cmd (2 BE) | payload laid out per command
@@ -11,14 +12,15 @@
 //! bytes after the last field are an error; the rule is on each variant.
 //!
 //! The cloud sends this layout on `ser2cli_res/<did>` even though RTT parses those messages as
-//! standard frames (gap G2): it is what the official V4.1 firmware parses.
+//! standard frames (`device-protocol.md#open-question-framing-of-ser2cli_res`): it is what the
+//! official V4.1 firmware parses.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::CodecError;
 use crate::reader::Reader;
 
-/// Command words of the legacy frame (§2.3).
+/// Command words of the legacy frame (`device-protocol.md#command-words`).
 pub mod cmd {
     /// d→c, V1V3: "which firmware is there for me?".
     pub const ASK_FIRMWARE: u16 = 0x0205;
@@ -28,10 +30,11 @@ pub mod cmd {
     pub const REQUEST_FIRMWARE: u16 = 0x0207;
     /// c→d, V1V3: the firmware image inside one large PUBLISH.
     ///
-    /// **INFERRED (gap G4).** No source shows the command value of the blob: GK only has the
-    /// struct `xpgota_upgrate_t` and hands the oversized packet to `DRV_OTAPacketHandle`,
-    /// whose implementation was never published. 0x0208 is the free value after 0x0207 in the
-    /// request/reply numbering, as the reference recommends. Keep V1V3 behind a flag.
+    /// **INFERRED** (`device-protocol.md#open-question-the-v1v3-blob-command`). No source shows the
+    /// command value of the blob: GK only has the struct `xpgota_upgrate_t` and hands the oversized
+    /// packet to `DRV_OTAPacketHandle`, whose implementation was never published. 0x0208 is the
+    /// free value after 0x0207 in the request/reply numbering; the device protocol chose it. Keep
+    /// V1V3 behind a flag.
     pub const FIRMWARE_BLOB: u16 = 0x0208;
     /// c→d, V4: OTA push with fid and URL. GA 0402 ignores it ("V4.1 Don't use this cmd").
     pub const OTA_PUSH_V4: u16 = 0x020E;
@@ -90,11 +93,11 @@ pub enum ServiceMessage {
     /// `firmware_id(8) | fw_ver_len(2 BE) | fw_ver(32, zero-padded) | md5(16 raw) |
     /// bin_len(4 BE) | bin`.
     ///
-    /// `fw_ver` is taken to be the first `fw_ver_len` bytes of a fixed 32-byte slot (G4 leaves
-    /// open whether it is fixed or length-prefixed; the GK struct has both a length and a 32-byte
-    /// array). The padding is ignored on decode and written as zeros on encode; the 16-bit fields
-    /// are taken as big-endian like every other field of the protocol. Closed layout: `bin_len`
-    /// must account for every remaining byte.
+    /// `fw_ver` is taken to be the first `fw_ver_len` bytes of a fixed 32-byte slot (the sources
+    /// leave open whether it is fixed or length-prefixed; the GK struct has both a length and a
+    /// 32-byte array). The padding is ignored on decode and written as zeros on encode; the 16-bit
+    /// fields are taken as big-endian like every other field of the protocol. Closed layout:
+    /// `bin_len` must account for every remaining byte.
     FirmwareBlob {
         /// Firmware id of the image.
         firmware_id: [u8; 8],
@@ -123,13 +126,15 @@ pub enum ServiceMessage {
     },
     /// 0x0211, c→d (V4.1): `type(1) [| did_len(2 BE) did]`.
     ///
-    /// GA reads only the type byte (and 0401 builds sent the bare type as a "check again"
-    /// trigger); the real cloud appends `did_len + did` (gap G3), so encode with `Some(did)`.
-    /// This layout is open-ended on the device side, so decoding tolerates it: a lone type byte
-    /// gives `did: None`, and bytes after a well-formed did are ignored. A did part that is
-    /// present but cut short is still an error.
+    /// GA reads only the type byte (and 0401 builds sent the bare type as a "check again" trigger);
+    /// the real cloud appends `did_len + did`
+    /// (`device-protocol.md#open-question-payload-of-0x0211`), so encode with `Some(did)`. This
+    /// layout is open-ended on the device side, so decoding tolerates it: a lone type byte gives
+    /// `did: None`, and bytes after a well-formed did are ignored. A did part that is present but
+    /// cut short is still an error.
     OtaPushV41 {
-        /// [`FW_TYPE_WIFI`] or [`FW_TYPE_MCU`]; never send 0 or ≥ 3 (§3.3.4 B4).
+        /// [`FW_TYPE_WIFI`] or [`FW_TYPE_MCU`]; never send 0 or ≥ 3
+        /// (`device-protocol.md#v41-push-sequence`).
         fw_type: u8,
         /// The device's did (22 chars).
         did: Option<String>,
@@ -295,7 +300,9 @@ impl ServiceMessage {
                     let did_len = usize::from(r.u16()?);
                     Some(text(r.take(did_len)?, "did")?)
                 };
-                // Open-ended on the device side (G3): anything after the did is ignored.
+                // Open-ended on the device side
+                // (`device-protocol.md#open-question-payload-of-0x0211`): anything after the did is
+                // ignored.
                 ServiceMessage::OtaPushV41 { fw_type, did }
             }
             other => ServiceMessage::Unknown { cmd: other, payload: Bytes::copy_from_slice(r.rest()) },
@@ -335,7 +342,8 @@ mod tests {
         assert_eq!(msg.encode().unwrap().as_ref(), wire, "encode");
     }
 
-    /// §3.1 step 2: 62 bytes, pk length 32, firmware id …01, business version "00000001".
+    /// `device-protocol.md#v1v3-handshake` step 2: 62 bytes, pk length 32, firmware id …01,
+    /// business version "00000001".
     #[test]
     fn golden_ask_firmware_0205() {
         let wire = bytes_of(&format!(
@@ -384,7 +392,7 @@ mod tests {
         assert_eq!(ServiceMessage::decode(&wire), Err(CodecError::BadHeader { expected: 3, found: 4 }));
     }
 
-    /// §3.1 step 3.
+    /// `device-protocol.md#v1v3-handshake` step 3.
     #[test]
     fn golden_firmware_id_reply_0206() {
         roundtrip(
@@ -393,7 +401,7 @@ mod tests {
         );
     }
 
-    /// §3.1 step 4: `00 00 00 03 02 07 <id8>`.
+    /// `device-protocol.md#v1v3-handshake` step 4: `00 00 00 03 02 07 <id8>`.
     #[test]
     fn golden_request_firmware_0207() {
         roundtrip(
@@ -402,19 +410,20 @@ mod tests {
         );
     }
 
-    /// §2.2: the proof that the legacy frame has no len byte.
+    /// `device-protocol.md#legacy-service-frame`: the proof that the legacy frame has no len byte.
     #[test]
     fn golden_app_count_query_020f() {
         roundtrip(&bytes_of("00 00 00 03 02 0F"), &ServiceMessage::AppCountQuery);
     }
 
-    /// §2.4: two apps online.
+    /// `device-protocol.md#app-count`: two apps online.
     #[test]
     fn golden_app_count_0210() {
         roundtrip(&bytes_of("00 00 00 03 02 10 00 02"), &ServiceMessage::AppCount { count: 2 });
     }
 
-    /// The Gizwits part of the §2.4 worked PUBLISH.
+    /// The Gizwits part of the worked PUBLISH of
+    /// `device-protocol.md#worked-example-v41-push-publish`.
     #[test]
     fn golden_ota_push_v41_0211() {
         let wire = bytes_of(&format!("00 00 00 03 02 11 01 00 16 {}", hex::encode(DID)));
@@ -438,7 +447,8 @@ mod tests {
         );
     }
 
-    /// No example in the reference; layout from GK `mqttxpg.h`.
+    /// No worked example in the device protocol; layout from GK `mqttxpg.h`
+    /// (`device-protocol.md#v4-push`).
     #[test]
     fn ota_push_v4_020e_layout() {
         let url = "http://api.gizwits.com/dev/ota/download/x";
@@ -448,7 +458,7 @@ mod tests {
         roundtrip(&wire, &ServiceMessage::OtaPushV4 { fw_type: FW_TYPE_MCU, fid: 57, url: url.into() });
     }
 
-    /// INFERRED layout (G4), GK struct order.
+    /// INFERRED layout (`device-protocol.md#open-question-the-v1v3-blob-command`), GK struct order.
     #[test]
     fn firmware_blob_0208_layout() {
         let msg = ServiceMessage::FirmwareBlob {

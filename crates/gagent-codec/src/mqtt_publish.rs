@@ -1,14 +1,16 @@
 //! A complete MQTT PUBLISH packet, QoS 0, for golden tests and raw-socket device simulators
-//! (protocol reference §1.7, §2.4).
+//! (`device-protocol.md#mqtt-login`, `device-protocol.md#worked-example-v41-push-publish`).
 //!
 //! ```text
 //! 30 | remaining length (varlen) | topic_len (2 BE) topic | payload
 //! ```
 //!
-//! Every Gizwits publish in either direction is QoS 0 with retain 0, so there is no packet id
-//! and the fixed header byte is always `0x30`. Note the device-side limit of §1.7: GA reads
-//! each packet with one 1024-byte `recv`, so anything sent to a device must stay within 1 KB;
-//! this function does not enforce that (device → cloud uploads of §2.5 are far larger).
+//! Every Gizwits publish in either direction is QoS 0 with retain 0, so there is no packet id and
+//! the fixed header byte is always `0x30`. Note the device-side limit of
+//! `device-protocol.md#inbound-limit-1-kb-one-packet-per-read`: GA reads each packet with one
+//! 1024-byte `recv`, so anything sent to a device must stay within 1 KB; this function does not
+//! enforce that (device → cloud uploads, `device-protocol.md#mcu-uploads-over-1-kb`, are far
+//! larger).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -44,10 +46,11 @@ mod tests {
     use super::*;
     use crate::legacy::{FW_TYPE_WIFI, ServiceMessage};
 
-    /// §2.4 byte for byte: V4.1 push of Wi-Fi firmware to did `AbCdEfGhIjKlMnOpQrStUv`.
+    /// `device-protocol.md#worked-example-v41-push-publish` byte for byte: V4.1 push of Wi-Fi
+    /// firmware to did `AbCdEfGhIjKlMnOpQrStUv`.
     #[test]
-    fn golden_worked_publish_of_section_2_4() {
-        // Copied from the listing in §2.4.
+    fn golden_worked_v41_push_publish() {
+        // Copied from the listing of `device-protocol.md#worked-example-v41-push-publish`.
         let expected = hex::decode(
             [
                 "30 43",

@@ -1,4 +1,4 @@
-//! The standard Gizwits frame of `app2dev` / `dev2app` (protocol reference §2.1).
+//! The standard Gizwits frame of `app2dev` / `dev2app` (`device-protocol.md#standard-frame`).
 //!
 //! ```text
 //! 00 00 00 03 | len (varlen, 1-4) | flag (1) | cmd (2 BE) | [sn (4 BE)] | payload (P0)
@@ -19,7 +19,7 @@ use crate::error::CodecError;
 use crate::reader::Reader;
 use crate::varlen;
 
-/// Command words of the standard frame (§2.3).
+/// Command words of the standard frame (`device-protocol.md#command-words`).
 pub mod cmd {
     /// App → device P0, no ACK wanted.
     pub const P0_NO_ACK: u16 = 0x0090;

@@ -1,4 +1,4 @@
-//! MQTT-style variable length integers (protocol reference §2.1).
+//! MQTT-style variable length integers (`device-protocol.md#standard-frame`).
 //!
 //! Seven bits per byte, least-significant group first, bit 7 set on every byte but the last,
 //! at most four bytes. The Gizwits `len` of the standard frame and the MQTT "remaining length"
@@ -78,9 +78,9 @@ mod tests {
         hex::encode_upper(&buf)
     }
 
-    /// The length examples of §2.1.
+    /// The length examples of `device-protocol.md#standard-frame`.
     #[test]
-    fn golden_examples_of_section_2_1() {
+    fn golden_length_examples() {
         for (value, wire) in [(5, "05"), (127, "7F"), (128, "8001"), (300, "AC02"), (16384, "808001")] {
             assert_eq!(enc(value), wire, "encode {value}");
             let bytes = hex::decode(wire).unwrap();

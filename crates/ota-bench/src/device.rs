@@ -1,6 +1,6 @@
-//! A lean MQTT device: GAgent's login (CONNECT as MQTT 3.1 `MQIsdp`, then the three
-//! SUBSCRIBEs one at a time, each waiting for its SUBACK, §1.7), then it holds the session,
-//! counts the PUBLISHes it receives and pings so the edge keeps it.
+//! A lean MQTT device: GAgent's login (CONNECT as MQTT 3.1 `MQIsdp`, then the three SUBSCRIBEs one
+//! at a time, each waiting for its SUBACK, `device-protocol.md#subscriptions-one-at-a-time`), then
+//! it holds the session, counts the PUBLISHes it receives and pings so the edge keeps it.
 //!
 //! One task and one 1 KB buffer per device, so 10,000 of them fit in one process next to
 //! nothing else. The full simulator (`ota_sim::Device`) models the whole firmware and is
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-/// GA's MQTT receive buffer (§1.7).
+/// GA's MQTT receive buffer (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`).
 const BUFFER: usize = mqtt::DEVICE_RECV_LIMIT;
 
 /// What the fleet of lean devices saw, shared by all of them.
@@ -27,7 +27,8 @@ pub struct FleetCounters {
     pub publishes: AtomicU64,
     /// Sessions the server closed (or that failed) after a complete login.
     pub lost: AtomicU64,
-    /// Reads that held more than one packet; GAgent would have lost all but the first (§8).
+    /// Reads that held more than one packet; GAgent would have lost all but the first
+    /// (`device-protocol.md#observed-pacing`).
     pub coalesced_reads: AtomicU64,
     /// Packets other than PUBLISH and PINGRESP after login.
     pub unexpected: AtomicU64,

@@ -1,4 +1,5 @@
-//! One device HTTP request on a fresh TCP connection, as GAgent makes them (§1.2).
+//! One device HTTP request on a fresh TCP connection, as GAgent makes them
+//! (`device-protocol.md#hosts-and-ports`).
 //!
 //! Unlike the firmware (one `recv` of 1 KB) the whole reply is read, up to the server's close,
 //! so a reply split across writes is not misread as an error; the server answers every

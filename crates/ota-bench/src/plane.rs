@@ -1,13 +1,14 @@
 //! `ota-bench device-plane`: the phases, each bounded in time, and the table.
 //!
-//! 1. **register**: `POST /dev/devices` (plain, §1.3) for every device, a fresh connection
-//!    each, `--register-concurrency` at a time.
-//! 2. **connect**: every device logs in to the MQTT edge and subscribes (§1.7), at most
-//!    `--login-concurrency` logins in flight; the sessions then stay up until the end. The
-//!    gateway's `VmRSS` before and after gives its memory per session.
-//! 3. **checks**: `--checks` V4.1 `update_and_check` requests (§3.3) over the registered
-//!    devices, `--concurrency` clients, a fresh connection each. No device has an offer, so
-//!    the answer is the 400 "no update" reply, the common case in the field.
+//! 1. **register**: `POST /dev/devices` (plain, `device-protocol.md#plain-registration`) for every
+//!    device, a fresh connection each, `--register-concurrency` at a time.
+//! 2. **connect**: every device logs in to the MQTT edge and subscribes
+//!    (`device-protocol.md#mqtt-login`), at most `--login-concurrency` logins in flight; the
+//!    sessions then stay up until the end. The gateway's `VmRSS` before and after gives its memory
+//!    per session.
+//! 3. **checks**: `--checks` V4.1 `update_and_check` requests (`device-protocol.md#v41-check`) over
+//!    the registered devices, `--concurrency` clients, a fresh connection each. No device has an
+//!    offer, so the answer is the 400 "no update" reply, the common case in the field.
 //! 4. **fan-out**: the server publishes one message to `ser2cli_res/<did>` for `--pushes`
 //!    connected devices; the devices count arrivals. Compared with the raw rate of the same
 //!    broker (publish → the gateway's own bus link, no edge) and of a separate embedded
@@ -33,7 +34,7 @@ use crate::serve::ServeArgs;
 /// The `Host` header the firmware sends; the server does not care.
 const API_HOST: &str = "api.gizwits.com";
 
-/// Versions reported by the checks: a V4.1 Wi-Fi module (§3.3.1).
+/// Versions reported by the checks: a V4.1 Wi-Fi module (`device-protocol.md#v41-check`).
 const CHECK_HW: &str = "00ESP826";
 const CHECK_SW: &str = "04020019";
 

@@ -656,9 +656,10 @@ fn login_known(
     Ok(Known::Accepted(identity(device, product)))
 }
 
-/// The V4.1 check (`update_and_check`) authenticates with did and passcode like an MQTT login,
-/// and at boot GAgent makes it *before* logging in (§1.9), so it pins and adopts by the same
-/// rules; otherwise an imported device's versions would stay unknown until its next boot.
+/// The V4.1 check (`update_and_check`) authenticates with did and passcode like an MQTT login, and
+/// at boot GAgent makes it *before* logging in
+/// (`device-protocol.md#observed-mqtt-waiting-for-the-boot-ota-chain`), so it pins and adopts by
+/// the same rules; otherwise an imported device's versions would stay unknown until its next boot.
 pub(crate) fn authenticate_check(
     c: &mut DbConn,
     did: &str,

@@ -1,8 +1,11 @@
-//! Which image may go to which device: pure rules, table-tested (protocol reference §3.3.3,
-//! §5 and gaps G7, G15).
+//! Which image may go to which device: pure rules, table-tested
+//! (`device-protocol.md#v41-target-choice`, `device-protocol.md#series-and-versions`,
+//! `device-protocol.md#open-question-version-comparison-across-series`,
+//! `device-protocol.md#open-question-hardware-version-in-v41`).
 //!
-//! - **Series:** the same firmware type, the same hardware version (the device never checks
-//!   it, so the server must: G15), and the same first four characters of the software version.
+//! - **Series:** the same firmware type, the same hardware version (the device never checks it, so
+//!   the server must: `device-protocol.md#open-question-hardware-version-in-v41`), and the same
+//!   first four characters of the software version.
 //! - **Order:** GAgent applies an offer only when `strcmp(current, target) < 0`, so versions
 //!   compare byte-wise, exactly as the device does.
 //! - **Exception:** GAgent 04020004's changelog allows Wi-Fi modules on 0400/0401 to move to
@@ -197,7 +200,7 @@ mod tests {
             (on, Wifi, "04020021", "04020021", HW, false), // same version
             (on, Wifi, "04020021", "04020019", HW, false), // older
             (on, Wifi, "04020019", "04030001", HW, false), // other series
-            (on, Wifi, "04020019", "04020021", "00ESP827", false), // other hardware (G15)
+            (on, Wifi, "04020019", "04020021", "00ESP827", false), // other hardware
             (on, Wifi, "04000008", "04020021", HW, true),  // 0400 → 0402 exception
             (on, Wifi, "04010004", "04020006", HW, true),  // 0401 → 0402 exception
             (off, Wifi, "04000008", "04020021", HW, false),

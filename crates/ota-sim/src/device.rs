@@ -1,16 +1,20 @@
 //! One simulated device: the firmware's behaviour over real sockets, as one tokio task.
 //!
 //! The task is single-threaded like GA's main loop, which is what makes it faithful: while the
-//! device does HTTP (a check, a download, an MCU transfer) nobody reads the MQTT socket, no
-//! ping goes out, and packets the gateway sends meanwhile pile up in the socket buffer, where
-//! the next single read finds them together and loses all but the first (§1.7, §8).
+//! device does HTTP (a check, a download, an MCU transfer) nobody reads the MQTT socket, no ping
+//! goes out, and packets the gateway sends meanwhile pile up in the socket buffer, where the next
+//! single read finds them together and loses all but the first
+//! (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`,
+//! `device-protocol.md#observed-pacing`).
 //!
-//! Boot order (§1.9, §3.3.4 A) with the §8 observation that on boot **MQTT login waits until
-//! the whole OTA chain has finished**: register (no did) → provision → V4.1 `update_and_check`
-//! type 1 then type 2 (MCU only) / V4 `target_fid` type 1 then 2 → DELETE of an old did →
-//! MQTT login and the three subscriptions → V1V3 asks 0x0205. A successful Wi-Fi download or
-//! an MCU restart (0x29) "reboots": the MQTT connection is dropped and the boot runs again
-//! with the new versions, which is how the cloud learns of the upgrade (§3.7).
+//! Boot order (`device-protocol.md#boot-sequence`, `device-protocol.md#v41-boot-sequence`) with the
+//! observation (`device-protocol.md#observed-mqtt-waiting-for-the-boot-ota-chain`) that on boot
+//! **MQTT login waits until the whole OTA chain has finished**: register (no did) → provision →
+//! V4.1 `update_and_check` type 1 then type 2 (MCU only) / V4 `target_fid` type 1 then 2 → DELETE
+//! of an old did → MQTT login and the three subscriptions → V1V3 asks 0x0205. A successful Wi-Fi
+//! download or an MCU restart (0x29) "reboots": the MQTT connection is dropped and the boot runs
+//! again with the new versions, which is how the cloud learns of the upgrade
+//! (`device-protocol.md#what-the-cloud-can-see`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,7 +118,8 @@ pub enum DeviceEvent {
     },
     /// CONNACK accepted.
     MqttConnected,
-    /// CONNACK refused; the device retries (§8: every ~6 s, for ever).
+    /// CONNACK refused; the device retries about every 6 s, for ever
+    /// (`device-protocol.md#observed-refused-connack`).
     MqttRefused {
         /// The return code.
         code: u8,
@@ -159,7 +164,7 @@ pub enum DeviceEvent {
         /// MD5 matched the header (V1V3: the blob).
         md5_ok: bool,
     },
-    /// The download broke off (no retry, §3.3.5).
+    /// The download broke off (no retry, `device-protocol.md#what-the-firmware-never-retries`).
     DownloadFailed {
         /// 1 or 2.
         fw_type: u8,
@@ -241,7 +246,8 @@ pub struct DeviceSnapshot {
     pub wifi_sw: String,
     /// The MCU's own versions (what reply 0x02 gives at boot).
     pub mcu: Option<McuVersions>,
-    /// GA's RAM copy of the MCU version, which a download's `Soft-Version` overwrites (§8).
+    /// GA's RAM copy of the MCU version, which a download's `Soft-Version` overwrites
+    /// (`device-protocol.md#observed-mcu-soft-version-echo`).
     pub mcu_reported_sw: Option<String>,
     /// V4 fid of the Wi-Fi firmware (V1V3: the firmware id as a number).
     pub wifi_fid: u64,
@@ -417,7 +423,7 @@ enum Step {
     Reboot,
     /// `never_return`.
     Vanish,
-    /// Ten timeouts in a row: provision again (§3.3.5).
+    /// Ten timeouts in a row: provision again (`device-protocol.md#timeouts-and-retries`).
     Reprovision,
 }
 
@@ -427,7 +433,8 @@ enum SessionEnd {
     Relogin(String),
 }
 
-/// An action a push queued, run once the push gap has passed (§8).
+/// An action a push queued, run once the push gap has passed
+/// (`device-protocol.md#observed-push-reaction`).
 enum PushAction {
     CheckV41(u8),
     DownloadV4 { fw_type: u8, fid: u32, url: String },
@@ -676,8 +683,9 @@ impl Runner {
         }
     }
 
-    /// An API exchange that resends on timeout with a growing wait (§3.3.5); `Err(None)` after
-    /// too many timeouts in a row, `Err(Some(_))` on a socket failure.
+    /// An API exchange that resends on timeout with a growing wait
+    /// (`device-protocol.md#timeouts-and-retries`); `Err(None)` after too many timeouts in a row,
+    /// `Err(Some(_))` on a socket failure.
     async fn api_with_resend(&mut self, request: &[u8]) -> Result<Vec<u8>, Option<String>> {
         let timing = self.config.timing.clone();
         for n in 0..timing.max_http_timeouts {
@@ -698,7 +706,8 @@ impl Runner {
         }
     }
 
-    /// V4.1 `update_and_check` for one type, and the download it may lead to (§3.3).
+    /// V4.1 `update_and_check` for one type, and the download it may lead to
+    /// (`device-protocol.md#v41-ota`).
     async fn check_v41(&mut self, did: &str, fw_type: u8) -> Step {
         let (hw, sw) = self.versions_of(fw_type);
         let request = http::update_and_check(&self.config.api_host, did, &self.spec.passcode, fw_type, &hw, &sw);
@@ -741,7 +750,8 @@ impl Runner {
         self.download_and_apply(did, fw_type, &url.host, &url.path, Some(offer.soft_ver), None).await
     }
 
-    /// V4 `target_fid` for one type (GK), and the download it may lead to (§3.2).
+    /// V4 `target_fid` for one type (GK), and the download it may lead to
+    /// (`device-protocol.md#v4-ota`).
     async fn check_v4(&mut self, did: &str, fw_type: u8) -> Step {
         let Some(raw) = self.target_fid_exchange(did, fw_type).await else { return Step::Continue };
         let offer = match http::parse_target_fid(&raw) {
@@ -827,8 +837,10 @@ impl Runner {
                 .await;
         self.last_http = Some(Instant::now());
         let head = outcome.head;
-        // §8 / G11: the `Soft-Version` header goes into the RAM MCU version at once, whatever
-        // the type of the download and whatever happens to the body.
+        // device-protocol.md#observed-mcu-soft-version-echo and
+        // device-protocol.md#open-question-soft-version-on-wi-fi-downloads: the `Soft-Version`
+        // header goes into the RAM MCU version at once, whatever the type of the download and
+        // whatever happens to the body.
         if let (Some(sv), Some(_)) = (head.as_ref().and_then(|h| h.soft_version.clone()), &self.mcu_flash) {
             self.mcu_ram_sw = Some(sv);
             self.sync_versions();
@@ -846,7 +858,8 @@ impl Runner {
         }
         self.emit(DeviceEvent::DownloadFinished { fw_type, md5_ok: done.md5_ok });
         if !done.md5_ok {
-            // §8: the bad image stays on flash, nothing is reported, nothing retried.
+            // device-protocol.md#observed-md5-mismatch: the bad image stays on flash, nothing is
+            // reported, nothing retried.
             self.count(|c| c.downloads_failed += 1);
             return Step::Continue;
         }
@@ -939,7 +952,8 @@ impl Runner {
                         SessionEnd::Relogin(reason) => self.emit(DeviceEvent::MqttDisconnected { reason }),
                     }
                 }
-                // Refused CONNACK: again every ~6 s, for ever, without re-registering (§8).
+                // Refused CONNACK: again every ~6 s, for ever, without re-registering
+                // (device-protocol.md#observed-refused-connack).
                 Err(None) => {
                     tokio::time::sleep(timing.connack_retry).await;
                     continue;
@@ -1183,7 +1197,8 @@ impl Runner {
                     self.error(format!("0x0211 with invalid type {fw_type}"));
                     return Ok(None);
                 }
-                // §8: the check goes out once 5 s have passed since the last HTTP activity.
+                // device-protocol.md#observed-push-reaction: the check goes out once 5 s have
+                // passed since the last HTTP activity.
                 let gap = self.config.timing.push_http_gap;
                 let at = self.last_http.map_or_else(Instant::now, |t| (t + gap).max(Instant::now()));
                 *pending = Some((PushAction::CheckV41(fw_type), at));

@@ -1,20 +1,27 @@
 //! The device's HTTP, byte for byte: requests spelled as the firmware writes them, and replies
-//! parsed the way GA parses them — by substring search in the raw receive buffer, headers
-//! included (protocol reference §1.3–§1.6, §3.2, §3.3.1–§3.3.2, §3.4, §8).
+//! parsed the way GA parses them — by substring search in the raw receive buffer, headers included
+//! (`device-protocol.md#registration`, `device-protocol.md#provision`,
+//! `device-protocol.md#deregistration`, `device-protocol.md#http-client-limits-and-quirks`,
+//! `device-protocol.md#v4-ota`, `device-protocol.md#v41-check`, `device-protocol.md#v41-reply`,
+//! `device-protocol.md#firmware-download`,
+//! `device-protocol.md#observed-with-the-official-04020006-build`).
 //!
 //! Everything here is pure; the socket work is in [`crate::net`].
 
 use aes::Aes128;
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit, generic_array::GenericArray};
 
-/// GA's receive buffer for API replies: one `recv` of at most this many bytes (§1.6).
+/// GA's receive buffer for API replies: one `recv` of at most this many bytes
+/// (`device-protocol.md#one-1-kb-read-per-reply`).
 pub const API_READ_LEN: usize = 1024;
 
-/// GA's first `recv` of a download (`SOCKET_RECBUFFER_LEN`, §3.4).
+/// GA's first `recv` of a download (`SOCKET_RECBUFFER_LEN`,
+/// `device-protocol.md#the-600-byte-first-read`).
 pub const DOWNLOAD_FIRST_READ: usize = 600;
 
-/// How the firmware spells `Host:` and `Content-Length:`. §8: only `update_and_check` writes
-/// them without a space after the colon.
+/// How the firmware spells `Host:` and `Content-Length:`.
+/// `device-protocol.md#observed-header-spacing`: only `update_and_check` writes them without a
+/// space after the colon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Spelling {
     Spaced,
@@ -31,13 +38,14 @@ fn post(path: &str, host: &str, body: &str, spelling: Spelling) -> Vec<u8> {
     .into_bytes()
 }
 
-/// §1.3, plain registration (GA `Http_POST`).
+/// `device-protocol.md#plain-registration` (GA `Http_POST`).
 pub fn register_plain(api_host: &str, passcode: &str, mac: &str, product_key: &str) -> Vec<u8> {
     let body = format!("passcode={passcode}&mac={mac}&product_key={product_key}");
     post("/dev/devices", api_host, &body, Spelling::Spaced)
 }
 
-/// §1.3, encrypted registration (RTT/LUAT): `data=<hex(AES(mac=..&passcode=..&type=normal))>`.
+/// `device-protocol.md#encrypted-registration` (RTT/LUAT):
+/// `data=<hex(AES(mac=..&passcode=..&type=normal))>`.
 pub fn register_encrypted(api_host: &str, product_key: &str, key: &[u8; 16], mac: &str, passcode: &str) -> Vec<u8> {
     let plain = format!("mac={mac}&passcode={passcode}&type=normal");
     let body = format!("data={}", hex::encode(aes_ecb_encrypt(key, plain.as_bytes())));
@@ -50,18 +58,19 @@ fn get(target: &str, host: &str, extra_headers: &str) -> Vec<u8> {
 
 const PROVISION_HEADERS: &str = "Cache-Control: no-cache\r\nContent-Type: application/x-www-form-urlencoded\r\n";
 
-/// §1.4, plain provision (GA `Http_GET`).
+/// `device-protocol.md#plain-provision` (GA `Http_GET`).
 pub fn provision_plain(api_host: &str, did: &str) -> Vec<u8> {
     get(&format!("/dev/devices/{did}"), api_host, PROVISION_HEADERS)
 }
 
-/// §1.4, encrypted provision: `GET /dev/{pk}/device?did=<hex(AES(did))>`.
+/// `device-protocol.md#encrypted-provision`: `GET /dev/{pk}/device?did=<hex(AES(did))>`.
 pub fn provision_encrypted(api_host: &str, product_key: &str, key: &[u8; 16], did: &str) -> Vec<u8> {
     let enc = hex::encode(aes_ecb_encrypt(key, did.as_bytes()));
     get(&format!("/dev/{product_key}/device?did={enc}"), api_host, PROVISION_HEADERS)
 }
 
-/// §1.5 (GA `Http_Delete`), spaced like every request but `update_and_check`.
+/// `device-protocol.md#deregistration` (GA `Http_Delete`), spaced like every request but
+/// `update_and_check`.
 pub fn delete_device(api_host: &str, did: &str, passcode: &str) -> Vec<u8> {
     let body = format!("did={did}&passcode={passcode}");
     format!(
@@ -72,13 +81,14 @@ pub fn delete_device(api_host: &str, did: &str, passcode: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// §3.3.1, byte for byte: `Host:` and `Content-Length:` without a space (§8).
+/// `device-protocol.md#v41-check`, byte for byte: `Host:` and `Content-Length:` without a space
+/// (`device-protocol.md#observed-header-spacing`).
 pub fn update_and_check(api_host: &str, did: &str, passcode: &str, fw_type: u8, hw: &str, sw: &str) -> Vec<u8> {
     let body = format!("passcode={passcode}&type={fw_type}&hard_version={hw}&soft_version={sw}");
     post(&format!("/dev/ota/v4.1/update_and_check/{did}"), api_host, &body, Spelling::Tight)
 }
 
-/// §3.2 check request (GK `Cloud_Http_GetFid`).
+/// `device-protocol.md#v4-check` request (GK `Cloud_Http_GetFid`).
 pub fn target_fid(
     api_host: &str,
     did: &str,
@@ -95,7 +105,7 @@ pub fn target_fid(
     get(&target, api_host, "Content-Type: application/text\r\n")
 }
 
-/// §3.4 download request: `Host` as the URL names it.
+/// `device-protocol.md#download-request`: `Host` as the URL names it.
 pub fn download(host: &str, path: &str) -> Vec<u8> {
     get(path, host, "Content-Type: application/text\r\n")
 }
@@ -178,7 +188,7 @@ pub fn parse_did(raw: &[u8]) -> Result<String, ReplyError> {
     text(did, "did")
 }
 
-/// Plain registration reply (§1.3): status 201, then the did.
+/// Plain registration reply (`device-protocol.md#plain-registration`): status 201, then the did.
 pub fn parse_register(raw: &[u8]) -> Result<String, ReplyError> {
     expect_status(raw, 201)?;
     parse_did(raw)
@@ -200,7 +210,7 @@ pub fn decrypt_reply(raw: &[u8], key: &[u8; 16]) -> Result<Vec<u8>, ReplyError> 
     aes_ecb_decrypt(key, &cipher).ok_or_else(|| field_err("encrypted body does not decrypt (length or padding)"))
 }
 
-/// What provision gives the device (§1.4).
+/// What provision gives the device (`device-protocol.md#provision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionReply {
     /// M2M host, up to the next `&`.
@@ -242,7 +252,8 @@ pub struct Url {
     pub path: String,
 }
 
-/// `http://host/path`; `https` and `:port` are refused as GA cannot follow them (§3.3.2).
+/// `http://host/path`; `https` and `:port` are refused as GA cannot follow them
+/// (`device-protocol.md#v41-reply`).
 pub fn split_url(url: &str) -> Result<Url, ReplyError> {
     let rest = url.strip_prefix("http://").ok_or_else(|| field_err(format!("URL is not plain http: {url:?}")))?;
     let slash = rest.find('/').ok_or_else(|| field_err(format!("URL has no path: {url:?}")))?;
@@ -253,7 +264,7 @@ pub fn split_url(url: &str) -> Result<Url, ReplyError> {
     Ok(Url { host: host.to_owned(), path: path.to_owned() })
 }
 
-/// V4.1 offer (§3.3.2).
+/// V4.1 offer (`device-protocol.md#v41-reply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V41Offer {
     /// `soft_ver=` up to `&`.
@@ -277,7 +288,7 @@ pub fn parse_update_and_check(raw: &[u8]) -> Result<Option<V41Offer>, ReplyError
     Ok(Some(V41Offer { soft_ver: text(soft_ver, "soft_ver")?, download_url: text(url, "download_url")? }))
 }
 
-/// V4 offer (§3.2).
+/// V4 offer (`device-protocol.md#v4-reply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V4Offer {
     /// `target_fid=` up to `&`.
@@ -322,7 +333,8 @@ pub fn push_url_path(url: &str) -> Option<String> {
     url.find("/dev/ota/download").and_then(|at| url.get(at..)).map(str::to_owned)
 }
 
-/// Headers of a download, found in the first 600 bytes (§3.4).
+/// Headers of a download, found in the first 600 bytes
+/// (`device-protocol.md#the-600-byte-first-read`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadHead {
     /// Bytes of the status line and headers, including the blank line.
@@ -331,7 +343,9 @@ pub struct DownloadHead {
     pub content_length: usize,
     /// `Firmware-MD5: ` as sent.
     pub md5: String,
-    /// `Soft-Version: ` (V4.1; GA copies it into its RAM MCU version, G11 / §8).
+    /// `Soft-Version: ` (V4.1; GA copies it into its RAM MCU version,
+    /// `device-protocol.md#open-question-soft-version-on-wi-fi-downloads`,
+    /// `device-protocol.md#observed-mcu-soft-version-echo`).
     pub soft_version: Option<String>,
     /// `Firmware-Version: ` (V4).
     pub firmware_version: Option<String>,
@@ -379,7 +393,8 @@ pub fn parse_download_head(first: &[u8]) -> Result<DownloadHead, ReplyError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// AES-128-ECB with PKCS#7, as encrypted registration uses it (§1.3, §4).
+// AES-128-ECB with PKCS#7, as encrypted registration uses it
+// (`device-protocol.md#encrypted-registration`, `device-protocol.md#checksums`).
 
 /// Encrypts with PKCS#7 padding (a full block of padding when the input is block-aligned).
 pub fn aes_ecb_encrypt(key: &[u8; 16], plain: &[u8]) -> Vec<u8> {
@@ -417,9 +432,9 @@ mod tests {
 
     const PK: &str = "0123456789abcdef0123456789abcdef";
 
-    /// §3.3.1 byte for byte.
+    /// `device-protocol.md#v41-check` byte for byte.
     #[test]
-    fn update_and_check_is_spelled_like_section_3_3_1() {
+    fn update_and_check_is_spelled_like_the_firmware() {
         let req =
             update_and_check("api.gizwits.com", "AbCdEfGhIjKlMnOpQrStUv", "KQXBDTRLMA", 1, "00ESP826", "04020019");
         let expected = "POST /dev/ota/v4.1/update_and_check/AbCdEfGhIjKlMnOpQrStUv HTTP/1.1\r\n\
@@ -431,9 +446,9 @@ mod tests {
         assert_eq!(String::from_utf8(req).unwrap(), expected);
     }
 
-    /// §1.3 byte for byte.
+    /// `device-protocol.md#plain-registration` byte for byte.
     #[test]
-    fn register_is_spelled_like_section_1_3() {
+    fn register_is_spelled_like_the_firmware() {
         let req = register_plain("api.gizwits.com", "KQXBDTRLMA", "5CCF7F0A1B2C", PK);
         let expected = "POST /dev/devices HTTP/1.1\r\n\
                         Host: api.gizwits.com\r\n\
@@ -444,9 +459,9 @@ mod tests {
         assert_eq!(String::from_utf8(req).unwrap(), expected);
     }
 
-    /// §1.4 byte for byte.
+    /// `device-protocol.md#plain-provision` byte for byte.
     #[test]
-    fn provision_is_spelled_like_section_1_4() {
+    fn provision_is_spelled_like_the_firmware() {
         let req = provision_plain("api.gizwits.com", "AbCdEfGhIjKlMnOpQrStUv");
         let expected = "GET /dev/devices/AbCdEfGhIjKlMnOpQrStUv HTTP/1.1\r\n\
                         Host: api.gizwits.com\r\n\

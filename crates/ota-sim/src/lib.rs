@@ -1,7 +1,8 @@
 //! A faithful GAgent device simulator: devices that behave like the firmware, byte by byte,
 //! over real sockets, so tests against the server prove that real (unflashable) devices work.
 //!
-//! Section numbers refer to the protocol reference, `gagent-protocol.md`.
+//! Citations such as `device-protocol.md#mqtt-login` name a heading of the repository's
+//! `proto-docs/device-protocol.md`, the device protocol in our own words.
 //!
 //! | module | what |
 //! |---|---|

@@ -1,5 +1,5 @@
-//! MCU OTA over the serial link, in process: GAgent's sender side and a simulated MCU, joined by
-//! an in-memory byte pipe carrying real, stuffed serial frames (protocol reference §3.5).
+//! MCU OTA over the serial link, in process: GAgent's sender side and a simulated MCU, joined by an
+//! in-memory byte pipe carrying real, stuffed serial frames (`device-protocol.md#mcu-serial-ota`).
 //!
 //! Baud-rate timing is not simulated; ACK timeouts and retries are.
 
@@ -47,8 +47,9 @@ pub enum McuTransfer {
     },
 }
 
-/// Runs GAgent's side of §3.5.2 against a fresh simulated MCU. `new_sw` is the version the
-/// image carries (the served `Soft-Version`), which the MCU reports after its reboot.
+/// Runs GAgent's side of `device-protocol.md#serial-ota-sequence` against a fresh simulated MCU.
+/// `new_sw` is the version the image carries (the served `Soft-Version`), which the MCU reports
+/// after its reboot.
 pub async fn transfer(
     image: &[u8],
     md5_text: &str,
@@ -160,7 +161,8 @@ async fn send_file(
         return Err("MCU asked for HEX mode but the file is not .hex (0x11, error 4)".into());
     }
     link.send(&ready_frame.ack()).await?;
-    // GA compares the echo with strcmp: letter case matters (G12).
+    // GA compares the echo with strcmp: letter case matters
+    // (device-protocol.md#open-question-md5-letter-case).
     if ready.md5.as_ref() != md5_text.as_bytes() {
         return Err("MCU echoed a different MD5 text; GAgent stops after the ACK".into());
     }
@@ -181,7 +183,8 @@ async fn send_file(
         let size = usize::from(ready.effective_piece_size());
         let chunks: Vec<&[u8]> = image.chunks(size).collect();
         if chunks.len() <= 1 {
-            // GA quirk (§3.5.2): an image that fits in one piece is never sent.
+            // GA quirk (device-protocol.md#serial-ota-sequence): an image that fits in one piece is
+            // never sent.
             return Err("image fits in one piece: GA sends nothing".into());
         }
         let total = u16::try_from(chunks.len()).map_err(|_| "more than 65535 pieces".to_owned())?;

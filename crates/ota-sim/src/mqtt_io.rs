@@ -1,8 +1,9 @@
-//! The device's MQTT receive path, as GA `MQTT_readPacket` does it (protocol reference §1.7,
-//! §8): one `recv` into a 1024-byte buffer; the first packet in it is handled; anything after
-//! it in the same read is lost; a packet longer than what the read returned is thrown away
-//! (V1V3 devices instead hand an oversized PUBLISH to `DRV_OTAPacketHandle`, which reads the
-//! rest of it).
+//! The device's MQTT receive path, as GA `MQTT_readPacket` does it
+//! (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`,
+//! `device-protocol.md#observed-pacing`): one `recv` into a 1024-byte buffer; the first packet in
+//! it is handled; anything after it in the same read is lost; a packet longer than what the read
+//! returned is thrown away (V1V3 devices instead hand an oversized PUBLISH to
+//! `DRV_OTAPacketHandle`, which reads the rest of it).
 
 use bytes::{Bytes, BytesMut};
 use gagent_codec::CodecError;
@@ -80,7 +81,8 @@ pub fn count_packets(mut rest: &[u8]) -> u32 {
     count
 }
 
-/// The CONNECT as GA writes it (§8: `10 48 00 06 4d 51 49 73 64 70 03 c2 00 78` …).
+/// The CONNECT as GA writes it (`10 48 00 06 4d 51 49 73 64 70 03 c2 00 78` …,
+/// `device-protocol.md#observed-connect-and-suback-bytes`).
 pub fn connect_bytes(spec: &DeviceSpec, did: &str) -> Result<Bytes, CodecError> {
     let protocol = match spec.mqtt_protocol {
         MqttProtocol::V31 => Protocol::V31,
@@ -94,7 +96,7 @@ pub fn subscribe_bytes(pkid: u16, topic: &str) -> Result<Bytes, CodecError> {
     Packet::Subscribe(Subscribe { pkid, filters: vec![(topic.to_owned(), 0)] }).encode()
 }
 
-/// The three subscriptions of GA, in order (§1.7).
+/// The three subscriptions of GA, in order (`device-protocol.md#subscriptions-one-at-a-time`).
 pub fn topics(product_key: &str, did: &str) -> [String; 3] {
     [format!("ser2cli_noti/{product_key}"), format!("ser2cli_res/{did}"), format!("app2dev/{did}/#")]
 }
@@ -107,7 +109,7 @@ mod tests {
     const DID: &str = "AbCdEfGhIjKlMnOpQrStUv";
 
     #[test]
-    fn connect_matches_section_8_prefix() {
+    fn connect_matches_the_observed_prefix() {
         let mut spec = DeviceSpec::new("0123456789abcdef0123456789abcdef", "5CCF7F0A1B2C", Method::V41);
         spec.passcode = "KQXBDTRLMA".into();
         let wire = connect_bytes(&spec, DID).unwrap();

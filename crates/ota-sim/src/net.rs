@@ -1,5 +1,7 @@
-//! The device's HTTP socket work: a fresh TCP connection per request, one `recv` of at most
-//! 1024 bytes for API replies, and the 600-byte first read of downloads (§1.2, §1.6, §3.4).
+//! The device's HTTP socket work: a fresh TCP connection per request, one `recv` of at most 1024
+//! bytes for API replies, and the 600-byte first read of downloads
+//! (`device-protocol.md#hosts-and-ports`, `device-protocol.md#one-1-kb-read-per-reply`,
+//! `device-protocol.md#the-600-byte-first-read`).
 //!
 //! The firmware always connects to port 80 of the API host; the simulator connects to its
 //! configured HTTP address instead, whatever host a URL names, and keeps the `Host` header.
@@ -61,7 +63,8 @@ pub async fn api_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> R
     tokio::time::timeout(wait, exchange).await.unwrap_or(Err(NetError::Timeout(wait)))
 }
 
-/// Why a download failed. Nothing of this reaches the cloud (§3.7).
+/// Why a download failed. Nothing of this reaches the cloud
+/// (`device-protocol.md#what-the-cloud-can-see`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DownloadError {
     /// Connect, write or read failed, or a timeout.
@@ -73,7 +76,8 @@ pub enum DownloadError {
     /// Bad status or headers.
     #[error("{0}")]
     Head(ReplyError),
-    /// Headers plus the whole image fit in 600 bytes: the real firmware segfaults (§8).
+    /// Headers plus the whole image fit in 600 bytes: the real firmware segfaults
+    /// (`device-protocol.md#observed-download-first-read`).
     #[error("image of {content_length} bytes fits in the first 600-byte read: GA would crash")]
     ImageTooSmall {
         /// The announced length.
@@ -104,7 +108,8 @@ pub struct Downloaded {
 }
 
 /// The headers are returned apart from the body result because GA acts on them at once (the
-/// `Soft-Version` echo, §8), whatever happens to the body.
+/// `Soft-Version` echo, `device-protocol.md#observed-mcu-soft-version-echo`), whatever happens to
+/// the body.
 #[derive(Debug)]
 pub struct DownloadOutcome {
     /// Headers, if the first read held valid ones.

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Which OTA generation the simulated GAgent speaks (protocol reference §3.0).
+/// Which OTA generation the simulated GAgent speaks (`device-protocol.md#ota-generations`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
-    /// GAgent 01xx–03xx: 0x0205 / 0x0206 / 0x0207 and the firmware inside one MQTT PUBLISH (§3.1).
+    /// GAgent 01xx–03xx: 0x0205 / 0x0206 / 0x0207 and the firmware inside one MQTT PUBLISH
+    /// (`device-protocol.md#v1v3-ota`).
     V1V3,
-    /// GAgent 0400/0401 (GK): `target_fid`, fids and the 0x020E push (§3.2).
+    /// GAgent 0400/0401 (GK): `target_fid`, fids and the 0x020E push (`device-protocol.md#v4-ota`).
     V4,
-    /// GAgent 04010005+ / 0402 (GA): `update_and_check` and the 0x0211 push (§3.3).
+    /// GAgent 04010005+ / 0402 (GA): `update_and_check` and the 0x0211 push
+    /// (`device-protocol.md#v41-ota`).
     V41,
 }
 
@@ -47,7 +49,8 @@ impl FromStr for Method {
     }
 }
 
-/// MQTT protocol of the CONNECT. GA sends `MQIsdp` level 3 (§1.7, §8).
+/// MQTT protocol of the CONNECT. GA sends `MQIsdp` level 3 (`device-protocol.md#connect`,
+/// `device-protocol.md#observed-connect-and-suback-bytes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MqttProtocol {
     /// `MQIsdp`, level 3, as every GAgent build does.
@@ -70,7 +73,8 @@ pub struct Faults {
     pub never_return: bool,
 }
 
-/// Hardware and software version of the MCU behind the module (reply 0x02, §3.5.1).
+/// Hardware and software version of the MCU behind the module (reply 0x02,
+/// `device-protocol.md#serial-commands`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct McuVersions {
     /// 8 chars.
@@ -84,7 +88,8 @@ pub struct McuVersions {
 pub struct DeviceSpec {
     /// 32 hex chars.
     pub product_key: String,
-    /// 32 hex chars; `Some` makes registration and provision use the encrypted endpoints (§1.3).
+    /// 32 hex chars; `Some` makes registration and provision use the encrypted endpoints
+    /// (`device-protocol.md#encrypted-registration`).
     pub product_secret: Option<String>,
     /// 12 hex chars, no separators (GA writes upper case).
     pub mac: String,
@@ -111,7 +116,8 @@ pub struct DeviceSpec {
     /// V4: the fid of the last OTA'd firmware, for both types (GA 0401 sends 0, GK 1).
     /// V1V3: the 8-byte firmware id of 0x0205, as a big-endian number.
     pub current_fid: u32,
-    /// An old did and passcode to DELETE after the boot-time checks (after a PK change, §1.5).
+    /// An old did and passcode to DELETE after the boot-time checks (after a PK change,
+    /// `device-protocol.md#deregistration`).
     pub old_identity: Option<(String, String)>,
 }
 
@@ -142,7 +148,7 @@ impl DeviceSpec {
         }
     }
 
-    /// Checks the formats the firmware would guarantee (§1.1).
+    /// Checks the formats the firmware would guarantee (`device-protocol.md#identifiers`).
     pub fn validate(&self) -> Result<(), SpecError> {
         check_hex("product_key", &self.product_key, 32)?;
         if let Some(secret) = &self.product_secret {
@@ -173,7 +179,7 @@ impl DeviceSpec {
     }
 }
 
-/// 10 random capitals in `A`..`Y`, like GA `make_rand` (§1.1).
+/// 10 random capitals in `A`..`Y`, like GA `make_rand` (`device-protocol.md#identifiers`).
 pub fn random_passcode() -> String {
     let mut rng = rand::rng();
     (0..10).map(|_| char::from(b'A' + rng.random_range(0..25u8))).collect()
@@ -216,7 +222,8 @@ pub enum SpecError {
 pub struct Timing {
     /// PINGREQ period (GA: 50 s).
     pub ping_interval: Duration,
-    /// First PINGREQ after the third SUBACK (§8: about 2 s).
+    /// First PINGREQ after the third SUBACK (about 2 s,
+    /// `device-protocol.md#observed-first-pingreq`).
     pub first_ping_delay: Duration,
     /// Unanswered PINGREQs before logging in again (GA: 3).
     pub max_unanswered_pings: u32,
@@ -230,7 +237,8 @@ pub struct Timing {
     pub http_retry: Duration,
     /// Wait on a download socket before giving up (one attempt, no retry).
     pub download_timeout: Duration,
-    /// Retry period after a refused CONNACK (§8: about 6 s, for ever).
+    /// Retry period after a refused CONNACK (about 6 s, for ever,
+    /// `device-protocol.md#observed-refused-connack`).
     pub connack_retry: Duration,
     /// First reconnect back-off after a lost or failed MQTT connection (GA: 5 s, +10 s each).
     pub reconnect_delay: Duration,
@@ -238,9 +246,11 @@ pub struct Timing {
     pub reconnect_step: Duration,
     /// Wait for CONNACK / SUBACK.
     pub mqtt_reply_timeout: Duration,
-    /// §8: a push is acted on only once this long has passed since the last HTTP activity.
+    /// `device-protocol.md#observed-push-reaction`: a push is acted on only once this long has
+    /// passed since the last HTTP activity.
     pub push_http_gap: Duration,
-    /// Hourly re-provision for the time (§1.4). `None` disables it.
+    /// Hourly re-provision for the time (`device-protocol.md#hourly-re-provision`). `None` disables
+    /// it.
     pub reprovision_interval: Option<Duration>,
     /// Serial ACK wait for normal frames (200 ms).
     pub serial_ack: Duration,

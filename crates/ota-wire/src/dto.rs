@@ -689,8 +689,9 @@ pub struct VersionCount {
 
 // ---------------------------------------------------------------- upgrades and verification
 
-/// Where one device is on its way to one firmware (gap G8 of the protocol reference: the
-/// device reports nothing but versions, so stages are what the server can see).
+/// Where one device is on its way to one firmware
+/// (`device-protocol.md#open-question-progress-and-result-reports`: the device reports nothing but
+/// versions, so stages are what the server can see).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpgradeStage {

@@ -6,20 +6,22 @@
 //! authenticates them (did + passcode) and enforces per-device topic ACLs; the edge then
 //! publishes and subscribes on this bus on their behalf. The broker cannot face devices:
 //!
-//! - GAgent speaks MQTT 3.1 (`MQIsdp`, level 3, protocol §1.7); rumqttd 0.20 closes such a
-//!   socket without a CONNACK.
+//! - GAgent speaks MQTT 3.1 (`MQIsdp`, level 3, `device-protocol.md#connect`); rumqttd 0.20 closes
+//!   such a socket without a CONNACK.
 //! - rumqttd has no per-topic ACL hook, so one device could read or write another's topics.
 //! - In-process links see topic, payload and QoS of a message, never who published it, so a
-//!   `cli2ser_req` (whose topic carries no did, §1.8) could not be attributed to a device.
-//! - rumqttd packs every pending packet into one TCP write; GAgent handles only the first
-//!   packet of a `recv` and drops PUBLISHes longer than 1024 bytes (§1.7).
+//!   `cli2ser_req` (whose topic carries no did, `device-protocol.md#topics`) could not be
+//!   attributed to a device.
+//! - rumqttd packs every pending packet into one TCP write; GAgent handles only the first packet of
+//!   a `recv` and drops PUBLISHes longer than 1024 bytes
+//!   (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`).
 //!
 //! Behind the edge none of this matters: every participant is trusted code of ours.
 //!
 //! # Topics
 //!
-//! The bus carries the device topics of protocol §1.8 unchanged, so consumers see the names
-//! GAgent uses:
+//! The bus carries the device topics of `device-protocol.md#topics` unchanged, so consumers see the
+//! names GAgent uses:
 //!
 //! | topic | published by | subscribed by |
 //! |---|---|---|
@@ -62,9 +64,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-/// Largest MQTT packet the bus sends or accepts, in both modes. V1V3 devices receive their
-/// firmware over MQTT (protocol §3.1), in blobs of hundreds of KiB; rumqttc's default is
-/// 10 KiB.
+/// Largest MQTT packet the bus sends or accepts, in both modes. V1V3 devices receive their firmware
+/// over MQTT (`device-protocol.md#v1v3-ota`), in blobs of hundreds of KiB; rumqttc's default
+/// is 10 KiB.
 pub const MAX_PACKET_SIZE: usize = 4 * 1024 * 1024;
 
 /// Capacity of the channel that [`Bus::start`] returns. Messages that arrive while it is

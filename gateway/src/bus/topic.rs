@@ -15,8 +15,9 @@ const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 /// prefix of a QoS 0 PUBLISH (no packet id).
 const PUBLISH_OVERHEAD: usize = 1 + 4 + 2;
 
-/// A topic name the bus may publish to: no wildcards (§4.7.1), no `$` topics (reserved for
-/// the broker, and rumqttd's catch-all `#` log does not match them, §4.7.2), no NUL (§1.5.3).
+/// A topic name the bus may publish to: no wildcards (MQTT 3.1.1 §4.7.1), no `$` topics
+/// (reserved for the broker, and rumqttd's catch-all `#` log does not match them,
+/// MQTT 3.1.1 §4.7.2), no NUL (MQTT 3.1.1 §1.5.3).
 pub(crate) fn validate_topic(topic: &str) -> Result<(), BusError> {
     let reason = if topic.is_empty() {
         Some("empty topic")
@@ -50,7 +51,7 @@ fn max_payload(topic: &str) -> usize {
     MAX_PACKET_SIZE.saturating_sub(PUBLISH_OVERHEAD + topic.len())
 }
 
-/// A subscription filter (§4.7.1): `#` only as the whole last level, `+` only as a whole
+/// A subscription filter (MQTT 3.1.1 §4.7.1): `#` only as the whole last level, `+` only as a whole
 /// level; `$` filters only in the shared form `$share/<group>/<filter>`.
 pub(crate) fn validate_filter(filter: &str) -> Result<(), BusError> {
     let invalid = |reason: &'static str| Err(BusError::InvalidFilter { filter: filter.to_owned(), reason });

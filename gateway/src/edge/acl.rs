@@ -1,10 +1,11 @@
 //! Which topics a device may use: its own and nothing else (pure, table-tested).
 //!
 //! GAgent subscribes `ser2cli_noti/<product_key>`, `ser2cli_res/<did>` and `app2dev/<did>/#`
-//! (protocol reference §1.7) and publishes on `cli2ser_req` (the did is not in the topic:
-//! the edge takes it from the session, gap G10 adds `cli2ser` and `cli2ser_req/<did>`) and
-//! `dev2app/<did>[/<app client id>]` (§1.8). Everything else is refused: a SUBACK failure
-//! code for a subscription, a dropped and counted PUBLISH for a publish.
+//! (`device-protocol.md#subscriptions-one-at-a-time`) and publishes on `cli2ser_req` (the did is
+//! not in the topic: the edge takes it from the session, and
+//! `device-protocol.md#open-question-the-cli2ser_req-topic` adds `cli2ser` and `cli2ser_req/<did>`)
+//! and `dev2app/<did>[/<app client id>]` (`device-protocol.md#topics`). Everything else is refused:
+//! a SUBACK failure code for a subscription, a dropped and counted PUBLISH for a publish.
 
 /// What a device's PUBLISH is, once its topic passed the ACL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

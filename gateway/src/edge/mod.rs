@@ -1,10 +1,12 @@
 //! The MQTT edge devices log in to: our own MQTT 3.1 (`MQIsdp`) and 3.1.1 server side.
 //!
-//! Why our own: GAgent speaks MQTT 3.1, which rumqttd 0.20 refuses; rumqttd has no per-topic
-//! ACL, does not tell in-process links who published, and packs queued packets into one TCP
-//! write, while GAgent handles only the first packet of each 1 KB read (protocol reference
-//! §1.7, §8). So devices connect here, where the session holds their identity, and the broker
-//! (see [`crate::bus`]) carries messages behind the edge and between gateways.
+//! Why our own: GAgent speaks MQTT 3.1, which rumqttd 0.20 refuses; rumqttd has no per-topic ACL,
+//! does not tell in-process links who published, and packs queued packets into one TCP write, while
+//! GAgent handles only the first packet of each 1 KB read
+//! (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`,
+//! `device-protocol.md#observed-pacing`). So devices connect here, where the session holds their
+//! identity, and the broker (see [`crate::bus`]) carries messages behind the edge and between
+//! gateways.
 //!
 //! Per session:
 //! - **Login:** client id = user name = did, password = passcode, checked against the
@@ -12,20 +14,22 @@
 //!   later as it does with the hosted cloud.
 //! - **Confinement:** see [`acl`]. A refused subscription gets SUBACK code 0x80; a refused
 //!   publish is dropped; both are counted in [`EdgeStats`].
-//! - **One packet per write, paced:** every packet to a device goes through one writer task
-//!   that writes it with one `write_all` and then waits [`EdgeSettings::pace`] before the
-//!   next, so two packets never land in one device read (§8). Packets over 1 KB are never sent
-//!   to a device, except the V1V3 firmware blob, which GK streams to its OTA hook (§3.1).
-//! - **Keep-alive:** 1.5 × the declared value, never less than 150 s (gap G9).
-//! - **Adoption** (devices provisioned by the hosted cloud, see `ota_domain::adoption`): an
-//!   unknown did while some product adopts gets CONNACK 0 *provisionally*; it may do nothing
-//!   but ping until it subscribes `ser2cli_noti/<product_key>` (GAgent's first SUBSCRIBE,
-//!   §1.7). That product's policy then adopts it (the session goes on as any other) or refuses
-//!   it (SUBACK 0x80, then the connection is closed). Other subscriptions get 0x80 and
-//!   publishes are dropped meanwhile; a session that names no product within
-//!   [`EdgeSettings::adoption_timeout`] is closed.
-//! - **Large inbound publishes** (the MCU upload of §2.5) are accepted up to
-//!   [`EdgeSettings::max_inbound_bytes`].
+//! - **One packet per write, paced:** every packet to a device goes through one writer task that
+//!   writes it with one `write_all` and then waits [`EdgeSettings::pace`] before the next, so two
+//!   packets never land in one device read (`device-protocol.md#observed-pacing`). Packets over
+//!   1 KB are never sent to a device, except the V1V3 firmware blob, which GK streams to its OTA
+//!   hook (`device-protocol.md#v1v3-firmware-blob`).
+//! - **Keep-alive:** 1.5 × the declared value, never less than 150 s
+//!   (`device-protocol.md#open-question-keep-alive`).
+//! - **Adoption** (devices provisioned by the hosted cloud, see `ota_domain::adoption`): an unknown
+//!   did while some product adopts gets CONNACK 0 *provisionally*; it may do nothing but ping until
+//!   it subscribes `ser2cli_noti/<product_key>` (GAgent's first SUBSCRIBE,
+//!   `device-protocol.md#subscriptions-one-at-a-time`). That product's policy then adopts it (the
+//!   session goes on as any other) or refuses it (SUBACK 0x80, then the connection is closed).
+//!   Other subscriptions get 0x80 and publishes are dropped meanwhile; a session that names no
+//!   product within [`EdgeSettings::adoption_timeout`] is closed.
+//! - **Large inbound publishes** (the MCU upload of `device-protocol.md#mcu-uploads-over-1-kb`) are
+//!   accepted up to [`EdgeSettings::max_inbound_bytes`].
 
 pub mod acl;
 mod service;
@@ -57,7 +61,8 @@ use crate::push::{PUSH_TOPIC_PREFIX, PushEnvelope};
 /// How long after the first PINGRESP an adopted device is asked to check (see `nudge_check`).
 pub const NUDGE_DELAY: Duration = Duration::from_secs(1);
 
-/// Largest packet a device reads in one `recv` (§1.7).
+/// Largest packet a device reads in one `recv`
+/// (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`).
 pub const DEVICE_PACKET_LIMIT: usize = 1024;
 
 #[derive(Debug, Clone)]
@@ -553,11 +558,12 @@ impl Edge {
         s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
     }
 
-    /// After an open-window adoption, once the device is in its online loop (its first
-    /// PINGREQ: GAgent drops anything but its SUBACK while it subscribes, §1.7), one 0x0211
-    /// type 1 asks it to check, so its versions are known without waiting for a reboot. It goes
-    /// out [`NUDGE_DELAY`] after the PINGRESP, not just one pace later: a device that reads
-    /// both in one `recv` would lose it (§8), and a busy gateway can fall behind the pace.
+    /// After an open-window adoption, once the device is in its online loop (its first PINGREQ:
+    /// GAgent drops anything but its SUBACK while it subscribes,
+    /// `device-protocol.md#subscriptions-one-at-a-time`), one 0x0211 type 1 asks it to check, so
+    /// its versions are known without waiting for a reboot. It goes out [`NUDGE_DELAY`] after the
+    /// PINGRESP, not just one pace later: a device that reads both in one `recv` would lose it
+    /// (`device-protocol.md#observed-pacing`), and a busy gateway can fall behind the pace.
     fn nudge_check(&self, s: &Session) {
         let own = format!("ser2cli_res/{}", s.identity.did);
         let subscribed = s.subscriptions.lock().is_ok_and(|subs| subs.contains(&own));
@@ -682,7 +688,8 @@ async fn send_packet(tx: &mpsc::Sender<Outbound>, packet: Packet) {
 }
 
 /// How long a session may stay silent: 1.5 × the declared keep-alive, never under 150 s
-/// (gap G9: GAgent declares 30–300 s and pings every 50 s); 0 means no limit, as in MQTT.
+/// (`device-protocol.md#open-question-keep-alive`: GAgent declares 30–300 s and pings every 50 s);
+/// 0 means no limit, as in MQTT.
 pub fn keep_alive_limit(declared_secs: u16) -> Option<Duration> {
     match declared_secs {
         0 => None,

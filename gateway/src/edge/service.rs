@@ -1,5 +1,6 @@
-//! The legacy service frames a device sends on `cli2ser_req` (protocol reference §2.3, §3.1):
-//! 0x020F (how many apps are online) and the V1V3 firmware handshake 0x0205 / 0x0207.
+//! The legacy service frames a device sends on `cli2ser_req` (`device-protocol.md#command-words`,
+//! `device-protocol.md#v1v3-ota`): 0x020F (how many apps are online) and the V1V3 firmware
+//! handshake 0x0205 / 0x0207.
 
 use futures_util::StreamExt;
 use gagent_codec::ServiceMessage;
@@ -76,7 +77,8 @@ impl Edge {
         }
     }
 
-    /// 0x0207 → the image inside one PUBLISH (0x0208, gap G4), when an open offer names it.
+    /// 0x0207 → the image inside one PUBLISH (0x0208,
+    /// `device-protocol.md#open-question-the-v1v3-blob-command`), when an open offer names it.
     async fn send_v1v3_image(&self, s: &Session, firmware_id: [u8; 8]) {
         let id = firmware_id_to_i64(firmware_id);
         let offer = match self.domain.v1v3_request(&s.identity.did, id).await {

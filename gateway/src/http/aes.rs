@@ -1,4 +1,5 @@
-//! AES-128-ECB with PKCS#7 padding, for encrypted registration and provision (§1.3, §1.4).
+//! AES-128-ECB with PKCS#7 padding, for encrypted registration and provision
+//! (`device-protocol.md#encrypted-registration`, `device-protocol.md#encrypted-provision`).
 //!
 //! The devices (RTT, LUAT ports) encrypt `mac=..&passcode=..&type=normal` with the product
 //! secret, hex-decoded to 16 bytes, as the key, and send lowercase hex. ECB is what the devices

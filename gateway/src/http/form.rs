@@ -5,10 +5,10 @@
 //! are not UTF-8 become U+FFFD instead of failing the request.
 //!
 //! Building is verbatim on purpose: GAgent finds its fields with `strstr` in the raw reply and
-//! reads up to the next `&` or CRLF (§1.4, §3.2, §3.3.2), without decoding anything. A URL
-//! such as `http://api.gizwits.com/dev/ota/v4.1/download/12` must therefore appear exactly as
-//! written, never as `http%3A%2F%2F...`. [`encode_component`] exists for the rare value that
-//! really needs escaping.
+//! reads up to the next `&` or CRLF (`device-protocol.md#substring-parsing`), without decoding
+//! anything. A URL such as `http://api.gizwits.com/dev/ota/v4.1/download/12` must therefore appear
+//! exactly as written, never as `http%3A%2F%2F...`. [`encode_component`] exists for the rare value
+//! that really needs escaping.
 
 /// Parses a form body or a query string into its pairs, in order, keeping duplicates.
 pub fn parse(input: &str) -> Vec<(String, String)> {

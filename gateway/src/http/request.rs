@@ -1,7 +1,8 @@
 //! Reading one request, leniently enough for GAgent and strictly enough to bound memory.
 //!
-//! What is tolerated, and why (see the module docs of [`crate::http`] for the references):
-//! - `Host:x` / `Content-Length:70` with no space after the colon (§1.6 item 4, §3.3.1, §8);
+//! What is tolerated, and why (see the module docs of [`crate::http`] for the citations):
+//! - `Host:x` / `Content-Length:70` with no space after the colon
+//!   (`device-protocol.md#headers-without-a-space`, `device-protocol.md#observed-header-spacing`);
 //! - header names in any case, optional spaces or tabs around values;
 //! - CRLF or bare LF line ends, blank lines before the request line;
 //! - several spaces between the parts of the request line;
@@ -49,8 +50,9 @@ impl Request {
         self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// The body read as `application/x-www-form-urlencoded`, whatever the Content-Type says:
-    /// GAgent labels form bodies inconsistently (`application/text` on some calls, §3.2).
+    /// The body read as `application/x-www-form-urlencoded`, whatever the Content-Type says: GAgent
+    /// labels form bodies inconsistently (`application/text` on some calls,
+    /// `device-protocol.md#headers-without-a-space`).
     pub fn form(&self) -> Vec<(String, String)> {
         form::parse_bytes(&self.body)
     }
@@ -227,7 +229,8 @@ fn parse_header_line(line: &[u8]) -> Result<(String, String), HttpError> {
     if name.is_empty() || !name.iter().copied().all(is_tchar) {
         return Err(HttpError::BadHeader);
     }
-    // §1.6 item 4: `Host:x` has no space after the colon; trim whatever there is.
+    // device-protocol.md#headers-without-a-space: `Host:x` has no space after the colon; trim
+    // whatever there is.
     let value = value.trim_ascii();
     if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(HttpError::BadHeader);
@@ -376,8 +379,8 @@ mod tests {
         }
     }
 
-    /// §3.3.1, byte for byte as GAgent 04020006 writes it (no space after `Host:` and
-    /// `Content-Length:`, §8).
+    /// `device-protocol.md#v41-check`, byte for byte as GAgent 04020006 writes it (no space after
+    /// `Host:` and `Content-Length:`, `device-protocol.md#observed-header-spacing`).
     const UPDATE_AND_CHECK: &[u8] = b"POST /dev/ota/v4.1/update_and_check/AbCdEfGhIjKlMnOpQrStUv HTTP/1.1\r\n\
 Host:api.gizwits.com\r\n\
 Content-Length:70\r\n\

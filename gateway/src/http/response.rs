@@ -1,12 +1,16 @@
 //! Replies the way GAgent can read them.
 //!
-//! API replies (§1.6, gap G6): one `recv` of at most 1024 bytes reads the whole reply, fields
-//! are found by substring search in the raw buffer (headers included), and `download_url=` is
-//! read up to the next CRLF. So: the whole reply in ≤ 1024 bytes, sent in one write, chunked so
-//! that `\r\n0\r\n\r\n` follows the body, and no header that contains a searched-for key.
+//! API replies (`device-protocol.md#http-client-limits-and-quirks`,
+//! `device-protocol.md#open-question-ending-the-reply-body`): one `recv` of at most 1024 bytes
+//! reads the whole reply, fields are found by substring search in the raw buffer (headers
+//! included), and `download_url=` is read up to the next CRLF. So: the whole reply in ≤ 1024 bytes,
+//! sent in one write, chunked so that `\r\n0\r\n\r\n` follows the body, and no header that contains
+//! a searched-for key.
 //!
-//! Firmware downloads (§3.4, §8): the first `recv` is 600 bytes and is assumed to be full, so
-//! the head is short, never chunked, and goes out in the same write as the start of the body.
+//! Firmware downloads (`device-protocol.md#the-600-byte-first-read`,
+//! `device-protocol.md#observed-download-first-read`): the first `recv` is 600 bytes and is assumed
+//! to be full, so the head is short, never chunked, and goes out in the same write as the start of
+//! the body.
 
 use std::fmt::Write as _;
 use std::io;
@@ -16,10 +20,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::HttpError;
 
-/// GAgent reads an API reply with one `recv` of this many bytes (§1.6 item 1).
+/// GAgent reads an API reply with one `recv` of this many bytes
+/// (`device-protocol.md#one-1-kb-read-per-reply`).
 pub const MAX_API_REPLY_BYTES: usize = 1024;
 
-/// GAgent's first `recv` of a download (`SOCKET_RECBUFFER_LEN`, §3.4).
+/// GAgent's first `recv` of a download (`SOCKET_RECBUFFER_LEN`,
+/// `device-protocol.md#the-600-byte-first-read`).
 pub const DEVICE_FIRST_READ_BYTES: usize = 600;
 
 /// A download head longer than this is refused, leaving at least 88 bytes of body in the
@@ -29,8 +35,8 @@ pub const MAX_DOWNLOAD_HEAD_BYTES: usize = 512;
 /// How much of the body goes out in the same write as the head.
 const FIRST_BODY_PART_BYTES: u64 = 4096;
 
-/// Keys GAgent looks for with `strstr` in the raw reply (§1.3, §1.4, §3.2, §3.3.2): a header
-/// that contains one of them would be read as the field. Compared case-insensitively.
+/// Keys GAgent looks for with `strstr` in the raw reply (`device-protocol.md#substring-parsing`): a
+/// header that contains one of them would be read as the field. Compared case-insensitively.
 pub const DEVICE_SEARCH_KEYS: &[&str] = &[
     "did=",
     "host=",
@@ -109,7 +115,8 @@ pub fn api_reply(status: u16, content_type: &str, body: &[u8]) -> Result<Bytes, 
 }
 
 /// The error reply the server sends for a request it could not read, with the body shape of
-/// gap G5: `{"error_code":<status>,"error_message":"<code>"}`.
+/// `device-protocol.md#open-question-the-no-update-reply`:
+/// `{"error_code":<status>,"error_message":"<code>"}`.
 pub fn error_reply(err: &HttpError) -> Result<Bytes, HttpError> {
     let status = err.status();
     // `code()` is snake_case ASCII: nothing to escape.
@@ -134,16 +141,18 @@ pub fn contains_device_key(text: &str) -> bool {
     DEVICE_SEARCH_KEYS.iter().any(|key| lower.contains(key))
 }
 
-/// The head of a firmware download (§3.4).
+/// The head of a firmware download (`device-protocol.md#download-reply-headers`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadHead {
     /// The exact body length; the body is never chunked.
     pub content_length: u64,
-    /// MD5 of the whole body, 32 hex digits; sent in lowercase (gap G12).
+    /// MD5 of the whole body, 32 hex digits; sent in lowercase
+    /// (`device-protocol.md#open-question-md5-letter-case`).
     pub md5_hex: String,
-    /// `("Soft-Version", v)` for V4.1 MCU (type 2) downloads only, `("Firmware-Version", v)`
-    /// for V4, `None` for V4.1 Wi-Fi downloads (gap G11: GA copies `Soft-Version` into its MCU
-    /// version). Other names are refused.
+    /// `("Soft-Version", v)` for V4.1 MCU (type 2) downloads only, `("Firmware-Version", v)` for
+    /// V4, `None` for V4.1 Wi-Fi downloads
+    /// (`device-protocol.md#open-question-soft-version-on-wi-fi-downloads`: GA copies
+    /// `Soft-Version` into its MCU version). Other names are refused.
     pub version_header: Option<(&'static str, String)>,
     /// The file name; GA treats a `.hex` extension as an Intel-HEX MCU image. Characters
     /// outside `[A-Za-z0-9._-]` become `_`.
@@ -170,7 +179,8 @@ pub fn download_head(head: &DownloadHead) -> Result<Bytes, HttpError> {
     }
     let md5 = md5.to_ascii_lowercase();
     let mut out = String::with_capacity(256);
-    // `Content-Length: ` with exactly one space: GA searches for that spelling (§3.4).
+    // `Content-Length: ` with exactly one space: GA searches for that spelling
+    // (device-protocol.md#download-reply-headers).
     let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nFirmware-MD5: {md5}\r\n", head.content_length);
     if let Some((name, value)) = &head.version_header {
         if !VERSION_HEADER_NAMES.contains(name) {
@@ -191,8 +201,9 @@ pub fn download_head(head: &DownloadHead) -> Result<Bytes, HttpError> {
     Ok(Bytes::from(out))
 }
 
-/// Sends a firmware download: the head and the first part of the body in **one** `write_all`
-/// (at least [`DEVICE_FIRST_READ_BYTES`] when the file is long enough, §8), then the rest.
+/// Sends a firmware download: the head and the first part of the body in **one** `write_all` (at
+/// least [`DEVICE_FIRST_READ_BYTES`] when the file is long enough,
+/// `device-protocol.md#observed-download-first-read`), then the rest.
 ///
 /// Sends exactly `content_length` body bytes. A body that ends early is an error, detected
 /// before anything is written when it ends within the first part; the connection must then be
@@ -247,7 +258,8 @@ mod tests {
             std::str::from_utf8(body).unwrap()
         );
         assert_eq!(&reply[..], expected.as_bytes());
-        // G6: GA reads `download_url=` up to the next CRLF, which must follow the URL.
+        // device-protocol.md#open-question-ending-the-reply-body: GA reads `download_url=` up to
+        // the next CRLF, which must follow the URL.
         assert!(expected.contains("/download/7072\r\n0\r\n\r\n"));
 
         let empty = api_reply(201, "text/plain", b"").unwrap();
@@ -274,7 +286,8 @@ mod tests {
         assert!(api_reply(200, "text/plain", &[0; 4096]).is_err());
     }
 
-    /// §1.6 item 3: GA substring-searches the raw buffer, headers included.
+    /// `device-protocol.md#substring-parsing`: GA substring-searches the raw buffer, headers
+    /// included.
     #[test]
     fn headers_never_contain_device_keys() {
         let replies = [
@@ -346,7 +359,9 @@ mod tests {
         (0..len).map(|i| (i % 251) as u8).collect()
     }
 
-    /// The device's first `recv` of 600 bytes must hold the whole head (§3.4, §8).
+    /// The device's first `recv` of 600 bytes must hold the whole head
+    /// (`device-protocol.md#the-600-byte-first-read`,
+    /// `device-protocol.md#observed-download-first-read`).
     #[tokio::test]
     async fn first_600_bytes_hold_every_header_over_loopback() {
         let image = firmware(26_624);

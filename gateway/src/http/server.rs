@@ -1,10 +1,11 @@
 //! A small accept loop: one task per connection, one request per connection, then close.
 //!
-//! GAgent closes its previous socket and opens a fresh connection for every request (§1.2),
-//! so there is no keep-alive to support, and every reply says `Connection: close`. A malformed
-//! request costs only its own connection: it gets a 4xx API reply with the body of gap G5 and
-//! the socket is closed. The number of connections is bounded by a semaphore; when it is
-//! exhausted, new connections are accepted and closed at once rather than left in the backlog.
+//! GAgent closes its previous socket and opens a fresh connection for every request
+//! (`device-protocol.md#hosts-and-ports`), so there is no keep-alive to support, and every reply
+//! says `Connection: close`. A malformed request costs only its own connection: it gets a 4xx API
+//! reply with the body of `device-protocol.md#open-question-the-no-update-reply` and the socket is
+//! closed. The number of connections is bounded by a semaphore; when it is exhausted, new
+//! connections are accepted and closed at once rather than left in the backlog.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,9 +38,10 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request, peer: SocketAddr) -> impl Future<Output = Reply> + Send;
 }
 
-/// Called once a download has ended, with the body bytes sent or why it failed (a write
-/// error, a body shorter than its Content-Length, the download timeout). The download status
-/// of gap G8 is recorded from it; it runs on the connection task, so it must not block.
+/// Called once a download has ended, with the body bytes sent or why it failed (a write error, a
+/// body shorter than its Content-Length, the download timeout). The download status of
+/// `device-protocol.md#open-question-progress-and-result-reports` is recorded from it; it runs on
+/// the connection task, so it must not block.
 pub type DoneHook = Box<dyn FnOnce(std::io::Result<u64>) + Send>;
 
 /// The answer to one request.

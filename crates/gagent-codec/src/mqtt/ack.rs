@@ -4,10 +4,11 @@
 //! 40 / 50 / 62 / 70 / B0 | 02 | packet id (2 BE)
 //! ```
 //!
-//! GAgent publishes and subscribes at QoS 0 only (§1.7), so none of these appear in a GAgent
-//! session; they are here so that any MQTT 3.1 / 3.1.1 client can be decoded. PUBREL carries
-//! fixed-header flags `0x2`, the others `0x0`. A remaining length other than 2 is an error:
-//! 3.1.1 gives these packets a closed layout (the properties of MQTT 5 are not accepted).
+//! GAgent publishes and subscribes at QoS 0 only
+//! (`device-protocol.md#subscriptions-one-at-a-time`), so none of these appear in a GAgent session;
+//! they are here so that any MQTT 3.1 / 3.1.1 client can be decoded. PUBREL carries fixed-header
+//! flags `0x2`, the others `0x0`. A remaining length other than 2 is an error: 3.1.1 gives these
+//! packets a closed layout (the properties of MQTT 5 are not accepted).
 
 use crate::error::CodecError;
 

@@ -1,13 +1,15 @@
-//! CONNACK, the server's answer to CONNECT (protocol reference §1.7, §8).
+//! CONNACK, the server's answer to CONNECT (`device-protocol.md#connack-handling`,
+//! `device-protocol.md#observed-refused-connack`).
 //!
 //! ```text
 //! 20 02 | acknowledge flags (bit 0: session present) | return code
 //! ```
 //!
 //! GAgent checks only that the first two bytes are non-zero and that the return code is 0
-//! (§1.7); any other code makes it retry about every 6 s, for ever (§8). The acknowledge flags
-//! byte is "reserved" in 3.1 and carries session-present in 3.1.1: a server answering a 3.1
-//! client should leave [`Connack::session_present`] false, which gives `20 02 00 00`.
+//! (`device-protocol.md#connack-handling`); any other code makes it retry about every 6 s, for ever
+//! (`device-protocol.md#observed-refused-connack`). The acknowledge flags byte is "reserved" in 3.1
+//! and carries session-present in 3.1.1: a server answering a 3.1 client should leave
+//! [`Connack::session_present`] false, which gives `20 02 00 00`.
 
 use bytes::{BufMut, BytesMut};
 
@@ -90,7 +92,7 @@ mod tests {
         decode(&mut BytesMut::from(bytes), 1024)
     }
 
-    /// §1.7: the accepting CONNACK GAgent waits for.
+    /// `device-protocol.md#connack-handling`: the accepting CONNACK GAgent waits for.
     #[test]
     fn golden_accepted() {
         let packet = Packet::Connack(Connack::new(ConnectReturnCode::Accepted));

@@ -1,4 +1,5 @@
-//! CONNECT, the first packet of every connection (protocol reference §1.7, §8).
+//! CONNECT, the first packet of every connection (`device-protocol.md#connect`,
+//! `device-protocol.md#observed-connect-and-suback-bytes`).
 //!
 //! ```text
 //! 10 | remaining length | 00 06 "MQIsdp" 03 | flags | keep-alive (2 BE)
@@ -13,8 +14,9 @@
 //! | | user name | password | will retain | will QoS | will | clean session | reserved, 0 |
 //!
 //! GAgent 04020006 sends exactly `10 48 00 06 4d 51 49 73 64 70 03 c2 00 78`, then the did as
-//! client id, the did as user name and the passcode as password (§8): MQTT 3.1, flags `C2`
-//! (user name, password, clean session, no will), keep-alive 120 s.
+//! client id, the did as user name and the passcode as password
+//! (`device-protocol.md#observed-connect-and-suback-bytes`): MQTT 3.1, flags `C2` (user name,
+//! password, clean session, no will), keep-alive 120 s.
 //!
 //! Leniency, and why:
 //! - The client id is not capped at 23 characters (a 3.1 rule that 3.1.1 dropped); a did is
@@ -45,7 +47,8 @@ const RESERVED: u8 = 0x01;
 /// The protocol a client asked for in its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    /// MQTT 3.1: protocol name `MQIsdp`, level 3. What GAgent speaks (§1.7).
+    /// MQTT 3.1: protocol name `MQIsdp`, level 3. What GAgent speaks
+    /// (`device-protocol.md#connect`).
     V31,
     /// MQTT 3.1.1: protocol name `MQTT`, level 4.
     V311,
@@ -90,7 +93,8 @@ pub struct Connect {
     pub protocol: Protocol,
     /// Clean-session flag; GAgent always sets it.
     pub clean_session: bool,
-    /// Keep-alive in seconds (GAgent: 120, §1.7); 0 turns the mechanism off.
+    /// Keep-alive in seconds (GAgent: 120, `device-protocol.md#connect`); 0 turns the mechanism
+    /// off.
     pub keep_alive: u16,
     /// For GAgent: the did.
     pub client_id: String,
@@ -104,7 +108,7 @@ pub struct Connect {
 
 impl Connect {
     /// A clean-session CONNECT with user name and password and no will, the way GAgent logs in
-    /// (§1.7): client id and user name are both `did`.
+    /// (`device-protocol.md#connect`): client id and user name are both `did`.
     pub fn gagent(protocol: Protocol, did: &str, passcode: &str, keep_alive: u16) -> Self {
         Connect {
             protocol,
@@ -248,9 +252,10 @@ mod tests {
         Ok(packet)
     }
 
-    /// §8 byte for byte: GAgent 04020006's CONNECT.
+    /// `device-protocol.md#observed-connect-and-suback-bytes` byte for byte: GAgent 04020006's
+    /// CONNECT.
     #[test]
-    fn golden_gagent_connect_of_section_8() {
+    fn golden_gagent_connect_as_observed() {
         let hex_did = hex::encode(DID);
         let expected = wire(&format!(
             "10 48 00 06 4d 51 49 73 64 70 03 c2 00 78 0016{hex_did} 0016{hex_did} 000a{}",

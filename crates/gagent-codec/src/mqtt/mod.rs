@@ -1,5 +1,6 @@
-//! MQTT 3.1 / 3.1.1 packets: typed values, encoding, and a streaming decoder (protocol
-//! reference §1.7, §2.4, §8).
+//! MQTT 3.1 / 3.1.1 packets: typed values, encoding, and a streaming decoder
+//! (`device-protocol.md#mqtt-login`, `device-protocol.md#worked-example-v41-push-publish`,
+//! `device-protocol.md#observed-connect-and-suback-bytes`).
 //!
 //! GAgent speaks MQTT 3.1 (`MQIsdp`, level 3) and the Gizwits broker never spoke anything else;
 //! newer clients and test tools speak 3.1.1 (`MQTT`, level 4). The wire format of the two is
@@ -31,7 +32,8 @@
 //! use bytes::BytesMut;
 //! use gagent_codec::mqtt::{self, Packet};
 //!
-//! // §8: SUBACK for message id 1, granted QoS 0, then a PINGREQ, in one read.
+//! // device-protocol.md#observed-connect-and-suback-bytes: SUBACK for message id 1, granted
+//! // QoS 0, then a PINGREQ, in one read.
 //! let mut buf = BytesMut::from(&[0x90, 0x03, 0x00, 0x01, 0x00, 0xC0, 0x00][..]);
 //! let suback = mqtt::Suback { pkid: 1, return_codes: vec![0] };
 //! assert_eq!(mqtt::decode(&mut buf, 1024)?, Some(Packet::Suback(suback)));
@@ -63,8 +65,10 @@ pub use suback::Suback;
 pub use subscribe::Subscribe;
 pub use unsubscribe::Unsubscribe;
 
-/// The packet size GAgent can receive (§1.7): every read is one `recv` into a 1024-byte buffer
-/// and a longer packet is thrown away. Anything a gateway sends to a device must fit.
+/// The packet size GAgent can receive
+/// (`device-protocol.md#inbound-limit-1-kb-one-packet-per-read`): every read is one `recv` into a
+/// 1024-byte buffer and a longer packet is thrown away. Anything a gateway sends to a device must
+/// fit.
 pub const DEVICE_RECV_LIMIT: usize = 1024;
 
 /// Largest value of a 2-byte length prefix: the longest string or binary field.
@@ -258,7 +262,7 @@ fn type_name(packet_type: u8) -> &'static str {
     }
 }
 
-/// The fixed-header flags every packet type but PUBLISH must carry (3.1.1 §2.2.2).
+/// The fixed-header flags every packet type but PUBLISH must carry (MQTT 3.1.1 §2.2.2).
 ///
 /// PUBREL, SUBSCRIBE and UNSUBSCRIBE are `0x2` ("QoS 1") because in 3.1 they were sent at QoS 1;
 /// 3.1.1 froze that value. A 3.1 client could in theory set DUP on a retransmitted SUBSCRIBE
@@ -462,7 +466,7 @@ pub(crate) fn check_pkid(packet: &'static str, pkid: u16) -> Result<(), CodecErr
     if pkid == 0 { Err(CodecError::PacketIdZero { packet }) } else { Ok(()) }
 }
 
-/// A topic *name* (PUBLISH, will): at least one character, no wildcards (3.1.1 §4.7).
+/// A topic *name* (PUBLISH, will): at least one character, no wildcards (MQTT 3.1.1 §4.7).
 pub(crate) fn check_topic_name(topic: &str) -> Result<(), CodecError> {
     let reason = if topic.is_empty() {
         "a topic name must not be empty"

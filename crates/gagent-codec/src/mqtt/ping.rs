@@ -5,10 +5,11 @@
 //! D0 00    PINGRESP  server → client
 //! ```
 //!
-//! GAgent sends a PINGREQ about 2 s after its third SUBACK and then every 50 s, and logs in
-//! again after three unanswered pings (§1.7, §8). A non-zero remaining length is an error
-//! ([`CodecError::TrailingPacketBytes`](crate::CodecError::TrailingPacketBytes)): the packet
-//! has a closed layout, and bytes there mean the stream is out of step.
+//! GAgent sends a PINGREQ about 2 s after its third SUBACK and then every 50 s, and logs in again
+//! after three unanswered pings (`device-protocol.md#keep-alive`,
+//! `device-protocol.md#observed-first-pingreq`). A non-zero remaining length is an error
+//! ([`CodecError::TrailingPacketBytes`](crate::CodecError::TrailingPacketBytes)): the packet has a
+//! closed layout, and bytes there mean the stream is out of step.
 
 #[cfg(test)]
 mod tests {
@@ -21,7 +22,7 @@ mod tests {
         decode(&mut BytesMut::from(bytes), 1024)
     }
 
-    /// §8: `c0 00` and `d0 00`.
+    /// The PINGREQ and PINGRESP of a GAgent session: `c0 00` and `d0 00`.
     #[test]
     fn golden_pings() {
         assert_eq!(Packet::PingReq.encode().unwrap().as_ref(), &[0xC0, 0x00]);

@@ -1,17 +1,19 @@
-//! PUBLISH, an application message in either direction (protocol reference §1.7, §2.4).
+//! PUBLISH, an application message in either direction (`device-protocol.md#mqtt-login`,
+//! `device-protocol.md#worked-example-v41-push-publish`).
 //!
 //! ```text
 //! 3 | DUP RETAIN QoS (4 bits) | remaining length | topic (2-byte length + UTF-8)
 //!   | [packet id (2 BE), only when QoS > 0] | payload (the rest)
 //! ```
 //!
-//! Every Gizwits publish in either direction is QoS 0 without DUP or RETAIN (`30 …`, §1.7),
-//! and the payload is one standard or legacy frame. The other QoS levels are decoded anyway,
-//! since an MQTT test tool or a non-GAgent client may use them. A QoS 0 publish with DUP set is
-//! accepted though 3.1.1 forbids it: 3.1 did not, and the flag changes nothing at QoS 0.
+//! Every Gizwits publish in either direction is QoS 0 without DUP or RETAIN (`30 …`,
+//! `device-protocol.md#subscriptions-one-at-a-time`), and the payload is one standard or legacy
+//! frame. The other QoS levels are decoded anyway, since an MQTT test tool or a non-GAgent client
+//! may use them. A QoS 0 publish with DUP set is accepted though 3.1.1 forbids it: 3.1 did not, and
+//! the flag changes nothing at QoS 0.
 //!
-//! Remember §1.7 when encoding for a device: GAgent throws away any packet over
-//! [`DEVICE_RECV_LIMIT`](super::DEVICE_RECV_LIMIT) bytes.
+//! Remember `device-protocol.md#inbound-limit-1-kb-one-packet-per-read` when encoding for a device:
+//! GAgent throws away any packet over [`DEVICE_RECV_LIMIT`](super::DEVICE_RECV_LIMIT) bytes.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -36,7 +38,7 @@ pub struct Publish {
     pub topic: String,
     /// Packet id: present exactly when `qos > 0`, never 0.
     pub pkid: Option<u16>,
-    /// The application message (for Gizwits, one frame of §2).
+    /// The application message (for Gizwits, one frame of `device-protocol.md#frames`).
     pub payload: Bytes,
 }
 
@@ -109,9 +111,10 @@ mod tests {
         decode(&mut BytesMut::from(bytes), usize::MAX)
     }
 
-    /// §2.4 byte for byte, through `Packet::Publish`, and identical to `publish_qos0`.
+    /// `device-protocol.md#worked-example-v41-push-publish` byte for byte, through
+    /// `Packet::Publish`, and identical to `publish_qos0`.
     #[test]
-    fn golden_worked_publish_of_section_2_4() {
+    fn golden_worked_v41_push_publish() {
         let expected = hex::decode(
             [
                 "30 43",

@@ -1,13 +1,17 @@
-//! SUBACK, the answer to SUBSCRIBE (protocol reference §1.7, §8).
+//! SUBACK, the answer to SUBSCRIBE (`device-protocol.md#subscriptions-one-at-a-time`,
+//! `device-protocol.md#observed-connect-and-suback-bytes`).
 //!
 //! ```text
 //! 90 | remaining length | packet id (2 BE) | return code per filter
 //! ```
 //!
-//! GAgent 04020006 waits for `90 03 00 0n 00` after each of its three SUBSCRIBEs (§8) and
-//! matches the packet id. Return codes are the granted QoS 0–2, or `0x80` for a refused
-//! filter; 3.1 knew only 0–2, 3.1.1 added `0x80`, and both are accepted in either version.
-//! Remember §1.7 and §8: a SUBACK must not share a TCP write with the next packet to a device.
+//! GAgent 04020006 waits for `90 03 00 0n 00` after each of its three SUBSCRIBEs
+//! (`device-protocol.md#observed-connect-and-suback-bytes`) and matches the packet id. Return codes
+//! are the granted QoS 0–2, or `0x80` for a refused filter; 3.1 knew only 0–2, 3.1.1 added `0x80`,
+//! and both are accepted in either version. Remember
+//! `device-protocol.md#inbound-limit-1-kb-one-packet-per-read` and
+//! `device-protocol.md#observed-pacing`: a SUBACK must not share a TCP write with the next packet
+//! to a device.
 
 use bytes::{BufMut, BytesMut};
 
@@ -68,7 +72,7 @@ mod tests {
         decode(&mut BytesMut::from(bytes), 1024)
     }
 
-    /// §8: `90 03 00 01 00`.
+    /// `device-protocol.md#observed-connect-and-suback-bytes`: `90 03 00 01 00`.
     #[test]
     fn golden_gagent_suback() {
         let packet = Packet::Suback(Suback { pkid: 1, return_codes: vec![0] });

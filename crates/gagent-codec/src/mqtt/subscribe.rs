@@ -1,4 +1,5 @@
-//! SUBSCRIBE (protocol reference §1.7, §8).
+//! SUBSCRIBE (`device-protocol.md#subscriptions-one-at-a-time`,
+//! `device-protocol.md#observed-connect-and-suback-bytes`).
 //!
 //! ```text
 //! 82 | remaining length | packet id (2 BE) | (topic filter (2-byte length + UTF-8) | QoS)+
@@ -6,7 +7,8 @@
 //!
 //! GAgent sends three SUBSCRIBEs one at a time, each with one filter and requested QoS 0, with
 //! packet ids counting up from 1: `ser2cli_noti/<product_key>`, `ser2cli_res/<did>`,
-//! `app2dev/<did>/#` (§1.7). Each waits for the SUBACK with its own id.
+//! `app2dev/<did>/#` (`device-protocol.md#subscriptions-one-at-a-time`). Each waits for the SUBACK
+//! with its own id.
 //!
 //! The requested-QoS byte must be 0, 1 or 2: its upper six bits are reserved in 3.1.1 and were
 //! never used in 3.1. The filter's wildcard syntax is left to the broker.
@@ -79,7 +81,7 @@ mod tests {
         decode(&mut BytesMut::from(bytes), 1024)
     }
 
-    /// The third SUBSCRIBE of §1.7.
+    /// The third SUBSCRIBE of `device-protocol.md#subscriptions-one-at-a-time`.
     #[test]
     fn golden_gagent_subscribe() {
         let packet =

@@ -1,14 +1,15 @@
-//! Typed payloads of the big-file commands 0x19, 0x1B and 0x1D (protocol reference §3.5.1,
-//! §3.5.2, §2.5).
+//! Typed payloads of the big-file commands 0x19, 0x1B and 0x1D
+//! (`device-protocol.md#serial-commands`, `device-protocol.md#serial-ota-sequence`,
+//! `device-protocol.md#mcu-uploads-over-1-kb`).
 //!
 //! The same three commands carry MCU OTA (GAgent → MCU) and MCU → cloud uploads (MCU →
 //! GAgent). Each helper converts to and from a whole [`SerialFrame`] because 0x1B keeps part of
 //! its meaning (binary or HEX mode) in the frame flags rather than the payload.
 //!
-//! The MD5 travels as **text** (32 ASCII hex digits) and GA compares the MCU's echo with
-//! `strcmp`, so it is kept as raw bytes here, exactly as received: letter case matters (G12).
-//! Its length is on the wire (`md5_len`, always 0x0020 in practice), so other lengths are
-//! carried faithfully rather than rejected.
+//! The MD5 travels as **text** (32 ASCII hex digits) and GA compares the MCU's echo with `strcmp`,
+//! so it is kept as raw bytes here, exactly as received: letter case matters
+//! (`device-protocol.md#open-question-md5-letter-case`). Its length is on the wire (`md5_len`,
+//! always 0x0020 in practice), so other lengths are carried faithfully rather than rejected.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -177,7 +178,8 @@ mod tests {
         assert_eq!(SerialFrame::decode(wire).as_ref(), Ok(frame), "decode");
     }
 
-    /// §3.5.2 step 2: 26 624-byte image, sn 5. The reference checksum 0x95 matches.
+    /// `device-protocol.md#serial-ota-sequence` step 2: 26 624-byte image, sn 5. The documented
+    /// checksum 0x95 matches.
     #[test]
     fn golden_file_offer_19() {
         let wire = bytes_of(
@@ -190,8 +192,8 @@ mod tests {
         assert_eq!(FileOffer::from_frame(&frame), Ok(offer));
     }
 
-    /// §3.5.2 step 4: binary mode, piece size 128. With this MD5 text the reference checksum
-    /// 0xA9 matches.
+    /// `device-protocol.md#serial-ota-sequence` step 4: binary mode, piece size 128. With this MD5
+    /// text the documented checksum 0xA9 matches.
     #[test]
     fn golden_file_ready_1b() {
         let wire = bytes_of(&format!("FF FF 00 29 1B 01 00 00 00 20 {} 00 80 A9", hex::encode(MD5)));
@@ -212,8 +214,8 @@ mod tests {
         assert_eq!(FileReady::from_frame(&with_other_bits), Ok(ready));
     }
 
-    /// §3.5.2 step 5: piece 1 of 208 with 4 data bytes, sn 6. The reference checksum 0x71
-    /// matches.
+    /// `device-protocol.md#serial-ota-sequence` step 5: piece 1 of 208 with 4 data bytes, sn 6. The
+    /// documented checksum 0x71 matches.
     #[test]
     fn golden_file_piece_1d() {
         let wire = bytes_of("FF FF 00 0D 1D 06 00 00 00 01 00 D0 00 50 00 20 71");

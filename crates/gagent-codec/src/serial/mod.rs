@@ -1,4 +1,4 @@
-//! The GAgent ↔ MCU serial frame (protocol reference §3.5.1).
+//! The GAgent ↔ MCU serial frame (`device-protocol.md#serial-frame`).
 //!
 //! ```text
 //! FF FF | len (2 BE) | cmd (1) | sn (1) | flags (2 BE) | payload | checksum (1)
@@ -39,7 +39,8 @@ pub const MIN_LEN: usize = 5;
 /// Largest payload: `len` is 16 bits and includes the five fixed bytes.
 pub const MAX_PAYLOAD: usize = u16::MAX as usize - MIN_LEN;
 
-/// Serial command bytes used by the OTA and big-file flows (§3.5.1). An ACK is always cmd + 1.
+/// Serial command bytes used by the OTA and big-file flows (`device-protocol.md#serial-commands`).
+/// An ACK is always cmd + 1.
 pub mod cmd {
     /// "Big file coming": file size and MD5 text. ACK 0x1A.
     pub const FILE_OFFER: u8 = 0x19;
@@ -202,7 +203,7 @@ mod tests {
         hex::decode(wire.replace(' ', "")).unwrap()
     }
 
-    /// §3.5.1: the ACK of a 0x19 with sn 5.
+    /// `device-protocol.md#serial-frame`: the ACK of a 0x19 with sn 5.
     #[test]
     fn golden_ack_1a() {
         let wire = bytes_of("FF FF 00 05 1A 05 00 00 24");
@@ -212,7 +213,7 @@ mod tests {
         assert_eq!(SerialFrame::new(cmd::FILE_OFFER, 5, Bytes::new()).ack(), frame);
     }
 
-    /// §3.5.2 step 5: data `12 FF 34` goes on the wire as `12 FF 55 34`.
+    /// `device-protocol.md#serial-frame`: data `12 FF 34` goes on the wire as `12 FF 55 34`.
     #[test]
     fn golden_stuffing_example() {
         let mut out = BytesMut::new();

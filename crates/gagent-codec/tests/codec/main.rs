@@ -1,6 +1,6 @@
 //! Property and soak tests of the public API, in one test binary.
 //!
-//! Golden examples from the protocol reference live next to the code as unit tests.
+//! Golden examples from `proto-docs/device-protocol.md` live next to the code as unit tests.
 
 mod mqtt;
 mod no_panic;

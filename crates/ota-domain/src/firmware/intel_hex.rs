@@ -11,7 +11,8 @@ pub struct HexError {
     pub reason: &'static str,
 }
 
-/// The longest record line the device's HEX mode carries, CRLF included (section 3.5.2).
+/// The longest record line the device's HEX mode carries, CRLF included
+/// (`device-protocol.md#serial-ota-sequence`).
 const MAX_LINE: usize = 263;
 
 /// Checks every record (start code, hex digits, byte count, record type, checksum) and that an

@@ -621,7 +621,7 @@ pub const BOOT_WIFI_WINDOW_MS: i64 = 60_000;
 pub const BOOT_MCU_WINDOW_MS: i64 = 20 * 60_000;
 
 /// The boot sequence seen last: GAgent starts every boot with provision, then a type-1
-/// check, then a type-2 check (device protocol: boot sequence). An hourly provision is
+/// check, then a type-2 check (`device-protocol.md#boot-sequence`). An hourly provision is
 /// followed by no check, and a pushed check names one type only, so the three in this order
 /// and within these windows are the boot's. The MCU check of that sequence carries the
 /// version the MCU itself just gave GAgent over the serial link; any other type-2 check may

@@ -1,8 +1,8 @@
 //! What a device check answers and records: `update_and_check` (V4.1), `target_fid` (V4) and
 //! 0x0205 (V1V3).
 //!
-//! A check is the only version report GAgent makes (device protocol: what the cloud can
-//! see). In one transaction it
+//! A check is the only version report GAgent makes
+//! (`device-protocol.md#what-the-cloud-can-see`). In one transaction it
 //! 1. stores the reported versions on the device, except an MCU echo (below);
 //! 2. moves the device's open records: the target reported → `succeeded`; another version
 //!    after a complete download → `failed` (old version reported);
@@ -12,7 +12,7 @@
 //!
 //! **The MCU echo.** GAgent copies the `Soft-Version` header of an MCU download into RAM at
 //! once, so a type-2 check in the same session reports the served version although no MCU was
-//! flashed (device protocol: observed with the official firmware). A type-2 report equal to a
+//! flashed (`device-protocol.md#observed-mcu-soft-version-echo`). A type-2 report equal to a
 //! version served to that device counts only when it comes with a reboot proof: the boot
 //! sequence provision → type-1 check → type-2 check ([`crate::lifecycle::BootTrack`]). An
 //! echo is neither stored nor counted; the offer is computed against what the device claims,
@@ -66,8 +66,8 @@ pub struct Offer {
     pub product_key: String,
 }
 
-/// Why a check got no offer (the two texts the hosted cloud used; device protocol, open
-/// question "the no-update reply").
+/// Why a check got no offer: the two texts the hosted cloud used
+/// (`device-protocol.md#open-question-the-no-update-reply`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoOffer {
     /// 9500: nothing is being pushed to this device.
