@@ -100,7 +100,14 @@ async fn run_scheduler(domain: Domain, push: PushSettings) {
 /// Keeps this gateway's lease and reaps dead ones; writes the live sessions again when the
 /// database may have fallen behind them (a failed presence batch, an outage long enough for
 /// the lease to lapse).
-async fn run_liveness(domain: Domain, node: String, started_at: i64, lease: Duration, edge: Arc<Edge>, presence: PresenceWriter) {
+async fn run_liveness(
+    domain: Domain,
+    node: String,
+    started_at: i64,
+    lease: Duration,
+    edge: Arc<Edge>,
+    presence: PresenceWriter,
+) {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -116,7 +123,12 @@ async fn run_liveness(domain: Domain, node: String, started_at: i64, lease: Dura
                 }
                 match domain.reap_gateways(&node).await {
                     Ok(c) if c.gateways > 0 => {
-                        tracing::warn!(gateways = c.gateways, devices = c.devices, downloads = c.downloads, "dead gateways reaped");
+                        tracing::warn!(
+                            gateways = c.gateways,
+                            devices = c.devices,
+                            downloads = c.downloads,
+                            "dead gateways reaped"
+                        );
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reaping dead gateways failed"),

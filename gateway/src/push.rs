@@ -65,7 +65,11 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_anything_else_is_refused() {
-        let e = PushEnvelope { upgrade_id: 7, opening: Some(1_767_225_600_000), frame: Bytes::from_static(b"\0\0\0\x03\x02\x11\x01") };
+        let e = PushEnvelope {
+            upgrade_id: 7,
+            opening: Some(1_767_225_600_000),
+            frame: Bytes::from_static(b"\0\0\0\x03\x02\x11\x01"),
+        };
         let wire = e.encode();
         assert_eq!(&wire[..4], b"OTP1");
         assert_eq!(PushEnvelope::decode(&wire), Some(e.clone()));

@@ -309,7 +309,8 @@ async fn a_cut_download_fails_and_a_silent_device_expires() {
     .await;
     let failed = p.wait_verification(fw1, "failed").await;
     assert_eq!(failed["stage"], "failed");
-    assert!(failed["reason"].as_str().unwrap().contains("download interrupted"), "{failed:#}");
+    assert!(failed["reason"].as_str().unwrap().starts_with("download cut after "), "{failed:#}");
+    assert_eq!(failed["failure"], json!({ "kind": "download_cut", "stage": "downloading" }));
     assert!(!failed["times"]["download_started_at"].is_null());
 
     // The MD5 check fails on the device, which says nothing: the verification runs out.

@@ -10,8 +10,9 @@ use chrono::{TimeZone, Utc};
 use futures_util::future::BoxFuture;
 use ota_domain::Domain;
 use ota_domain::devices::PresenceWriter;
+use ota_domain::lifecycle::Event;
 use ota_domain::notify::{DeviceNotifier, PushNotice};
-use ota_domain::upgrades::{Check, CheckAuth};
+use ota_domain::upgrades::{Check, CheckAuth, RecordEvent};
 use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -20,14 +21,23 @@ use crate::support::*;
 
 pub const HW: &str = "00ESP826";
 
-/// Records every push instead of sending it; fails pushes to the dids in `refuse`.
+/// Records every push instead of sending it; fails pushes to the dids in `refuse`. With
+/// `deliver_to` it also acknowledges each push as delivered, as the edge holding the
+/// device's session does, except pushes to the dids in `lose` (taken, never delivered).
 #[derive(Default, Clone)]
 pub struct Recorder {
     pub sent: Arc<Mutex<Vec<PushNotice>>>,
     pub refuse: Arc<Mutex<Vec<String>>>,
+    pub lose: Arc<Mutex<Vec<String>>>,
+    pub deliver_to: Option<Domain>,
 }
 
 impl Recorder {
+    /// A recorder whose pushes reach the devices.
+    pub fn delivering(domain: &Domain) -> Recorder {
+        Recorder { deliver_to: Some(domain.clone()), ..Recorder::default() }
+    }
+
     pub fn take(&self) -> Vec<String> {
         let mut dids: Vec<String> = self.sent.lock().unwrap().drain(..).map(|n| n.did).collect();
         dids.sort();
@@ -38,10 +48,22 @@ impl Recorder {
 impl DeviceNotifier for Recorder {
     fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>> {
         let refused = self.refuse.lock().unwrap().contains(&notice.did);
+        let lost = self.lose.lock().unwrap().contains(&notice.did);
+        let ack = (!refused && !lost).then(|| self.deliver_to.clone()).flatten().map(|d| {
+            (d, RecordEvent { upgrade_id: notice.upgrade_id, event: Event::Delivered { opening: notice.opening } })
+        });
         if !refused {
             self.sent.lock().unwrap().push(notice);
         }
-        Box::pin(async move { if refused { Err(anyhow::anyhow!("broker refused")) } else { Ok(()) } })
+        Box::pin(async move {
+            if refused {
+                return Err(anyhow::anyhow!("broker refused"));
+            }
+            if let Some((domain, ack)) = ack {
+                domain.record_events(vec![ack]).await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -182,7 +204,7 @@ async fn round(f: &Fleet) -> ota_domain::rules::schedule::PushRound {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_pushes_once_per_window_opening_and_completes_at_the_period_end() {
     let f = Fleet::start().await;
-    let rec = Recorder::default();
+    let rec = Recorder::delivering(f.domain());
     f.domain().attach_notifier(Arc::new(rec.clone()));
     let a = f.device("5CCF7F100001", "04020006", true).await;
     let b = f.device("5CCF7F100002", "04020006", true).await;
@@ -238,8 +260,9 @@ async fn the_scheduler_pushes_once_per_window_opening_and_completes_at_the_perio
     // A device of another version is no target and is offered nothing.
     assert_eq!(f.check_v41(&other_version, "04020007").await, None);
 
-    // The last night of the period: pushed again; then the period ends.
-    f.at(2026, 1, 3, 23, 30);
+    // The last night of the period: pushed again, a minute before it ends. Pushed targets
+    // that are still on their way when the period ends expire.
+    f.at(2026, 1, 3, 23, 59);
     assert_eq!(round(&f).await.notified, 3);
     rec.take();
     f.at(2026, 1, 4, 0, 0);
@@ -249,6 +272,18 @@ async fn the_scheduler_pushes_once_per_window_opening_and_completes_at_the_perio
     assert_eq!(done["counts"]["succeeded"], 1);
     assert_eq!(done["counts"]["expired"], 3);
     assert_eq!(done["counts"]["not_succeeded"], 3);
+    let expired =
+        expect_status(f.s.get(&format!("/api/v1/rules/{id}/devices?filter=not_succeeded")).await, StatusCode::OK).await;
+    for d in expired["items"].as_array().unwrap() {
+        assert_eq!(d["stage"], "expired", "{d:#}");
+        // Every earlier night ended with a timeout: pushed, never checked within 120 s.
+        let attempts = d["attempts"].as_array().unwrap();
+        assert!(
+            attempts.iter().any(|a| a["failure"] == "timeout" && a["stage"] == "notified" || a["stage"] == "checked"),
+            "{d:#}"
+        );
+        assert_eq!(attempts.last().unwrap()["outcome"], "expired", "{d:#}");
+    }
     let fw_view = expect_status(f.s.get(&format!("/api/v1/firmware/{fw}")).await, StatusCode::OK).await;
     assert_eq!(fw_view["push_status"], "completed");
     // Completed rules never push again.
@@ -266,7 +301,7 @@ fn sorted(dids: &[&String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_devices_join_a_pushing_rule_and_failed_pushes_are_retried() {
     let f = Fleet::start().await;
-    let rec = Recorder::default();
+    let rec = Recorder::delivering(f.domain());
     f.domain().attach_notifier(Arc::new(rec.clone()));
     let a = f.device("5CCF7F200001", "04020006", true).await;
     let refused = f.device("5CCF7F200002", "04020006", true).await;
@@ -281,41 +316,75 @@ async fn late_devices_join_a_pushing_rule_and_failed_pushes_are_retried() {
     let r = round(&f).await;
     assert_eq!((r.notified, r.failed), (1, 1));
     assert_eq!(rec.take(), vec![a.did.clone()]);
-    let failed = expect_status(
+    let refused_view = expect_status(
         f.s.get(&format!("/api/v1/rules/{id}/devices?filter=not_succeeded&mac=5CCF7F200002")).await,
         StatusCode::OK,
     )
     .await;
-    assert_eq!(failed["total"], 1);
-    assert_eq!(failed["items"][0]["stage"], "failed");
-    assert!(failed["items"][0]["last_error"].as_str().unwrap().contains("broker refused"), "{failed:#}");
-    // The claim holds for its lease, then the push is tried again in the same opening.
+    assert_eq!(refused_view["total"], 1);
+    // A push the broker refused reached nobody: the target is not notified.
+    assert_eq!(refused_view["items"][0]["stage"], "pending");
+    assert!(refused_view["items"][0]["times"]["notified_at"].is_null());
+    assert!(refused_view["items"][0]["last_error"].as_str().unwrap().contains("broker refused"), "{refused_view:#}");
+    // It waits out the delivery timeout, then is tried again in the same opening.
     assert_eq!(round(&f).await.claimed, 0);
-    f.s.api.t.clock.advance(chrono::Duration::seconds(31));
+    f.s.api.t.clock.advance(chrono::Duration::seconds(11));
     rec.refuse.lock().unwrap().clear();
     assert_eq!(round(&f).await.notified, 1);
     assert_eq!(rec.take(), vec![refused.did.clone()]);
 
+    // A push the broker takes but no edge delivers (the device's gateway died) is no
+    // notification either: sent again after the delivery timeout, while the device is online.
+    let lost = f.device("5CCF7F200004", "04020006", true).await;
+    rec.lose.lock().unwrap().push(lost.did.clone());
+    f.check_v41(&lost, "04020005").await; // joins the rule as a target (not on an old version yet)
+    f.check_v41(&lost, "04020006").await;
+    assert_eq!(f.rule(id).await["counts"]["targets"], 3);
+    async fn lost_view(f: &Fleet, id: i64) -> Value {
+        let url = format!("/api/v1/rules/{id}/devices?mac=5CCF7F200004");
+        expect_status(f.s.get(&url).await, StatusCode::OK).await["items"][0].clone()
+    }
+    let before = lost_view(&f, id).await;
+    assert_eq!(before["stage"], "checked", "{before:#}");
+    // Its check counts as this opening's attempt; it times out and is retried after the back-off.
+    f.s.api.t.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(round(&f).await.due, 1);
+    assert_eq!(lost_view(&f, id).await["failure"], json!({ "kind": "timeout", "stage": "checked" }));
+    f.s.api.t.clock.advance(chrono::Duration::seconds(121));
+    assert_eq!(round(&f).await.notified, 1, "the retry");
+    rec.take();
+    assert_eq!(lost_view(&f, id).await["stage"], "failed", "not delivered: still failed, waiting");
+    f.s.api.t.clock.advance(chrono::Duration::seconds(11));
+    rec.lose.lock().unwrap().clear();
+    let r = round(&f).await;
+    assert_eq!((r.due, r.notified), (1, 1), "the missed delivery is cleared and the push sent again");
+    let delivered = lost_view(&f, id).await;
+    assert_eq!(
+        (delivered["stage"].as_str(), delivered["attempt"].as_i64()),
+        (Some("notified"), Some(2)),
+        "{delivered:#}"
+    );
+    assert_eq!(delivered["attempts"].as_array().unwrap().len(), 1);
+
     // A device registered after the start, reporting an old version, joins on its check and
-    // is offered at once (the window is open); the scheduler does not push it twice.
+    // is offered at once (the window is open); that check is its attempt for this opening, so
+    // the scheduler does not push it.
     let newcomer = f.device("5CCF7F200003", "04020006", true).await;
     assert_eq!(f.check_v41(&newcomer, "04020006").await, Some(fw));
-    assert_eq!(f.rule(id).await["counts"]["targets"], 3);
-    let r = round(&f).await;
-    assert_eq!(r.notified, 1, "the newcomer gets its push for this opening");
+    assert_eq!(f.rule(id).await["counts"]["targets"], 4);
     assert_eq!(round(&f).await.claimed, 0);
     // Every target succeeds: the rule completes before its period ends.
-    for d in [&a, &refused, &newcomer] {
+    for d in [&a, &refused, &newcomer, &lost] {
         f.check_v41(d, "04020021").await;
     }
     round(&f).await;
     let v = f.rule(id).await;
     assert_eq!(v["status"], "completed");
-    assert_eq!(v["counts"]["succeeded"], 3);
+    assert_eq!(v["counts"]["succeeded"], 4);
     let csv = f.s.get(&format!("/api/v1/rules/{id}/devices.csv?filter=succeeded")).await;
     assert_eq!(csv.status(), StatusCode::OK);
     let text = csv.text().await.unwrap();
-    assert_eq!(text.lines().count(), 4, "{text}");
+    assert_eq!(text.lines().count(), 5, "{text}");
     assert!(text.starts_with("mac,did,stage,"));
     assert!(text.lines().skip(1).all(|l| l.contains(",succeeded,04020006,04020021,")), "{text}");
 }
@@ -556,7 +625,7 @@ async fn rule_requests_are_validated_and_refusals_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starting_checks_status_overlap_and_period_and_edits_narrow_once_started() {
     let f = Fleet::start().await;
-    let rec = Recorder::default();
+    let rec = Recorder::delivering(f.domain());
     f.domain().attach_notifier(Arc::new(rec.clone()));
     for i in 1..=4 {
         f.device(&format!("5CCF7F40000{i}"), "04020006", true).await;

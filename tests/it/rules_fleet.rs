@@ -219,8 +219,9 @@ async fn the_console_flow_with_a_mixed_fleet_ends_with_exact_counts() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(failed["last_error"].as_str().unwrap_or_default().contains("interrupted"), "{failed:#}");
-    assert!(failed["times"]["failed_at"].is_string(), "{failed:#}");
+    assert!(failed["last_error"].as_str().unwrap_or_default().starts_with("download cut after "), "{failed:#}");
+    assert_eq!(failed["attempts"][0]["failure"], "download_cut", "{failed:#}");
+    assert_eq!(failed["attempts"][0]["stage"], "downloading", "{failed:#}");
 
     // W4 comes online inside the window: pushed and upgraded.
     let _w4 = come_back(&p, "5CCF7F600004", &w4);

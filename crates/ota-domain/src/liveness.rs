@@ -174,8 +174,11 @@ impl Domain {
             .select((devices::id, devices::did))
             .load(c)?;
         let live: std::collections::HashSet<&str> = sessions.iter().map(|s| s.did.as_str()).collect();
-        let stale: Vec<i64> =
-            placed.into_iter().filter(|(_, did)| did.as_deref().is_none_or(|d| !live.contains(d))).map(|(id, _)| id).collect();
+        let stale: Vec<i64> = placed
+            .into_iter()
+            .filter(|(_, did)| did.as_deref().is_none_or(|d| !live.contains(d)))
+            .map(|(id, _)| id)
+            .collect();
         for chunk in stale.chunks(1000) {
             diesel::update(devices::table.filter(devices::id.eq_any(chunk)))
                 .set((devices::online.eq(false), devices::disconnected_at.eq(now), devices::updated_at.eq(now)))

@@ -17,7 +17,9 @@ use crate::lifecycle::{Event, RecordKind};
 use crate::notify::PushNotice;
 use crate::schema::{devices, firmware, products, upgrades};
 use crate::stored::Stored;
-use crate::upgrades::{Applied, RecordEvent, UpgradeRecord, apply, apply_to, candidate, insert_record, load, report_of};
+use crate::upgrades::{
+    Applied, RecordEvent, UpgradeRecord, apply, apply_to, candidate, insert_record, load, report_of,
+};
 
 /// The state the console shows. A deadline that passed since the scheduler's last round
 /// shows as expired already (computed here: reads write nothing).
@@ -102,13 +104,7 @@ fn wrong_state(r: &UpgradeRecord, now: i64, code: ErrorCode, message: &str) -> D
 }
 
 /// Applies an operator's event to the current verification and returns it afterwards.
-fn act(
-    c: &mut DbConn,
-    record: &UpgradeRecord,
-    event: &Event,
-    now: i64,
-    delivery: i64,
-) -> Result<UpgradeRecord> {
+fn act(c: &mut DbConn, record: &UpgradeRecord, event: &Event, now: i64, delivery: i64) -> Result<UpgradeRecord> {
     apply_to(c, record.id, event, now, delivery)?;
     Ok(upgrades::table.find(record.id).select(UpgradeRecord::as_select()).first(c)?)
 }
@@ -119,7 +115,10 @@ impl Domain {
         who.require(Scope::Push)?;
         let mac = normalize_mac(mac).ok_or_else(|| DomainError::invalid("mac", "mac must be 12 hex digits"))?;
         let Some(notifier) = self.notifier.get() else {
-            return Err(DomainError::new(ErrorCode::GatewayUnavailable, "no device gateway is attached to this server"));
+            return Err(DomainError::new(
+                ErrorCode::GatewayUnavailable,
+                "no device gateway is attached to this server",
+            ));
         };
         let now = self.clock.now_ms();
         let deadline = now + self.settings.verification_timeout_ms;

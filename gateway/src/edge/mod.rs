@@ -67,7 +67,10 @@ pub const DEVICE_PACKET_LIMIT: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
-    /// This gateway's id, stored with each session's device.
+    /// This gateway's node id, stored with each session's device and used for its lease (see
+    /// `ota_domain::liveness`): stable across restarts in production (`ota up` keeps it in the
+    /// data directory); the default is a fresh random id, so two gateways in one process never
+    /// share one by accident.
     pub gateway_id: String,
     /// Gap between two packets to one device.
     pub pace: Duration,
@@ -86,7 +89,7 @@ pub struct EdgeSettings {
 impl Default for EdgeSettings {
     fn default() -> Self {
         EdgeSettings {
-            gateway_id: "gw".into(),
+            gateway_id: format!("gw-{}", hex::encode(rand::random::<[u8; 4]>())),
             pace: Duration::from_millis(20),
             max_inbound_bytes: 4 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),

@@ -148,8 +148,7 @@ async fn run(domain: Domain, mut rx: mpsc::UnboundedReceiver<Command>, dirty: Ar
                     let sessions = snapshot();
                     let now = domain.clock.now_ms();
                     let count = sessions.len();
-                    let result =
-                        domain.db.write(move |c| Domain::resync_sessions_in(c, &node, &sessions, now)).await;
+                    let result = domain.db.write(move |c| Domain::resync_sessions_in(c, &node, &sessions, now)).await;
                     if let Err(e) = &result {
                         dirty.store(true, Ordering::Relaxed);
                         tracing::error!(error = %e, count, "session resync failed; tried again later");

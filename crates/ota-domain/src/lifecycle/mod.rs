@@ -178,6 +178,7 @@ pub struct RecordState {
     pub attempt: i64,
     pub last_opening: Option<i64>,
     pub pushed_at: Option<i64>,
+    pub notified_at: Option<i64>,
     /// A verification's deadline.
     pub deadline_at: Option<i64>,
     pub downloaded_at: Option<i64>,
@@ -323,7 +324,13 @@ fn new_attempt(state: &RecordState, ctx: &Context<'_>, stage: Stage) -> Change {
     }
 }
 
-fn ended(state: &RecordState, outcome: AttemptOutcome, stage: Stage, failure: Option<FailureKind>, now: i64) -> AttemptEntry {
+fn ended(
+    state: &RecordState,
+    outcome: AttemptOutcome,
+    stage: Stage,
+    failure: Option<FailureKind>,
+    now: i64,
+) -> AttemptEntry {
     AttemptEntry { attempt: state.attempt.max(1), opening: state.last_opening, outcome, stage, failure, at: now }
 }
 
@@ -411,6 +418,11 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
                 return Err(Skip("already delivered"));
             }
             if !matches!(state.stage, Stage::Pending | Stage::Failed | Stage::Notified) {
+                // The device reacted (checked, downloaded) before the acknowledgement came:
+                // the push was delivered all the same.
+                if state.notified_at.is_none() && state.stage != Stage::Succeeded {
+                    return Ok(Change { notified_at: Some(Some(now)), ..Change::default() });
+                }
                 return Err(Skip("the device is past the push"));
             }
             let ctx = Context { opening: *opening, ..*ctx };
@@ -422,6 +434,8 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
             Stage::Pending | Stage::Failed => {
                 let mut change = new_attempt(state, ctx, Stage::Checked);
                 change.checked_at = Some(Some(now));
+                // A check while a push waits for its acknowledgement answers that push.
+                change.notified_at = Some(state.pushed_at);
                 Ok(change)
             }
             Stage::Notified | Stage::Checked => Ok(Change {
@@ -435,8 +449,13 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
         },
         Event::DownloadStarted { node } => {
             let mut change = match state.stage {
-                // A URL from an earlier offer or push (V4 pushes carry it): a new attempt.
-                Stage::Pending | Stage::Failed => new_attempt(state, ctx, Stage::Downloading),
+                // A URL from an earlier offer or push (V4 pushes carry it): a new attempt,
+                // which answers a push waiting for its acknowledgement.
+                Stage::Pending | Stage::Failed => {
+                    let mut change = new_attempt(state, ctx, Stage::Downloading);
+                    change.notified_at = Some(state.pushed_at);
+                    change
+                }
                 Stage::Notified | Stage::Checked | Stage::Downloading | Stage::Downloaded => Change {
                     stage: Some(Stage::Downloading),
                     downloaded_at: Some(None),
@@ -451,6 +470,9 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
             Ok(change)
         }
         Event::DownloadCompleted => {
+            if state.stage == Stage::Succeeded && state.downloaded_at.is_none() {
+                return Ok(Change { downloaded_at: Some(Some(now)), ..Change::default() });
+            }
             if state.stage != Stage::Downloading {
                 return Err(Skip("no download is under way"));
             }
@@ -518,7 +540,9 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
                 return Ok(Change {
                     pushed_at: Some(None),
                     due_at: Some(next_due(state, state.stage, ctx)),
-                    reason: Some(Some("the push was not delivered: no gateway held a live session of the device".into())),
+                    reason: Some(Some(
+                        "the push was not delivered: no gateway held a live session of the device".into(),
+                    )),
                     ..Change::default()
                 });
             }
@@ -634,6 +658,12 @@ pub struct BootTrack {
 }
 
 impl BootTrack {
+    /// An MCU image is served: only a boot that *begins* after this proves anything about it,
+    /// so the sequence starts over (ordered by events, not only by clock readings).
+    pub fn served(self) -> BootTrack {
+        BootTrack::default()
+    }
+
     /// Provision: perhaps a boot, perhaps the hourly re-sync.
     pub fn provisioned(self, now: i64) -> BootTrack {
         BootTrack { provision_at: Some(now), wifi_check_at: None, mcu_check_at: None }
@@ -677,13 +707,12 @@ pub enum McuReport {
     Echo,
 }
 
-/// Classifies a V4.1 type-2 report of `reported`; `boot_check` from [`BootTrack::checked`].
-pub fn mcu_report(served: Option<&McuServed>, track: &BootTrack, reported: &str, boot_check: bool) -> McuReport {
+/// Classifies a V4.1 type-2 report of `reported`; `boot_check` from [`BootTrack::checked`] on
+/// a track reset by [`BootTrack::served`] when the image was served, so a boot check is a
+/// boot that began after the download.
+pub fn mcu_report(served: Option<&McuServed>, reported: &str, boot_check: bool) -> McuReport {
     match served {
-        Some(s) if s.version == reported => {
-            let rebooted_since = boot_check && track.provision_at.is_some_and(|p| p > s.at);
-            if rebooted_since { McuReport::Trusted } else { McuReport::Echo }
-        }
+        Some(s) if s.version == reported && !boot_check => McuReport::Echo,
         _ => McuReport::Trusted,
     }
 }

@@ -32,12 +32,12 @@ fn ctx(p: &RolloutPolicy) -> Context<'_> {
 
 /// A record in `stage` as the machine would have left it.
 fn state(kind: RecordKind, stage: Stage) -> RecordState {
-    let active = match (kind, stage) {
-        (_, Stage::Expired | Stage::Cancelled) => false,
-        (RecordKind::Rule, Stage::Succeeded) => false,
-        (RecordKind::Verification, Stage::Failed) => false,
-        _ => true,
-    };
+    let active = !matches!(
+        (kind, stage),
+        (_, Stage::Expired | Stage::Cancelled)
+            | (RecordKind::Rule, Stage::Succeeded)
+            | (RecordKind::Verification, Stage::Failed)
+    );
     let reached = stage != Stage::Pending;
     RecordState {
         kind,
@@ -46,6 +46,7 @@ fn state(kind: RecordKind, stage: Stage) -> RecordState {
         attempt: i64::from(reached),
         last_opening: (reached && kind == RecordKind::Rule).then_some(OPENING),
         pushed_at: None,
+        notified_at: reached.then_some(NOW - 5000),
         deadline_at: (kind == RecordKind::Verification).then_some(DEADLINE),
         downloaded_at: matches!(stage, Stage::Downloaded | Stage::Succeeded).then_some(NOW - 1000),
         failure: (stage == Stage::Failed).then_some(Failure::DownloadCut),
@@ -199,11 +200,12 @@ fn attempts_count_per_opening_and_retries_follow_the_policy() {
     let p = RolloutPolicy { retry: RetryPolicy { attempts: 3, backoff_s: 120, within_opening: true }, ..policy() };
     let c = ctx(&p);
     // First delivery in an opening: attempt 1, whatever came before.
-    let old = RecordState { attempt: 3, last_opening: Some(OPENING - 86_400_000), ..state(RecordKind::Rule, Stage::Failed) };
+    let old =
+        RecordState { attempt: 3, last_opening: Some(OPENING - 86_400_000), ..state(RecordKind::Rule, Stage::Failed) };
     let d = transition(&old, &Event::Delivered { opening: Some(OPENING) }, &c).unwrap();
     assert_eq!((d.attempt, d.last_opening), (Some(1), Some(Some(OPENING))));
     assert_eq!(d.notified_at, Some(Some(NOW)));
-    assert_eq!((d.failure.clone(), d.failed_at, d.downloaded_at), (Some(None), Some(None), Some(None)));
+    assert_eq!((d.failure, d.failed_at, d.downloaded_at), (Some(None), Some(None), Some(None)));
 
     // Failures 1 and 2 are retried after the back-off; the third waits for the next opening.
     for (attempt, retry_at) in [(1, Some(NOW + 120_000)), (2, Some(NOW + 120_000)), (3, None)] {
@@ -213,7 +215,10 @@ fn attempts_count_per_opening_and_retries_follow_the_policy() {
         assert_eq!(f.retry_at, Some(retry_at), "after attempt {attempt}");
         assert_eq!(f.active, None, "a rule's failed target stays open");
         let e = f.ended.unwrap();
-        assert_eq!((e.attempt, e.outcome, e.stage, e.failure), (attempt, AttemptOutcome::Failed, Stage::Downloading, Some(FailureKind::DownloadCut)));
+        assert_eq!(
+            (e.attempt, e.outcome, e.stage, e.failure),
+            (attempt, AttemptOutcome::Failed, Stage::Downloading, Some(FailureKind::DownloadCut))
+        );
         assert_eq!(e.opening, Some(OPENING));
     }
     // A retry delivered in the same opening is the next attempt, not a second notification.
@@ -226,6 +231,20 @@ fn attempts_count_per_opening_and_retries_follow_the_policy() {
     let s = state(RecordKind::Rule, Stage::Downloading);
     let f = transition(&s, &Event::DownloadCut { reason: "cut".into() }, &ctx(&strict)).unwrap();
     assert_eq!(f.retry_at, Some(None));
+}
+
+#[test]
+fn a_late_acknowledgement_still_dates_the_push() {
+    let p = policy();
+    let c = ctx(&p);
+    // The device checked while the push waited for its acknowledgement: the check answers it.
+    let waiting = RecordState { pushed_at: Some(NOW - 300), ..state(RecordKind::Rule, Stage::Pending) };
+    let o = transition(&waiting, &Event::Offered, &c).unwrap();
+    assert_eq!((o.stage, o.notified_at, o.pushed_at), (Some(Stage::Checked), Some(Some(NOW - 300)), Some(None)));
+    // The acknowledgement arriving after a check that did not date it.
+    let checked = RecordState { notified_at: None, ..state(RecordKind::Rule, Stage::Checked) };
+    let d = transition(&checked, &Event::Delivered { opening: Some(OPENING) }, &c).unwrap();
+    assert_eq!(d, Change { notified_at: Some(Some(NOW)), ..Change::default() });
 }
 
 #[test]
@@ -278,7 +297,11 @@ fn verifications_end_at_their_deadline_not_at_stage_timeouts() {
     assert_eq!((e.stage, e.active), (Some(Stage::Expired), Some(false)));
     assert_eq!(e.ended.unwrap().outcome, AttemptOutcome::Expired);
     // A failure ends a verification.
-    let cut = transition(&state(RecordKind::Verification, Stage::Downloading), &Event::DownloadCut { reason: "x".into() }, &c);
+    let cut = transition(
+        &state(RecordKind::Verification, Stage::Downloading),
+        &Event::DownloadCut { reason: "x".into() },
+        &c,
+    );
     assert_eq!(cut.unwrap().active, Some(false));
 }
 
@@ -291,12 +314,14 @@ fn success_closes_a_target_and_keeps_a_verification_for_confirmation() {
     assert_eq!((rule.active, rule.succeeded_at), (Some(false), Some(Some(NOW))));
     let v = transition(&state(RecordKind::Verification, Stage::Downloaded), &ok, &c).unwrap();
     assert_eq!(v.active, None);
-    let confirmed = transition(&state(RecordKind::Verification, Stage::Succeeded), &Event::Confirmed { stable: true }, &c);
+    let confirmed =
+        transition(&state(RecordKind::Verification, Stage::Succeeded), &Event::Confirmed { stable: true }, &c);
     let confirmed = confirmed.unwrap();
     assert!(confirmed.firmware_verified);
     assert_eq!(confirmed.active, Some(false));
     // A success after a failure names the stage the failed attempt reached.
-    let after_fail = RecordState { failure: Some(Failure::TimeoutDownloaded), ..state(RecordKind::Rule, Stage::Failed) };
+    let after_fail =
+        RecordState { failure: Some(Failure::TimeoutDownloaded), ..state(RecordKind::Rule, Stage::Failed) };
     let s = transition(&after_fail, &ok, &c).unwrap();
     assert_eq!(s.ended.unwrap().stage, Stage::Downloaded);
 }
@@ -319,7 +344,10 @@ fn a_restarted_rule_queues_failed_targets_afresh() {
     let p = policy();
     let c = ctx(&p);
     let r = transition(&state(RecordKind::Rule, Stage::Failed), &Event::Requeued, &c).unwrap();
-    assert_eq!((r.stage, r.attempt, r.last_opening, r.failure), (Some(Stage::Pending), Some(0), Some(None), Some(None)));
+    assert_eq!(
+        (r.stage, r.attempt, r.last_opening, r.failure),
+        (Some(Stage::Pending), Some(0), Some(None), Some(None))
+    );
 }
 
 #[test]
@@ -335,14 +363,29 @@ fn a_closed_record_only_takes_a_late_download_time() {
 fn history_keeps_the_last_attempts() {
     let mut h = Vec::new();
     for i in 1..=25 {
-        let e = AttemptEntry { attempt: i, opening: None, outcome: AttemptOutcome::Failed, stage: Stage::Notified, failure: Some(FailureKind::Timeout), at: i };
+        let e = AttemptEntry {
+            attempt: i,
+            opening: None,
+            outcome: AttemptOutcome::Failed,
+            stage: Stage::Notified,
+            failure: Some(FailureKind::Timeout),
+            at: i,
+        };
         append_history(&mut h, e);
     }
     assert_eq!(h.len(), HISTORY_LIMIT);
     assert_eq!(h.first().map(|e| e.attempt), Some(6));
     let json = serde_json::to_string(&h[0]).unwrap();
-    assert_eq!(json, r#"{"attempt":6,"opening":null,"outcome":"failed","stage":"notified","failure":"timeout","at":6}"#);
-    assert!(serde_json::from_str::<AttemptEntry>(r#"{"attempt":1,"opening":null,"outcome":"exploded","stage":"notified","failure":null,"at":1}"#).is_err());
+    assert_eq!(
+        json,
+        r#"{"attempt":6,"opening":null,"outcome":"failed","stage":"notified","failure":"timeout","at":6}"#
+    );
+    assert!(
+        serde_json::from_str::<AttemptEntry>(
+            r#"{"attempt":1,"opening":null,"outcome":"exploded","stage":"notified","failure":null,"at":1}"#
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -387,23 +430,30 @@ fn no_boot_proof_without_the_whole_sequence() {
     let (t, _) = t.checked(FirmwareType::Wifi, T0 + 50_000);
     assert_eq!(t.wifi_check_at, Some(T0 + 1));
     // No provision at all.
-    assert!(!BootTrack::default().checked(FirmwareType::Wifi, T0).0.wifi_check_at.is_some());
+    assert!(BootTrack::default().checked(FirmwareType::Wifi, T0).0.wifi_check_at.is_none());
 }
 
 #[test]
 fn an_mcu_report_of_a_served_version_needs_a_reboot_after_the_download() {
     let served = McuServed { version: "00000004".into(), at: T0 };
-    let before = BootTrack::default().provisioned(T0 - 10_000);
-    // The echo: same session, no boot.
-    assert_eq!(mcu_report(Some(&served), &before, "00000004", false), McuReport::Echo);
-    // A boot sequence that began before the download proves nothing about it.
-    assert_eq!(mcu_report(Some(&served), &before, "00000004", true), McuReport::Echo);
-    // A boot after the download: the MCU really runs it.
-    let after = BootTrack::default().provisioned(T0 + 60_000);
-    assert_eq!(mcu_report(Some(&served), &after, "00000004", true), McuReport::Trusted);
-    // A provision after the download without the boot sequence (GAgent's hourly one).
-    assert_eq!(mcu_report(Some(&served), &after, "00000004", false), McuReport::Echo);
-    // Other versions and devices never served an MCU image are what they say.
-    assert_eq!(mcu_report(Some(&served), &before, "00000003", false), McuReport::Trusted);
-    assert_eq!(mcu_report(None, &before, "00000004", false), McuReport::Trusted);
+    // A boot that began before the download: serving starts the sequence over.
+    let (t, _) = BootTrack::default().provisioned(T0 - 10_000).served().checked(FirmwareType::Wifi, T0 + 1_000);
+    let (_, boot) = t.checked(FirmwareType::Mcu, T0 + 2_000);
+    assert!(!boot);
+    assert_eq!(mcu_report(Some(&served), "00000004", boot), McuReport::Echo);
+    // The echo in the same session: no boot.
+    assert_eq!(mcu_report(Some(&served), "00000004", false), McuReport::Echo);
+    // A boot after the download (the clock may even read the same millisecond).
+    let after = BootTrack::default().provisioned(T0 - 10_000).served().provisioned(T0);
+    let (after, _) = after.checked(FirmwareType::Wifi, T0);
+    let (_, boot) = after.checked(FirmwareType::Mcu, T0);
+    assert!(boot);
+    assert_eq!(mcu_report(Some(&served), "00000004", boot), McuReport::Trusted);
+    // An hourly provision after the download, then a pushed type-2 check: no proof.
+    let hourly = BootTrack::default().served().provisioned(T0 + 3_600_000);
+    let (_, boot) = hourly.checked(FirmwareType::Mcu, T0 + 3_601_000);
+    assert_eq!(mcu_report(Some(&served), "00000004", boot), McuReport::Echo);
+    // Other versions, and devices never served an MCU image, are what they say.
+    assert_eq!(mcu_report(Some(&served), "00000003", false), McuReport::Trusted);
+    assert_eq!(mcu_report(None, "00000004", false), McuReport::Trusted);
 }

@@ -80,9 +80,8 @@ impl RuleRecord {
 
     /// The retry policy and stage timeouts; an unreadable one is an error, never a default.
     pub fn policy(&self) -> Result<RolloutPolicy> {
-        serde_json::from_str(&self.policy).map_err(|e| {
-            DomainError::Internal(anyhow::anyhow!("rule {} has an unreadable policy: {e}", self.id))
-        })
+        serde_json::from_str(&self.policy)
+            .map_err(|e| DomainError::Internal(anyhow::anyhow!("rule {} has an unreadable policy: {e}", self.id)))
     }
 
     /// Stored validated; an unreadable row pushes nowhere rather than everywhere.

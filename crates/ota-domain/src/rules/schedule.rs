@@ -145,7 +145,8 @@ pub(crate) fn settle(c: &mut DbConn, now: i64, delivery: i64) -> Result<usize> {
         }
         if over && open {
             let policy = rule.policy()?;
-            let ctx = Context { now, fw_type: fw_type.get(), policy: &policy, opening: None, delivery_timeout_ms: delivery };
+            let ctx =
+                Context { now, fw_type: fw_type.get(), policy: &policy, opening: None, delivery_timeout_ms: delivery };
             end_rule_period(c, rule.id, &ctx, delivery)?;
         }
         completed += diesel::update(rules::table.find(rule.id).filter(rules::status.eq(Stored(RuleStatus::Pushing))))
@@ -249,10 +250,14 @@ fn notice(did: String, product_key: String, fw: &FirmwareRecord, upgrade_id: i64
     }
 }
 
+/// A record due for a push: its id, the device's did, the product key, the firmware and the
+/// window opening.
+type DuePush = (i64, String, String, FirmwareRecord, Option<i64>);
+
 /// Up to `limit` records due for a push: targets of rules whose window is open now (not
 /// delivered in this opening, or failed with their retry time come) and verifications whose
 /// push was not delivered; each on an online device with no push waiting for delivery.
-fn due_pushes(c: &mut DbConn, now: i64, limit: usize) -> Result<Vec<(i64, String, String, FirmwareRecord, Option<i64>)>> {
+fn due_pushes(c: &mut DbConn, now: i64, limit: usize) -> Result<Vec<DuePush>> {
     let mut out = Vec::new();
     let pushing: Vec<(RuleRecord, FirmwareRecord, String)> = rules::table
         .inner_join(firmware::table)
@@ -382,8 +387,13 @@ impl Domain {
                 }
                 if rule.status() == RuleStatus::Stopped {
                     let policy = rule.policy()?;
-                    let ctx =
-                        Context { now, fw_type: fw.fw_type(), policy: &policy, opening: None, delivery_timeout_ms: delivery };
+                    let ctx = Context {
+                        now,
+                        fw_type: fw.fw_type(),
+                        policy: &policy,
+                        opening: None,
+                        delivery_timeout_ms: delivery,
+                    };
                     requeue_rule(c, rule.id, &ctx)?;
                 }
                 take_targets(c, &rule, &fw, now)?;

@@ -154,7 +154,7 @@ fn track_boot(c: &mut DbConn, device_id: i64, check: &Check, now: i64) -> Result
     let mut echo = false;
     if check.fw_type == FirmwareType::Mcu {
         if let Some(soft) = &check.soft {
-            echo = lifecycle::mcu_report(before.served.as_ref(), &track, soft, boot_check) == McuReport::Echo;
+            echo = lifecycle::mcu_report(before.served.as_ref(), soft, boot_check) == McuReport::Echo;
         }
         // After a boot the MCU's own version is in RAM again: no echo is possible until the
         // next MCU download.

@@ -19,7 +19,11 @@ impl Domain {
     /// Opens the image of an offer for download, served by gateway node `node`, and records
     /// that the download started. `None` when the record is unknown or closed (a record that
     /// succeeded is still served: a V4 device reports before its download's end is recorded).
-    pub async fn open_offer_download(&self, upgrade_id: i64, node: &str) -> Result<Option<(FirmwareRecord, BlobStream)>> {
+    pub async fn open_offer_download(
+        &self,
+        upgrade_id: i64,
+        node: &str,
+    ) -> Result<Option<(FirmwareRecord, BlobStream)>> {
         let now = self.clock.now_ms();
         let delivery = self.settings.delivery_timeout_ms;
         let node = node.to_owned();
@@ -36,10 +40,12 @@ impl Domain {
                 let fw: FirmwareRecord =
                     firmware::table.find(record.firmware_id).select(FirmwareRecord::as_select()).first(c)?;
                 apply(c, &item, &Event::DownloadStarted { node }, now, delivery)?;
-                if record.active && fw.push_method() == PushMethod::V41 && fw.fw_type() == FirmwareType::Mcu {
-                    if let Some(version) = &fw.soft_version {
-                        ota_state::mcu_served(c, record.device_id, version, now)?;
-                    }
+                if record.active
+                    && fw.push_method() == PushMethod::V41
+                    && fw.fw_type() == FirmwareType::Mcu
+                    && let Some(version) = &fw.soft_version
+                {
+                    ota_state::mcu_served(c, record.device_id, version, now)?;
                 }
                 Ok(Some(fw))
             })

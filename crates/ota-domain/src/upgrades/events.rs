@@ -59,7 +59,13 @@ impl Domain {
     }
 
     /// Records how a download ended: all `sent` bytes of `total`, or cut short.
-    pub async fn finish_offer_download(&self, upgrade_id: i64, sent: u64, total: u64, error: Option<String>) -> Result<()> {
+    pub async fn finish_offer_download(
+        &self,
+        upgrade_id: i64,
+        sent: u64,
+        total: u64,
+        error: Option<String>,
+    ) -> Result<()> {
         let event = download_end(sent, total, error);
         self.record_events(vec![RecordEvent { upgrade_id, event }]).await.map(|_| ())
     }
@@ -88,8 +94,10 @@ pub(crate) fn cut_downloads_of(c: &mut DbConn, node: &str, now: i64, delivery: i
         .select(upgrades::id)
         .load(c)?;
     let reason = format!("the gateway serving the download ({node}) stopped");
-    let events: Vec<RecordEvent> =
-        ids.iter().map(|id| RecordEvent { upgrade_id: *id, event: Event::DownloadCut { reason: reason.clone() } }).collect();
+    let events: Vec<RecordEvent> = ids
+        .iter()
+        .map(|id| RecordEvent { upgrade_id: *id, event: Event::DownloadCut { reason: reason.clone() } })
+        .collect();
     apply_events(c, &events, now, delivery)
 }
 
@@ -112,6 +120,7 @@ fn apply_to_class(
         attempt: i64::from(attempted),
         last_opening: None,
         pushed_at: None,
+        notified_at: None,
         deadline_at: None,
         downloaded_at: None,
         failure: None,
@@ -121,7 +130,9 @@ fn apply_to_class(
         Err(_) => return Ok(0),
     };
     if change.ended.is_some() || change.firmware_verified {
-        return Err(DomainError::Internal(anyhow::anyhow!("{event:?} in {stage:?} cannot be applied to a class of records")));
+        return Err(DomainError::Internal(anyhow::anyhow!(
+            "{event:?} in {stage:?} cannot be applied to a class of records"
+        )));
     }
     let columns = Columns::of(change, None, ctx.now);
     let base = upgrades::table
@@ -154,8 +165,9 @@ pub(crate) fn requeue_rule(c: &mut DbConn, rule_id: i64, ctx: &Context<'_>) -> R
 /// The rule's period ended: targets on their way expire (one by one: each ends an attempt),
 /// the others close as they are.
 pub(crate) fn end_rule_period(c: &mut DbConn, rule_id: i64, ctx: &Context<'_>, delivery: i64) -> Result<usize> {
-    let in_flight = [UpgradeStage::Notified, UpgradeStage::Checked, UpgradeStage::Downloading, UpgradeStage::Downloaded]
-        .map(Stored);
+    let in_flight =
+        [UpgradeStage::Notified, UpgradeStage::Checked, UpgradeStage::Downloading, UpgradeStage::Downloaded]
+            .map(Stored);
     let ids: Vec<i64> = upgrades::table
         .filter(upgrades::rule_id.eq(rule_id))
         .filter(upgrades::active.eq(true))

@@ -99,6 +99,7 @@ impl UpgradeRecord {
             attempt: self.attempt,
             last_opening: self.last_opening,
             pushed_at: self.pushed_at,
+            notified_at: self.notified_at,
             deadline_at: self.deadline_at,
             downloaded_at: self.downloaded_at,
             failure: self.failure(),
@@ -239,9 +240,10 @@ fn store(c: &mut DbConn, record: &UpgradeRecord, mut change: Change, now: i64) -
     };
     let verified = change.firmware_verified;
     let columns = Columns::of(change, history, now);
-    let stored = diesel::update(upgrades::table.filter(upgrades::id.eq(record.id)).filter(upgrades::rev.eq(record.rev)))
-        .set((columns, upgrades::rev.eq(record.rev + 1)))
-        .execute(c)?;
+    let stored =
+        diesel::update(upgrades::table.filter(upgrades::id.eq(record.id)).filter(upgrades::rev.eq(record.rev)))
+            .set((columns, upgrades::rev.eq(record.rev + 1)))
+            .execute(c)?;
     if stored == 1 && verified {
         diesel::update(firmware::table.find(record.firmware_id))
             .set((firmware::verified.eq(true), firmware::verified_at.eq(now), firmware::updated_at.eq(now)))
@@ -264,13 +266,20 @@ const CONFLICT_RETRIES: usize = 5;
 
 /// The only way a record's state changes: the transition `event` makes at `now`, stored
 /// under the record's revision, read again and retried when another writer came first.
-pub(crate) fn apply(c: &mut DbConn, item: &Loaded, event: &Event, now: i64, delivery_timeout_ms: i64) -> Result<Applied> {
+pub(crate) fn apply(
+    c: &mut DbConn,
+    item: &Loaded,
+    event: &Event,
+    now: i64,
+    delivery_timeout_ms: i64,
+) -> Result<Applied> {
     let mut current = item.clone();
     for _ in 0..CONFLICT_RETRIES {
-        let change = match lifecycle::transition(&current.record.state(), event, &current.context(now, delivery_timeout_ms)) {
-            Ok(change) => change,
-            Err(skip) => return Ok(Applied::Skipped(skip)),
-        };
+        let change =
+            match lifecycle::transition(&current.record.state(), event, &current.context(now, delivery_timeout_ms)) {
+                Ok(change) => change,
+                Err(skip) => return Ok(Applied::Skipped(skip)),
+            };
         if store(c, &current.record, change, now)? {
             return Ok(Applied::Changed);
         }
@@ -279,10 +288,7 @@ pub(crate) fn apply(c: &mut DbConn, item: &Loaded, event: &Event, now: i64, deli
             None => return Ok(Applied::Missing),
         }
     }
-    Err(DomainError::Internal(anyhow::anyhow!(
-        "upgrade record {} kept changing under event {event:?}",
-        item.record.id
-    )))
+    Err(DomainError::Internal(anyhow::anyhow!("upgrade record {} kept changing under event {event:?}", item.record.id)))
 }
 
 /// [`apply`] by record id.

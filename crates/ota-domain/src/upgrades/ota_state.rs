@@ -63,9 +63,11 @@ pub(crate) fn provisioned(c: &mut DbConn, device_id: i64, now: i64) -> Result<()
     write(c, device_id, &before, &after)
 }
 
-/// A V4.1 MCU image is being served: GAgent copies its `Soft-Version` into RAM now.
+/// A V4.1 MCU image is being served: GAgent copies its `Soft-Version` into RAM now, and only
+/// a boot that begins after this proves what the MCU runs.
 pub(crate) fn mcu_served(c: &mut DbConn, device_id: i64, version: &str, now: i64) -> Result<()> {
     let before = read(c, device_id)?;
-    let after = OtaState { track: before.track, served: Some(McuServed { version: version.to_owned(), at: now }) };
+    let after =
+        OtaState { track: before.track.served(), served: Some(McuServed { version: version.to_owned(), at: now }) };
     write(c, device_id, &before, &after)
 }
