@@ -11,6 +11,7 @@ mod device_edge;
 mod device_plane;
 mod devices;
 mod firmware;
+mod lifecycle;
 mod migrations;
 mod products;
 mod rules;

@@ -69,6 +69,9 @@ pub struct Config {
     /// A gateway silent this long is dead: the others mark its devices offline and fail its
     /// downloads. It renews its lease every third of this.
     pub gateway_lease_secs: u64,
+    /// A push no gateway delivered to the device's socket within this is no notification: it
+    /// is sent again when the device is next online.
+    pub push_delivery_timeout_secs: u64,
     /// How long a verification waits for the test device to report the new version.
     pub verification_timeout_minutes: i64,
     /// A MaxMind-format GeoIP database (GeoIP2/GeoLite2 City or Country `.mmdb`) that fills
@@ -107,6 +110,7 @@ impl Default for Config {
             push_rate: 50,
             node_id: None,
             gateway_lease_secs: 30,
+            push_delivery_timeout_secs: 10,
             verification_timeout_minutes: 10,
             geoip_database: None,
         }

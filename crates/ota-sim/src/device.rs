@@ -455,6 +455,8 @@ struct Runner {
     last_http: Option<Instant>,
     online: bool,
     boots: u32,
+    /// Downloads begun (the faults of `only_first` count them).
+    downloads: u32,
 }
 
 impl Runner {
@@ -473,6 +475,7 @@ impl Runner {
             last_http: None,
             online: false,
             boots: 0,
+            downloads: 0,
         }
     }
 
@@ -502,6 +505,13 @@ impl Runner {
 
     fn update(&self, f: impl FnOnce(&mut DeviceSnapshot)) {
         f(&mut lock(&self.state));
+    }
+
+    /// The faults for the download that begins now.
+    fn download_faults(&mut self) -> crate::spec::Faults {
+        self.downloads += 1;
+        let f = self.spec.faults;
+        if f.only_first == 0 || self.downloads <= f.only_first { f } else { crate::spec::Faults::default() }
     }
 
     fn count(&self, f: impl FnOnce(&mut Counters)) {
@@ -832,9 +842,9 @@ impl Runner {
         let request = http::download(host, path);
         self.count(|c| c.http_requests += 1);
         let keep = fw_type == FW_TYPE_MCU;
+        let faults = self.download_faults();
         let outcome =
-            net::download(self.config.http_addr, &request, self.config.timing.download_timeout, keep, self.spec.faults)
-                .await;
+            net::download(self.config.http_addr, &request, self.config.timing.download_timeout, keep, faults).await;
         self.last_http = Some(Instant::now());
         let head = outcome.head;
         // device-protocol.md#observed-mcu-soft-version-echo and
@@ -853,7 +863,7 @@ impl Runner {
                 return Step::Continue;
             }
         };
-        if self.spec.faults.never_return {
+        if faults.never_return {
             return Step::Vanish;
         }
         self.emit(DeviceEvent::DownloadFinished { fw_type, md5_ok: done.md5_ok });

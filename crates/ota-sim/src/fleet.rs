@@ -91,6 +91,7 @@ pub fn generate(mix: &FleetMix) -> anyhow::Result<Vec<DeviceSpec>> {
             }
             spec.region = deal(&mix.regions, i).cloned();
             spec.faults = Faults {
+                only_first: 0,
                 drop_mid_download: picked(i, mix.drop_mid_download),
                 corrupt_byte: picked(i, mix.corrupt_byte),
                 never_return: picked(i, mix.never_return),

@@ -23,11 +23,14 @@ pub struct McuBehaviour {
     pub piece_size: u16,
     /// Ask for HEX lines instead of binary pieces.
     pub hex_mode: bool,
+    /// Take the whole file, then fail to flash it (its own check, a bad bootloader): no 0x29,
+    /// no reboot, the MCU keeps its version while GAgent's RAM copy holds the served one.
+    pub fails_to_flash: bool,
 }
 
 impl Default for McuBehaviour {
     fn default() -> Self {
-        McuBehaviour { piece_size: 128, hex_mode: false }
+        McuBehaviour { piece_size: 128, hex_mode: false, fails_to_flash: false }
     }
 }
 
@@ -64,7 +67,7 @@ pub async fn transfer(
     let flashed = mcu.await.ok().flatten();
     match (sent, flashed) {
         (Ok(()), Some(new_sw)) => McuTransfer::Restarted { new_sw },
-        (Ok(()), None) => McuTransfer::Failed { reason: "MCU sent 0x29 but did not flash".into() },
+        (Ok(()), None) => McuTransfer::Failed { reason: "the MCU took the file but did not flash it".into() },
         (Err(reason), _) => McuTransfer::Failed { reason },
     }
 }
@@ -252,7 +255,7 @@ async fn run_mcu(io: DuplexStream, behaviour: McuBehaviour, new_sw: String, timi
         }
     }
     let md5 = hex::encode(Md5::digest(&received));
-    if received.len() != capacity || !md5.as_bytes().eq_ignore_ascii_case(&offer.md5) {
+    if received.len() != capacity || !md5.as_bytes().eq_ignore_ascii_case(&offer.md5) || behaviour.fails_to_flash {
         return None;
     }
     let sn = link.next_sn();
@@ -281,7 +284,7 @@ mod tests {
     #[tokio::test]
     async fn default_piece_size_and_short_last_piece() {
         let (img, md5) = image(1000);
-        let behaviour = McuBehaviour { piece_size: 0, hex_mode: false };
+        let behaviour = McuBehaviour { piece_size: 0, ..McuBehaviour::default() };
         let out = transfer(&img, &md5, false, "0002", &behaviour, &Timing::default()).await;
         assert_eq!(out, McuTransfer::Restarted { new_sw: "0002".into() });
     }
@@ -305,7 +308,7 @@ mod tests {
     async fn hex_mode_needs_a_hex_file() {
         let text = b":10010000214601360121470136007EFE09D2190140\r\n:00000001FF\r\n".repeat(3);
         let md5 = hex::encode(Md5::digest(&text));
-        let behaviour = McuBehaviour { piece_size: 0, hex_mode: true };
+        let behaviour = McuBehaviour { piece_size: 0, hex_mode: true, ..McuBehaviour::default() };
         let out = transfer(&text, &md5, true, "h", &behaviour, &Timing::fast()).await;
         assert_eq!(out, McuTransfer::Restarted { new_sw: "h".into() });
         let out = transfer(&text, &md5, false, "h", &behaviour, &Timing::fast()).await;

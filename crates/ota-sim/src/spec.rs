@@ -60,9 +60,14 @@ pub enum MqttProtocol {
     V311,
 }
 
-/// Misbehaviour to inject. Each fault applies to every download the device makes.
+/// Misbehaviour to inject. Each fault applies to every download the device makes, or only to
+/// the first [`Faults::only_first`] of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Faults {
+    /// When not 0, the faults apply to this many HTTP downloads only (the first ones); later
+    /// downloads go well, as when a retry meets a healthy network. (The V1V3 blob over MQTT
+    /// always gets the faults.)
+    pub only_first: u32,
     /// Close the download connection after half of the image (V1V3: the MQTT connection during
     /// the blob), so the download fails.
     pub drop_mid_download: bool,
