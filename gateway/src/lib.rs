@@ -236,7 +236,11 @@ impl Gateway {
         let http_stats = settings.http.stats.clone();
         let http_settings = settings.http.clone();
         tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
-        domain.attach_notifier(Arc::new(notifier::BusNotifier { bus: bus.clone(), public_host: settings.public_host }));
+        domain.attach_notifier(Arc::new(notifier::BusNotifier {
+            bus: bus.clone(),
+            public_host: settings.public_host,
+            domain: domain.clone(),
+        }));
         tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
         tasks.push(tokio::spawn(run_liveness(
             domain.clone(),

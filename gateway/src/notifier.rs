@@ -16,6 +16,8 @@ use crate::push::PushEnvelope;
 pub struct BusNotifier {
     pub bus: Bus,
     pub public_host: String,
+    /// To date pushes: their deadline is now + `delivery_timeout_ms`.
+    pub domain: ota_domain::Domain,
 }
 
 /// The frame that pushes `notice` to a device.
@@ -52,8 +54,10 @@ impl DeviceNotifier for BusNotifier {
     fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>> {
         let bus = self.bus.clone();
         let frame = push_frame(&notice, &self.public_host);
+        let deadline_ms = self.domain.clock.now_ms() + self.domain.settings.delivery_timeout_ms;
         Box::pin(async move {
-            let envelope = PushEnvelope { upgrade_id: notice.upgrade_id, opening: notice.opening, frame: frame? };
+            let envelope =
+                PushEnvelope { upgrade_id: notice.upgrade_id, opening: notice.opening, deadline_ms, frame: frame? };
             bus.publish(&PushEnvelope::topic(&notice.did), envelope.encode()).await?;
             Ok(())
         })

@@ -7,8 +7,14 @@
 //! 4F 54 50 31            "OTP1"
 //! <8 bytes, BE>          upgrade record id
 //! <8 bytes, BE>          window opening (Unix ms) of a rule's push; i64::MIN for none
+//! <8 bytes, BE>          deadline (Unix ms): the push's delivery timeout ends then
 //! <rest>                 the legacy frame for ser2cli_res/<did> (0x0211, 0x020E or 0x0206)
 //! ```
+//!
+//! **Past its deadline a push is dropped, not delivered.** The scheduler counts a push not
+//! delivered by then as never sent and may send it again; a stale copy that a broker queued
+//! through an outage and hands over late must not reach the device as a second push. (So the
+//! nodes' clocks must agree to well within the delivery timeout, as NTP keeps them.)
 //!
 //! Backends may still publish plain frames on `ser2cli_res/<did>`; those are delivered the
 //! same way, with nothing to acknowledge.
@@ -18,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// Topic prefix of pushes on the bus; every gateway subscribes `ota/push/+`.
 pub const PUSH_TOPIC_PREFIX: &str = "ota/push/";
 const MAGIC: &[u8; 4] = b"OTP1";
-const HEADER: usize = 4 + 8 + 8;
+const HEADER: usize = 4 + 8 + 8 + 8;
 const NO_OPENING: i64 = i64::MIN;
 
 /// One push and the record it belongs to.
@@ -26,6 +32,7 @@ const NO_OPENING: i64 = i64::MIN;
 pub struct PushEnvelope {
     pub upgrade_id: i64,
     pub opening: Option<i64>,
+    pub deadline_ms: i64,
     pub frame: Bytes,
 }
 
@@ -39,6 +46,7 @@ impl PushEnvelope {
         out.put_slice(MAGIC);
         out.put_i64(self.upgrade_id);
         out.put_i64(self.opening.unwrap_or(NO_OPENING));
+        out.put_i64(self.deadline_ms);
         out.put_slice(&self.frame);
         out.freeze()
     }
@@ -51,9 +59,11 @@ impl PushEnvelope {
         let int = |at: usize| payload.get(at..at + 8).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes);
         let upgrade_id = int(4)?;
         let opening = int(12)?;
+        let deadline_ms = int(20)?;
         Some(PushEnvelope {
             upgrade_id,
             opening: (opening != NO_OPENING).then_some(opening),
+            deadline_ms,
             frame: payload.slice(HEADER..),
         })
     }
@@ -68,6 +78,7 @@ mod tests {
         let e = PushEnvelope {
             upgrade_id: 7,
             opening: Some(1_767_225_600_000),
+            deadline_ms: 1_767_225_610_000,
             frame: Bytes::from_static(b"\0\0\0\x03\x02\x11\x01"),
         };
         let wire = e.encode();

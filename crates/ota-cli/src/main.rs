@@ -151,7 +151,8 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     anyhow::ensure!(config.verification_timeout_minutes >= 1, "verification_timeout_minutes must be at least 1");
     settings.verification_timeout_ms = config.verification_timeout_minutes * 60_000;
     anyhow::ensure!(config.push_delivery_timeout_secs >= 1, "push_delivery_timeout_secs must be at least 1");
-    settings.delivery_timeout_ms = i64::try_from(config.push_delivery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    settings.delivery_timeout_ms =
+        i64::try_from(config.push_delivery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let domain = Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings);
     Ok(match geoip {
         Some(regions) => domain.with_geoip(Arc::new(regions)),

@@ -112,6 +112,9 @@ pub struct EdgeStats {
     pub packets_sent: AtomicU64,
     /// Pushes written to a device's socket (and reported delivered).
     pub pushes_delivered: AtomicU64,
+    /// Pushes that arrived past their delivery deadline (queued by a broker through an
+    /// outage): dropped, since the scheduler may already have sent them again.
+    pub stale_pushes: AtomicU64,
     pub dropped_outbound: AtomicU64,
     pub service_frames: AtomicU64,
     pub uplinks: AtomicU64,
@@ -130,7 +133,16 @@ fn bump(c: &AtomicU64) {
 /// packet is on the socket.
 pub(crate) struct Outbound {
     bytes: Bytes,
-    ack: Option<(i64, Option<i64>)>,
+    ack: Option<Ack>,
+}
+
+/// The push a packet carries.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    upgrade_id: i64,
+    opening: Option<i64>,
+    /// Not written after this (see `crate::push`).
+    deadline_ms: i64,
 }
 
 impl Outbound {
@@ -273,9 +285,14 @@ impl Edge {
     pub fn deliver(&self, topic: &str, payload: &Bytes) {
         if let Some(did) = topic.strip_prefix(PUSH_TOPIC_PREFIX) {
             match PushEnvelope::decode(payload) {
+                Some(push) if push.deadline_ms < self.domain.clock.now_ms() => {
+                    bump(&self.stats.stale_pushes);
+                    tracing::info!(topic, upgrade_id = push.upgrade_id, "a push past its deadline; dropped");
+                }
                 Some(push) => {
                     let device_topic = format!("ser2cli_res/{did}");
-                    self.deliver_to(&device_topic, &push.frame, Some((push.upgrade_id, push.opening)));
+                    let ack = Ack { upgrade_id: push.upgrade_id, opening: push.opening, deadline_ms: push.deadline_ms };
+                    self.deliver_to(&device_topic, &push.frame, Some(ack));
                 }
                 None => {
                     bump(&self.stats.malformed);
@@ -287,7 +304,7 @@ impl Edge {
         self.deliver_to(topic, payload, None);
     }
 
-    fn deliver_to(&self, topic: &str, payload: &Bytes, ack: Option<(i64, Option<i64>)>) {
+    fn deliver_to(&self, topic: &str, payload: &Bytes, ack: Option<Ack>) {
         let targets: Vec<Target> = {
             let Ok(sessions) = self.sessions.lock() else { return };
             let did_of = |t: &str| t.split('/').nth(1).map(str::to_owned);
@@ -328,8 +345,13 @@ impl Edge {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
         let (mut reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Outbound>(64);
-        let writer_task =
-            tokio::spawn(write_paced(writer, rx, self.settings.pace, self.stats.clone(), self.events.clone()));
+        let out = Writer {
+            pace: self.settings.pace,
+            stats: self.stats.clone(),
+            events: self.events.clone(),
+            clock: self.domain.clock.clone(),
+        };
+        let writer_task = tokio::spawn(out.run(writer, rx));
         if *self.closing.borrow() {
             return;
         }
@@ -736,28 +758,38 @@ async fn read_packet(
 }
 
 /// The only writer of a device socket: one packet per `write_all`, then a pause. A push is
-/// reported delivered once its packet is written.
-async fn write_paced(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outbound>,
+/// reported delivered once its packet is written; one whose deadline passed while it waited
+/// in the queue is dropped instead (the scheduler may have sent it again).
+struct Writer {
     pace: Duration,
     stats: Arc<EdgeStats>,
     events: RecordEventWriter,
-) {
-    while let Some(out) = rx.recv().await {
-        if writer.write_all(&out.bytes).await.is_err() {
-            return;
+    clock: Arc<dyn ota_domain::Clock>,
+}
+
+impl Writer {
+    async fn run(self, mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outbound>) {
+        while let Some(out) = rx.recv().await {
+            if let Some(ack) = out.ack
+                && ack.deadline_ms < self.clock.now_ms()
+            {
+                bump(&self.stats.stale_pushes);
+                continue;
+            }
+            if writer.write_all(&out.bytes).await.is_err() {
+                return;
+            }
+            bump(&self.stats.packets_sent);
+            if let Some(ack) = out.ack {
+                bump(&self.stats.pushes_delivered);
+                self.events.send(ack.upgrade_id, Event::Delivered { opening: ack.opening });
+            }
+            if !self.pace.is_zero() {
+                tokio::time::sleep(self.pace).await;
+            }
         }
-        bump(&stats.packets_sent);
-        if let Some((upgrade_id, opening)) = out.ack {
-            bump(&stats.pushes_delivered);
-            events.send(upgrade_id, Event::Delivered { opening });
-        }
-        if !pace.is_zero() {
-            tokio::time::sleep(pace).await;
-        }
+        let _ = writer.shutdown().await;
     }
-    let _ = writer.shutdown().await;
 }
 
 #[cfg(test)]

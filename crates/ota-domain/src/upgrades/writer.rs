@@ -3,7 +3,7 @@
 //! An edge acknowledges a delivery the moment it has written the push to the device's
 //! socket; fan-out to thousands of devices must not wait for a database write each, so the
 //! acknowledgements go into a channel and one task applies them in transactions of up to
-//! [`BATCH`] (`Domain::record_events`). Unlike presence, these events are not recomputable
+//! [`BATCH`] (`Domain::record_events`): whatever arrived while the previous transaction ran. Unlike presence, these events are not recomputable
 //! later, so a batch the database refuses is kept and tried again (with a growing pause), in
 //! order, ahead of newer events; at most [`MAX_HELD`] are held while the database is away.
 
@@ -20,9 +20,8 @@ pub const BATCH: usize = 2000;
 /// Events held while the database refuses them; older ones are dropped past this (their
 /// records then recover through their deadlines).
 pub const MAX_HELD: usize = 200_000;
-const LINGER: Duration = Duration::from_millis(20);
 const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 enum Command {
     Event(RecordEvent),
@@ -62,18 +61,13 @@ async fn run(domain: Domain, mut rx: mpsc::UnboundedReceiver<Command>) {
     loop {
         let mut waiters = Vec::new();
         if held.is_empty() {
+            // No lingering: an acknowledgement is written at once, and a batch forms from
+            // what arrives while the previous one is being written. The less time an
+            // acknowledgement spends in memory, the fewer die with a killed process.
             match rx.recv().await {
                 Some(Command::Event(e)) => held.push(e),
                 Some(Command::Flush(w)) => waiters.push(w),
                 None => return,
-            }
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while held.len() < BATCH && waiters.is_empty() {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Command::Event(e))) => held.push(e),
-                    Ok(Some(Command::Flush(w))) => waiters.push(w),
-                    _ => break,
-                }
             }
         }
         while let Ok(cmd) = rx.try_recv() {

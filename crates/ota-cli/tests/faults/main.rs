@@ -1,0 +1,211 @@
+//! Fault tests on whole `ota up` processes: `kill -9` of nodes mid-rollout (the one that
+//! served the rule's start too), PostgreSQL stopped for 20 s, the broker restarted, and
+//! device presence after kills, restarts and graceful stops. Short versions (tens of devices,
+//! seconds); the 300-device run is a benchmark (README, "Rollouts under faults").
+
+mod harness;
+mod rollout;
+
+use std::time::Duration;
+
+use harness::*;
+use rollout::*;
+
+/// The machine's PostgreSQL and Mosquitto, which most of these tests share (each in its own
+/// schema; devices and topics do not collide).
+/// The nodes' directory (logs included); with `OTA_FAULTS_KEEP` set, a copy that outlives
+/// the test, for a look at the logs.
+fn kept(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    match std::env::var("OTA_FAULTS_KEEP") {
+        Ok(base) if !base.is_empty() => {
+            let path = std::path::Path::new(&base).join(dir.path().file_name().unwrap_or_default());
+            eprintln!("node logs in {}", path.display());
+            path
+        }
+        _ => dir.path().to_owned(),
+    }
+}
+
+fn services() -> bool {
+    require("PostgreSQL on 127.0.0.1:5432", port_open("127.0.0.1:5432"))
+        && require("Mosquitto on 127.0.0.1:1883", port_open("127.0.0.1:1883"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_two_killed_mid_rollout_every_device_upgrades_exactly_once() {
+    if !services() {
+        return;
+    }
+    let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        database_url: db.url.clone(),
+        broker: "mqtt://127.0.0.1:1883".into(),
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate: 3,
+        dir: kept(&dir),
+    };
+    let mut n1 = Node::start(&config, "n1");
+    let mut n2 = Node::start(&config, "n2");
+    let n3 = Node::start(&config, "n3");
+    let api = Api::login(&[&n1, &n2, &n3]).await;
+    let mut fleet = Fleet::boot(&api, &[&n1, &n2, &n3], 30).await;
+    // The rule is started through n1's API; n1 dies later.
+    let rule = fleet.start_rule(&api, &config.database_url, fast_policy()).await;
+
+    fleet.wait_notified(&api, rule, 9).await;
+    let on_n2 = fleet.on_node(1);
+    n2.kill9();
+    // Presence is the truth within one lease period: n2's devices show offline on the others.
+    let survivors = fleet.devices.len() - on_n2;
+    api.wait(
+        &format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk),
+        "n2's devices offline",
+        Duration::from_secs(3 * 3 + 5),
+        |v| v["total"].as_i64() == Some(survivors as i64),
+    )
+    .await;
+    n2.restart();
+
+    fleet.wait_notified(&api, rule, 15).await;
+    n1.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    n1.restart();
+
+    let done = fleet.wait_completed(&api, rule, Duration::from_secs(150)).await;
+    // Every node is back and every device online.
+    let path = format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk);
+    api.wait(&path, "all online", Duration::from_secs(30), |v| v["total"] == 30).await;
+    let report = fleet.check_exactly_once(&api, rule, &done, 2).await;
+    eprintln!("kill -9 of two nodes: {report}");
+    drop(n3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_follows_kill_restart_and_graceful_stop() {
+    if !services() {
+        return;
+    }
+    let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        database_url: db.url.clone(),
+        broker: "mqtt://127.0.0.1:1883".into(),
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate: 0,
+        dir: kept(&dir),
+    };
+    let mut a = Node::start(&config, "a");
+    let b = Node::start(&config, "b");
+    let api = Api::login(&[&b, &a]).await;
+    let fleet = Fleet::boot(&api, &[&a], 6).await;
+    let path = format!("/api/v1/devices/{}", fleet.macs[0]);
+    let before = api.get(&path).await.unwrap();
+    assert_eq!(before["online"], true);
+
+    // kill -9: nobody tells the database; b notices the lease lapse.
+    let killed = tokio::time::Instant::now();
+    a.kill9();
+    let offline = api
+        .wait(
+            &format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk),
+            "all offline",
+            Duration::from_secs(15),
+            |v| v["total"] == 0,
+        )
+        .await;
+    assert_eq!(offline["total"], 0);
+    let took = killed.elapsed();
+    eprintln!("offline {took:?} after kill -9");
+    assert!(took <= Duration::from_secs(3 + 1 + 2), "offline {took:?} after the kill, lease 3 s");
+    let after = api.get(&path).await.unwrap();
+    assert!(after["disconnected_at"].is_string(), "{after:#}");
+
+    // Restart: the devices log in again and are online, with a new session.
+    a.restart();
+    api.wait(
+        &format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk),
+        "all back",
+        Duration::from_secs(30),
+        |v| v["total"] == 6,
+    )
+    .await;
+    let again = api.get(&path).await.unwrap();
+    assert_ne!(again["connected_at"], before["connected_at"], "a new session");
+
+    // SIGTERM: offline at once, not one lease later.
+    a.term();
+    let now = api.online(&fleet.pk).await;
+    assert_eq!(now, 0, "a graceful stop marks its devices offline before it exits");
+    assert!(a.log().contains("gateway stopped"), "{}", a.log());
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_survives_postgresql_stopped_for_20_seconds() {
+    let Some(pg) = PgCluster::start() else {
+        require("PostgreSQL's initdb and pg_ctl", false);
+        return;
+    };
+    if !require("Mosquitto on 127.0.0.1:1883", port_open("127.0.0.1:1883")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        database_url: pg.url(),
+        broker: "mqtt://127.0.0.1:1883".into(),
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate: 2,
+        dir: kept(&dir),
+    };
+    let n1 = Node::start(&config, "p1");
+    let n2 = Node::start(&config, "p2");
+    let api = Api::login(&[&n1, &n2]).await;
+    let mut fleet = Fleet::boot(&api, &[&n1, &n2], 16).await;
+    let rule = fleet.start_rule(&api, &config.database_url, fast_policy()).await;
+    fleet.wait_notified(&api, rule, 5).await;
+    pg.down();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(pg.up(), "PostgreSQL starts again");
+    let done = fleet.wait_completed(&api, rule, Duration::from_secs(150)).await;
+    let path = format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk);
+    api.wait(&path, "presence healed", Duration::from_secs(30), |v| v["total"] == 16).await;
+    let report = fleet.check_exactly_once(&api, rule, &done, usize::MAX).await;
+    eprintln!("PostgreSQL down 20 s: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_survives_a_broker_restart() {
+    if !require("PostgreSQL on 127.0.0.1:5432", port_open("127.0.0.1:5432")) {
+        return;
+    }
+    let Some(mut broker) = Broker::start() else {
+        require("mosquitto", false);
+        return;
+    };
+    let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        database_url: db.url.clone(),
+        broker: format!("mqtt://127.0.0.1:{}", broker.port),
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate: 2,
+        dir: kept(&dir),
+    };
+    let n1 = Node::start(&config, "m1");
+    let n2 = Node::start(&config, "m2");
+    let api = Api::login(&[&n1, &n2]).await;
+    let mut fleet = Fleet::boot(&api, &[&n1, &n2], 16).await;
+    let rule = fleet.start_rule(&api, &config.database_url, fast_policy()).await;
+    fleet.wait_notified(&api, rule, 5).await;
+    broker.down();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(broker.up(), "the broker starts again on its port");
+    let done = fleet.wait_completed(&api, rule, Duration::from_secs(150)).await;
+    let report = fleet.check_exactly_once(&api, rule, &done, usize::MAX).await;
+    eprintln!("broker restarted: {report}");
+}
