@@ -9,6 +9,7 @@
 mod control;
 mod device;
 mod exchange;
+mod faults;
 mod plane;
 mod report;
 mod rules;
@@ -31,6 +32,8 @@ enum Command {
     RulesPreview(rules::PreviewArgs),
     /// A simulated fleet pushed by one rule from start to 100 % succeeded.
     Rollout(rules::RolloutArgs),
+    /// A rollout over several `ota up` nodes while two are killed with kill -9 and restarted.
+    Faults(faults::FaultArgs),
     /// The simulated fleet of `rollout` (`ota sim`, started by it).
     #[command(hide = true)]
     Sim(Box<ota_sim::SimArgs>),
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::DevicePlane(args) => runtime.block_on(plane::run(args)),
         Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
+        Command::Faults(args) => runtime.block_on(faults::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Sim(args) => runtime.block_on(async move { ota_sim::run(*args).await.map(|()| true) }),
     };

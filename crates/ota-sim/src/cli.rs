@@ -95,6 +95,10 @@ pub struct SimArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// At the end, write one CSV line per device to this file: pushes received, checks,
+    /// downloads, upgrades, the versions it runs.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 fn parse_protocol(s: &str) -> Result<MqttProtocol, String> {
@@ -197,6 +201,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     };
     let report = Fleet::new(specs, options).run(until).await?;
     print!("{report}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, report.devices_csv()).with_context(|| format!("writing {}", path.display()))?;
+        println!("per-device report: {}", path.display());
+    }
     Ok(())
 }
 

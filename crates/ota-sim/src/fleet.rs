@@ -304,6 +304,40 @@ pub struct FleetReport {
     pub mcu_versions: BTreeMap<String, usize>,
     /// How long the fleet ran.
     pub elapsed: Duration,
+    /// Every device as it ended.
+    pub devices: Vec<DeviceSnapshot>,
+}
+
+/// The header of [`FleetReport::devices_csv`].
+pub const DEVICES_CSV_HEADER: &str =
+    "mac,did,method,wifi_sw,mcu_sw,online,pushes,checks,downloads_ok,downloads_failed,upgrades,boots,mqtt_logins\n";
+
+impl FleetReport {
+    /// One line per device: what it received, did and runs at the end (what the server's
+    /// counts are checked against).
+    pub fn devices_csv(&self) -> String {
+        let mut out = String::from(DEVICES_CSV_HEADER);
+        for d in &self.devices {
+            let c = &d.counters;
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                d.mac,
+                d.did.as_deref().unwrap_or(""),
+                d.method,
+                d.wifi_sw,
+                d.mcu.as_ref().map(|m| m.sw.as_str()).unwrap_or(""),
+                d.online,
+                c.pushes,
+                c.checks,
+                c.downloads_ok,
+                c.downloads_failed,
+                c.upgrades,
+                c.boots,
+                c.mqtt_logins
+            ));
+        }
+        out
+    }
 }
 
 impl FleetReport {
@@ -317,6 +351,7 @@ impl FleetReport {
             lost_packets: tally.lost_packets.load(Ordering::Relaxed),
             vanished: tally.vanished.load(Ordering::Relaxed),
             elapsed,
+            devices: snapshots.to_vec(),
             ..FleetReport::default()
         };
         for s in snapshots {
@@ -414,5 +449,29 @@ mod tests {
         assert_eq!(specs[1].did.as_deref(), Some("uNMdYrcV3YN6DZhQPc5ugW"));
         assert_eq!(specs[1].passcode, "KQXBDTRLMA");
         assert_eq!(specs[1].mcu.as_ref().unwrap().sw, "00000009");
+    }
+
+    #[tokio::test]
+    async fn the_report_has_a_line_per_device() {
+        // Nothing listens on the address: the devices never register, and are still reported.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let mut m = mix();
+        m.counts = vec![(Method::V41, 3)];
+        let options = FleetOptions {
+            device: DeviceConfig { timing: crate::spec::Timing::fast(), ..DeviceConfig::new(closed) },
+            connect_rate: 1000.0,
+            progress: false,
+            progress_interval: Duration::from_secs(1),
+        };
+        let report = Fleet::new(generate(&m).unwrap(), options)
+            .run(tokio::time::sleep(Duration::from_millis(300)))
+            .await
+            .unwrap();
+        let csv = report.devices_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], DEVICES_CSV_HEADER.trim_end());
+        assert_eq!(lines.len(), 4, "{csv}");
+        assert!(lines[1].starts_with("5CCF7F000000,,v41,04020006,"), "{csv}");
+        assert!(lines[1].ends_with(",false,0,0,0,0,0,1,0"), "{csv}");
     }
 }

@@ -5,6 +5,8 @@
 //! `postgres` → a fresh schema in the database at `OTA_TEST_PG_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`), dropped when the test ends.
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;

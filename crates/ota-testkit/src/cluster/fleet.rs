@@ -7,7 +7,8 @@ use std::time::Duration;
 use ota_sim::DeviceHandle;
 use serde_json::{Value, json};
 
-use crate::harness::*;
+use super::{Api, Node, device, rule_body, verify};
+use ota_sim::Timing;
 
 pub const TARGET: &str = "04020021";
 
@@ -28,7 +29,7 @@ pub struct Fleet {
 
 impl Fleet {
     /// A product and `n` V4.1 devices spread over `nodes`, all online.
-    pub async fn boot(api: &Api, nodes: &[&Node], n: usize) -> Fleet {
+    pub async fn boot(api: &Api, nodes: &[&Node], n: usize, timing: &Timing) -> Fleet {
         let product = api.post("/api/v1/products", json!({ "name": "lamp" })).await.unwrap();
         let pk = product["product_key"].as_str().unwrap().to_owned();
         let salt: u16 = rand::random();
@@ -36,7 +37,7 @@ impl Fleet {
         let devices = macs
             .iter()
             .enumerate()
-            .map(|(i, mac)| (i % nodes.len(), device(nodes[i % nodes.len()], &pk, mac)))
+            .map(|(i, mac)| (i % nodes.len(), device(nodes[i % nodes.len()], &pk, mac, timing)))
             .collect();
         let fleet = Fleet { pk, macs, devices };
         let path = format!("/api/v1/products/{}/devices?online=true&per_page=1", fleet.pk);
@@ -96,46 +97,78 @@ impl Fleet {
         }
     }
 
-    /// Every device succeeded exactly once, the counts equal the devices' own truth, nothing
-    /// is left in a non-final stage, and no device received a second push except a retry
-    /// after a recorded failure — beyond `allowance` devices whose push was acknowledged in
-    /// the milliseconds before a `kill -9` or while the database was away (the
-    /// acknowledgement was lost with the process, so the push goes out again). Returns a
-    /// one-line report.
-    pub async fn check_exactly_once(self, api: &Api, rule: i64, done: &Value, allowance: usize) -> String {
+    /// Every device succeeded exactly once, the counts equal the devices' own truth, and
+    /// nothing is left in a non-final stage (else `Err` says what is wrong); the outcome
+    /// counts the pushes the devices received against the retries the records show.
+    pub async fn check_exactly_once(self, api: &Api, rule: i64, done: &Value) -> Result<Outcome, String> {
         let n = self.devices.len() as i64;
         let c = &done["counts"];
-        assert_eq!((c["targets"].as_i64(), c["succeeded"].as_i64()), (Some(n), Some(n)), "{done:#}");
+        if (c["targets"].as_i64(), c["succeeded"].as_i64()) != (Some(n), Some(n)) {
+            return Err(format!("targets and successes are not {n}: {done:#}"));
+        }
         for k in ["failed", "expired", "pending", "in_progress"] {
-            assert_eq!(c[k].as_i64(), Some(0), "{k}: {done:#}");
-        }
-        let list = api.get(&format!("/api/v1/rules/{rule}/devices?per_page=200")).await.unwrap();
-        let items = list["items"].as_array().unwrap();
-        assert_eq!(items.len() as i64, n);
-        let mut failures: HashMap<String, usize> = HashMap::new();
-        for t in items {
-            assert_eq!(t["stage"], "succeeded", "{t:#}");
-            let attempts = t["attempts"].as_array().unwrap();
-            assert_eq!(attempts.last().unwrap()["outcome"], "succeeded", "{t:#}");
-            let failed = attempts.iter().filter(|a| a["outcome"] == "failed").count();
-            assert!(failures.insert(t["did"].as_str().unwrap().to_owned(), failed).is_none(), "one record per device");
-        }
-        let (mut received, mut retried, mut extra) = (0usize, 0usize, 0usize);
-        for (_, d) in self.devices {
-            let snap = d.stop().await;
-            assert_eq!(snap.wifi_sw, TARGET, "{} runs the target", snap.mac);
-            assert_eq!(snap.counters.upgrades, 1, "{} installed once", snap.mac);
-            let failed = failures[snap.did.as_deref().unwrap()];
-            let pushes = snap.counters.pushes as usize;
-            received += pushes;
-            retried += failed;
-            if pushes > 1 + failed {
-                extra += 1;
+            if c[k].as_i64() != Some(0) {
+                return Err(format!("{k} is not 0: {done:#}"));
             }
         }
-        assert!(extra <= allowance, "{extra} devices received a push beyond a retry after a failure");
-        format!(
-            "{n} devices succeeded once; {received} pushes received, {retried} retries after a recorded failure, {extra} devices with an extra push"
+        let list = api.get(&format!("/api/v1/rules/{rule}/devices?per_page=200")).await?;
+        let mut items: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+        let pages = list["total"].as_i64().unwrap_or(0).div_euclid(200) + 1;
+        for page in 2..=pages {
+            let more = api.get(&format!("/api/v1/rules/{rule}/devices?per_page=200&page={page}")).await?;
+            items.extend(more["items"].as_array().cloned().unwrap_or_default());
+        }
+        if items.len() as i64 != n {
+            return Err(format!("{} records for {n} devices", items.len()));
+        }
+        let mut failures: HashMap<String, usize> = HashMap::new();
+        for t in &items {
+            let attempts = t["attempts"].as_array().cloned().unwrap_or_default();
+            if t["stage"] != "succeeded" || attempts.last().map(|a| a["outcome"].clone()) != Some(json!("succeeded")) {
+                return Err(format!("a target did not end succeeded: {t:#}"));
+            }
+            let failed = attempts.iter().filter(|a| a["outcome"] == "failed").count();
+            if failures.insert(t["did"].as_str().unwrap_or_default().to_owned(), failed).is_some() {
+                return Err(format!("two records for one device: {t:#}"));
+            }
+        }
+        let mut out = Outcome { devices: n as usize, ..Outcome::default() };
+        for (_, d) in self.devices {
+            let snap = d.stop().await;
+            if snap.wifi_sw != TARGET || snap.counters.upgrades != 1 {
+                return Err(format!("{} runs {} after {} upgrades", snap.mac, snap.wifi_sw, snap.counters.upgrades));
+            }
+            let failed = failures.get(snap.did.as_deref().unwrap_or_default()).copied().unwrap_or(0);
+            let pushes = snap.counters.pushes as usize;
+            out.received += pushes;
+            out.retried += failed;
+            if pushes > 1 + failed {
+                out.extra += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`Fleet::check_exactly_once`] counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub devices: usize,
+    /// Pushes the devices received.
+    pub received: usize,
+    /// Retries after a failure the records show.
+    pub retried: usize,
+    /// Devices that received a push beyond a retry after a recorded failure: one whose
+    /// acknowledgement died with a `kill -9`d process or waited out a database outage.
+    pub extra: usize,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} devices succeeded once; {} pushes received, {} retries after a recorded failure, {} devices with an extra push",
+            self.devices, self.received, self.retried, self.extra
         )
     }
 }

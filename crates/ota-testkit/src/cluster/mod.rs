@@ -1,5 +1,8 @@
 //! Whole `ota up` processes, a PostgreSQL and a Mosquitto of the test's own, simulated devices
-//! and an API client: what the fault tests (and the fault benchmark) are made of.
+//! and an API client: what the fault tests (`crates/ota-cli/tests/faults`) and the fault
+//! benchmark (`ota-bench faults`) are made of.
+
+pub mod fleet;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ const JWT_SECRET: &str = "fault-tests-share-one-secret-across-their-nodes";
 /// Fails in CI, skips loudly elsewhere, when a service the test needs is not there.
 pub fn require(what: &str, ok: bool) -> bool {
     if !ok {
-        assert!(!ota_testkit::in_ci(), "{what} is not reachable, and CI needs it");
+        assert!(!crate::in_ci(), "{what} is not reachable, and CI needs it");
         eprintln!("SKIPPED: {what} is not reachable; the fault test did not run");
     }
     ok
@@ -37,6 +40,10 @@ fn free_port() -> u16 {
 /// Where the nodes of one cluster meet: database, broker, settings.
 #[derive(Clone)]
 pub struct ClusterConfig {
+    /// The `ota` executable.
+    pub ota: PathBuf,
+    /// Simulated device timers (fast in tests, the firmware's own in benchmarks).
+    pub timing: Timing,
     pub database_url: String,
     pub broker: String,
     pub lease_secs: u64,
@@ -78,7 +85,7 @@ impl Node {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&own).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(own.join("node.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ota"))
+        let mut child = Command::new(&config.ota)
             .arg("up")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -398,10 +405,10 @@ impl Api {
 }
 
 /// A V4.1 Wi-Fi device on 04020006 talking to `node`.
-pub fn device(node: &Node, pk: &str, mac: &str) -> DeviceHandle {
+pub fn device(node: &Node, pk: &str, mac: &str, timing: &Timing) -> DeviceHandle {
     let spec = DeviceSpec::new(pk.to_owned(), mac, Method::V41);
-    let config = DeviceConfig { timing: Timing::fast(), ..DeviceConfig::new(node.http) };
-    Device::new(spec, config).unwrap().spawn()
+    let config = DeviceConfig { timing: timing.clone(), ..DeviceConfig::new(node.http) };
+    Device::new(spec, config).expect("a valid device").spawn()
 }
 
 /// Marks firmware verified straight in the database (the verification flow has its own tests).
