@@ -61,6 +61,15 @@ async fn wifi_rule(p: &Plane, size: usize, backoff_s: u32, timeouts: Value) -> i
     id
 }
 
+/// A V4.1 Wi-Fi device with `faults` (for its first download only when `once`), online.
+async fn faulty_device(p: &Plane, mac: &str, faults: ota_sim::Faults, once: bool) -> DeviceHandle {
+    let mut spec = p.spec(mac, Method::V41);
+    spec.faults = ota_sim::Faults { only_first: u32::from(once), ..faults };
+    let device = p.spawn(spec);
+    p.wait_device(mac, "online", |d| d["online"] == true && d["push_method"] == "V4.1").await;
+    device
+}
+
 async fn csv_row(p: &Plane, rule: i64) -> String {
     let csv = p.s.get(&format!("/api/v1/rules/{rule}/devices.csv")).await.text().await.unwrap();
     csv.lines().nth(1).unwrap_or_default().to_owned()
@@ -71,11 +80,8 @@ async fn a_cut_download_fails_with_its_kind_is_retried_and_succeeds() {
     let mut p = Plane::start().await;
     p.s.use_api_token().await;
     let mac = "5CCF7F710001";
-    let mut spec = p.spec(mac, Method::V41);
-    spec.faults.drop_mid_download = true;
-    spec.faults.only_first = 1;
-    let device = p.spawn(spec);
-    p.wait_device(mac, "online", |d| d["online"] == true && d["push_method"] == "V4.1").await;
+    let faults = ota_sim::Faults { drop_mid_download: true, ..Default::default() };
+    let device = faulty_device(&p, mac, faults, true).await;
     // Large enough that the cut shows on the server's side: the device stops reading halfway,
     // while the socket buffers hold far less than the image.
     let rule = wifi_rule(&p, 1_500_000, 0, json!({})).await;
@@ -112,11 +118,9 @@ async fn a_device_that_fails_on_its_side_fails_at_the_stage_deadline_named_and_i
     let mut p = Plane::start().await;
     p.s.use_api_token().await;
     let mac = "5CCF7F710002";
-    let mut spec = p.spec(mac, Method::V41);
-    spec.faults.corrupt_byte = true; // the MD5 check fails on the device, which says nothing
-    spec.faults.only_first = 1;
-    let device = p.spawn(spec);
-    p.wait_device(mac, "online", |d| d["online"] == true && d["push_method"] == "V4.1").await;
+    // The MD5 check fails on the device, which says nothing.
+    let faults = ota_sim::Faults { corrupt_byte: true, ..Default::default() };
+    let device = faulty_device(&p, mac, faults, true).await;
     let rule = wifi_rule(&p, 6000, 0, json!({ "downloaded_wifi_s": 60 })).await;
 
     let downloaded = wait_target(&p, rule, mac, "downloaded", |t| t["stage"] == "downloaded").await;
@@ -141,10 +145,8 @@ async fn a_failure_shows_in_the_list_and_csv_at_once() {
     let mut p = Plane::start().await;
     p.s.use_api_token().await;
     let mac = "5CCF7F710003";
-    let mut spec = p.spec(mac, Method::V41);
-    spec.faults.corrupt_byte = true; // every time: it never succeeds
-    let device = p.spawn(spec);
-    p.wait_device(mac, "online", |d| d["online"] == true).await;
+    // Every time: it never succeeds.
+    let device = faulty_device(&p, mac, ota_sim::Faults { corrupt_byte: true, ..Default::default() }, false).await;
     let rule = wifi_rule(&p, 6000, 3600, json!({ "downloaded_wifi_s": 30 })).await;
     wait_target(&p, rule, mac, "downloaded", |t| t["stage"] == "downloaded").await;
     p.s.api.t.clock.advance(chrono::Duration::seconds(31));

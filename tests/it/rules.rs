@@ -781,3 +781,50 @@ async fn mac_lists_upload_with_line_numbers_and_download_again() {
             .unwrap();
     expect_error(r, StatusCode::NOT_FOUND, "product_not_found").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_start_requeue_failed_and_undelivered_targets() {
+    let f = Fleet::start().await;
+    let rec = Recorder::delivering(f.domain());
+    f.domain().attach_notifier(Arc::new(rec.clone()));
+    let silent = f.device("5CCF7F500001", "04020006", true).await;
+    let lost = f.device("5CCF7F500002", "04020006", true).await;
+    rec.lose.lock().unwrap().push(lost.did.clone());
+    let fw = f.firmware("04020021", true).await;
+    let mut body = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-05"), (0, 24));
+    // The console's strict policy: a failure waits for the next opening.
+    body["policy"] = json!({ "retry": { "within_opening": false } });
+    let id = f.create_rule(fw, body).await["request_id"].as_i64().unwrap();
+    expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    assert_eq!(round(&f).await.notified, 2);
+    rec.take();
+    // The silent device never checks: its attempt times out; the lost push is never delivered.
+    f.s.api.t.clock.advance(chrono::Duration::seconds(121));
+    let r = round(&f).await;
+    assert_eq!((r.due, r.notified), (2, 1), "the missed delivery is sent again; the failure waits");
+    assert_eq!(rec.take(), vec![lost.did.clone()]);
+    let list = expect_status(f.s.get(&format!("/api/v1/rules/{id}/devices")).await, StatusCode::OK).await;
+    let by_mac = |mac: &str| list["items"].as_array().unwrap().iter().find(|d| d["mac"] == mac).unwrap().clone();
+    assert_eq!(by_mac("5CCF7F500001")["failure"], json!({ "kind": "timeout", "stage": "notified" }));
+    assert_eq!(by_mac("5CCF7F500002")["stage"], "pending");
+    // Under the strict policy the failed one waits for the next opening; the lost one is
+    // tried again after each delivery timeout.
+    f.s.api.t.clock.advance(chrono::Duration::seconds(11));
+    assert_eq!(round(&f).await.notified, 1);
+    assert_eq!(rec.take(), vec![lost.did.clone()]);
+
+    // Stop + start: both are queued afresh and pushed again at once, in the same opening.
+    rec.lose.lock().unwrap().clear();
+    expect_status(f.s.post(&format!("/api/v1/rules/{id}/stop"), json!({})).await, StatusCode::OK).await;
+    f.s.api.t.clock.advance(chrono::Duration::seconds(11));
+    expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    let list = expect_status(f.s.get(&format!("/api/v1/rules/{id}/devices")).await, StatusCode::OK).await;
+    for d in list["items"].as_array().unwrap() {
+        assert_eq!((d["stage"].as_str(), d["attempt"].as_i64()), (Some("pending"), Some(0)), "{d:#}");
+        assert!(d["failure"].is_null(), "{d:#}");
+    }
+    let silent_view = list["items"].as_array().unwrap().iter().find(|d| d["mac"] == "5CCF7F500001").unwrap().clone();
+    assert_eq!(silent_view["attempts"][0]["failure"], "timeout", "the history stays");
+    assert_eq!(round(&f).await.notified, 2);
+    assert_eq!(rec.take(), sorted(&[&silent.did, &lost.did]));
+}

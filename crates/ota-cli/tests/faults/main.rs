@@ -24,6 +24,23 @@ fn kept(dir: &tempfile::TempDir) -> std::path::PathBuf {
     }
 }
 
+/// The tests' cluster: lease 3 s and delivery timeout 2 s (production: 30 s, 10 s), so that
+/// faults heal in seconds.
+fn cluster(database_url: String, broker: String, push_rate: u32, dir: &tempfile::TempDir) -> ClusterConfig {
+    ClusterConfig {
+        ota: env!("CARGO_BIN_EXE_ota").into(),
+        timing: Timing::fast(),
+        database_url,
+        broker,
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate,
+        dir: kept(dir),
+    }
+}
+
+const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
+
 fn services() -> bool {
     require("PostgreSQL on 127.0.0.1:5432", port_open("127.0.0.1:5432"))
         && require("Mosquitto on 127.0.0.1:1883", port_open("127.0.0.1:1883"))
@@ -36,16 +53,7 @@ async fn three_nodes_two_killed_mid_rollout_every_device_upgrades_exactly_once()
     }
     let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
     let dir = tempfile::tempdir().unwrap();
-    let config = ClusterConfig {
-        ota: env!("CARGO_BIN_EXE_ota").into(),
-        timing: Timing::fast(),
-        database_url: db.url.clone(),
-        broker: "mqtt://127.0.0.1:1883".into(),
-        lease_secs: 3,
-        delivery_secs: 2,
-        push_rate: 3,
-        dir: kept(&dir),
-    };
+    let config = cluster(db.url.clone(), MOSQUITTO.into(), 3, &dir);
     let mut n1 = Node::start(&config, "n1");
     let mut n2 = Node::start(&config, "n2");
     let n3 = Node::start(&config, "n3");
@@ -92,16 +100,7 @@ async fn presence_follows_kill_restart_and_graceful_stop() {
     }
     let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
     let dir = tempfile::tempdir().unwrap();
-    let config = ClusterConfig {
-        ota: env!("CARGO_BIN_EXE_ota").into(),
-        timing: Timing::fast(),
-        database_url: db.url.clone(),
-        broker: "mqtt://127.0.0.1:1883".into(),
-        lease_secs: 3,
-        delivery_secs: 2,
-        push_rate: 0,
-        dir: kept(&dir),
-    };
+    let config = cluster(db.url.clone(), MOSQUITTO.into(), 0, &dir);
     let mut a = Node::start(&config, "a");
     let b = Node::start(&config, "b");
     let api = Api::login(&[&b, &a]).await;
@@ -158,16 +157,7 @@ async fn a_rollout_survives_postgresql_stopped_for_20_seconds() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let config = ClusterConfig {
-        ota: env!("CARGO_BIN_EXE_ota").into(),
-        timing: Timing::fast(),
-        database_url: pg.url(),
-        broker: "mqtt://127.0.0.1:1883".into(),
-        lease_secs: 3,
-        delivery_secs: 2,
-        push_rate: 2,
-        dir: kept(&dir),
-    };
+    let config = cluster(pg.url(), MOSQUITTO.into(), 2, &dir);
     let n1 = Node::start(&config, "p1");
     let n2 = Node::start(&config, "p2");
     let api = Api::login(&[&n1, &n2]).await;
@@ -195,16 +185,7 @@ async fn a_rollout_survives_a_broker_restart() {
     };
     let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
     let dir = tempfile::tempdir().unwrap();
-    let config = ClusterConfig {
-        ota: env!("CARGO_BIN_EXE_ota").into(),
-        timing: Timing::fast(),
-        database_url: db.url.clone(),
-        broker: format!("mqtt://127.0.0.1:{}", broker.port),
-        lease_secs: 3,
-        delivery_secs: 2,
-        push_rate: 2,
-        dir: kept(&dir),
-    };
+    let config = cluster(db.url.clone(), format!("mqtt://127.0.0.1:{}", broker.port), 2, &dir);
     let n1 = Node::start(&config, "m1");
     let n2 = Node::start(&config, "m2");
     let api = Api::login(&[&n1, &n2]).await;
