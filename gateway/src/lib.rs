@@ -239,7 +239,8 @@ impl Gateway {
         domain.attach_notifier(Arc::new(notifier::BusNotifier {
             bus: bus.clone(),
             public_host: settings.public_host,
-            domain: domain.clone(),
+            clock: domain.clock.clone(),
+            delivery_timeout_ms: domain.settings.delivery_timeout_ms,
         }));
         tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
         tasks.push(tokio::spawn(run_liveness(

@@ -16,8 +16,11 @@ use crate::push::PushEnvelope;
 pub struct BusNotifier {
     pub bus: Bus,
     pub public_host: String,
-    /// To date pushes: their deadline is now + `delivery_timeout_ms`.
-    pub domain: ota_domain::Domain,
+    /// To date pushes: their deadline is now + `delivery_timeout_ms`. (Not the domain itself:
+    /// the domain holds its notifier, and a notifier holding the domain would keep both, and
+    /// the database pool, alive for ever.)
+    pub clock: std::sync::Arc<dyn ota_domain::Clock>,
+    pub delivery_timeout_ms: i64,
 }
 
 /// The frame that pushes `notice` to a device.
@@ -54,7 +57,7 @@ impl DeviceNotifier for BusNotifier {
     fn notify(&self, notice: PushNotice) -> BoxFuture<'static, anyhow::Result<()>> {
         let bus = self.bus.clone();
         let frame = push_frame(&notice, &self.public_host);
-        let deadline_ms = self.domain.clock.now_ms() + self.domain.settings.delivery_timeout_ms;
+        let deadline_ms = self.clock.now_ms() + self.delivery_timeout_ms;
         Box::pin(async move {
             let envelope =
                 PushEnvelope { upgrade_id: notice.upgrade_id, opening: notice.opening, deadline_ms, frame: frame? };
