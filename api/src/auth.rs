@@ -1,13 +1,17 @@
-//! Authentication: login JWTs and API tokens, checked by the [`Auth`] extractor.
+//! Authentication: login JWTs and API tokens, resolved by [`resolve_credentials`] and checked
+//! against the capability a route needs by the [`Auth`] extractor.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::net::IpAddr;
 
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ota_domain::Domain;
+use ota_domain::access::{Authorized, Capability};
 use ota_domain::auth::{Principal, TOKEN_PREFIX};
-use ota_wire::ErrorCode;
+use ota_wire::{ErrorBody, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -72,53 +76,100 @@ impl JwtKeys {
     }
 }
 
-/// The authenticated principal of a request: `Authorization: Bearer <jwt or ota_… token>`.
-pub struct Auth(pub Principal);
-
-impl std::ops::Deref for Auth {
-    type Target = Principal;
-    fn deref(&self) -> &Principal {
-        &self.0
-    }
+/// What the credentials of a request resolved to, stored by [`resolve_credentials`] before
+/// any handler argument is extracted.
+#[derive(Clone)]
+enum Resolved {
+    Principal(Principal),
+    Refused(ErrorBody),
 }
 
-impl FromRequest for Auth {
-    type Error = actix_web::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Auth, actix_web::Error>>>>;
-
-    fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let header = req.headers().get(actix_web::http::header::AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
-        Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError(anyhow::anyhow!("application state missing").into()))?;
-            let header = match header {
-                None => {
-                    return Err(
-                        ApiError::new(ErrorCode::MissingCredentials, "send Authorization: Bearer <token>").into()
-                    );
+/// Middleware: authenticates the `Authorization` header, if any, once per request, before the
+/// handler's arguments are extracted. The [`Auth`] extractor then only reads the result, so it
+/// is ready at once and its refusal (401/403) comes before any complaint about the body, the
+/// path or the query.
+pub async fn resolve_credentials(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        let header = header.to_str().map(str::to_owned);
+        let resolved = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => match authenticate_header(&state.domain, &state.jwt, header).await {
+                Ok(p) => Resolved::Principal(p),
+                Err(e) => {
+                    // Log unexpected causes here, once; the body never carries them.
+                    let _ = e.error_response();
+                    Resolved::Refused(e.body())
                 }
-                Some(Err(_)) => {
-                    return Err(
-                        ApiError::new(ErrorCode::InvalidCredentials, "the Authorization header is not text").into()
-                    );
-                }
-                Some(Ok(h)) => h,
-            };
-            let token = header
-                .strip_prefix("Bearer ")
-                .or_else(|| header.strip_prefix("bearer "))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::new(ErrorCode::InvalidCredentials, "use the Bearer scheme"))?;
-            Ok(Auth(authenticate(&state.domain, &state.jwt, token).await?))
-        })
+            },
+            None => Resolved::Refused(ApiError(anyhow::anyhow!("application state missing").into()).body()),
+        };
+        req.extensions_mut().insert(resolved);
     }
+    next.call(req).await
 }
 
-async fn authenticate(domain: &Domain, jwt: &JwtKeys, token: &str) -> Result<Principal, ApiError> {
+async fn authenticate_header(
+    domain: &Domain,
+    jwt: &JwtKeys,
+    header: Result<String, actix_web::http::header::ToStrError>,
+) -> Result<Principal, ApiError> {
+    let header =
+        header.map_err(|_| ApiError::new(ErrorCode::InvalidCredentials, "the Authorization header is not text"))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidCredentials, "use the Bearer scheme"))?;
     if token.starts_with(TOKEN_PREFIX) {
         return Ok(domain.token_principal(token).await?);
     }
     let (user_id, issued_at_ms) = jwt.verify(token, domain.clock.now_ms())?;
     Ok(domain.session_principal(user_id, issued_at_ms).await?)
+}
+
+/// The capability `C` of the request's credentials (`Authorization: Bearer <jwt or ota_…
+/// token>`): the extractor every authenticated route takes first. A handler gets the
+/// [`Authorized<C>`] the domain call needs only through it.
+pub struct Auth<C: Capability>(pub Authorized<C>);
+
+impl<C: Capability> std::ops::Deref for Auth<C> {
+    type Target = Authorized<C>;
+    fn deref(&self) -> &Authorized<C> {
+        &self.0
+    }
+}
+
+impl<C: Capability> FromRequest for Auth<C> {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Auth<C>, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let resolved = req.extensions().get::<Resolved>().cloned();
+        std::future::ready(match resolved {
+            None => Err(ApiError::new(ErrorCode::MissingCredentials, "send Authorization: Bearer <token>").into()),
+            Some(Resolved::Refused(body)) => Err(ApiError::from(body).into()),
+            Some(Resolved::Principal(p)) => Authorized::<C>::check(p).map(Auth).map_err(|e| ApiError(e).into()),
+        })
+    }
+}
+
+/// The client address a request came from: the peer, or, when the peer is a configured
+/// trusted proxy, the last address of its `X-Forwarded-For` (the one that proxy saw).
+pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> String {
+    let peer = req.peer_addr().map(|a| a.ip());
+    if let Some(peer) = peer
+        && trusted_proxies.contains(&peer)
+        && let Some(forwarded) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        return forwarded.to_string();
+    }
+    peer.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".to_owned())
 }

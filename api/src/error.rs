@@ -21,6 +21,13 @@ impl From<DomainError> for ApiError {
     }
 }
 
+impl From<ErrorBody> for ApiError {
+    /// An error body kept from earlier in the request (credentials resolved by the middleware).
+    fn from(b: ErrorBody) -> Self {
+        ApiError(DomainError::Expected { code: b.code, message: b.message, details: b.details })
+    }
+}
+
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError(DomainError::new(code, message))
@@ -75,14 +82,6 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -
     e.into()
 }
 
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::new(ErrorCode::InvalidQuery, format!("invalid query string: {err}")).into()
-}
-
 pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::new(ErrorCode::InvalidPath, format!("invalid path parameter: {err}")).into()
-}
-
-pub async fn route_not_found() -> HttpResponse {
-    ApiError::new(ErrorCode::RouteNotFound, "no such route").error_response()
 }

@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod body;
+pub mod contract;
 pub mod error;
+pub mod extract;
 pub mod routes;
 pub mod upload;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 
 use actix_cors::Cors;
 use actix_web::dev::Server;
@@ -30,11 +32,19 @@ pub struct ApiSettings {
     pub max_json_bytes: usize,
     /// Worker threads (0 = one per core).
     pub workers: usize,
+    /// Proxies whose `X-Forwarded-For` names the client address (login throttle); empty: the
+    /// peer address is the client address.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        ApiSettings { cors_allowed_origins: Vec::new(), max_json_bytes: 64 * 1024, workers: 0 }
+        ApiSettings {
+            cors_allowed_origins: Vec::new(),
+            max_json_bytes: 64 * 1024,
+            workers: 0,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -42,6 +52,7 @@ impl Default for ApiSettings {
 pub struct AppState {
     pub domain: Domain,
     pub jwt: JwtKeys,
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(OpenApi)]
@@ -53,7 +64,14 @@ pub struct AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
-    components(schemas(ota_wire::ErrorBody, ota_wire::ErrorCode)),
+    components(schemas(
+        ota_wire::ErrorBody,
+        ota_wire::ErrorCode,
+        ota_wire::rules::RuleDeviceFilter,
+        ota_wire::dto::AdoptionEventKind,
+        ota_wire::dto::FirmwareType,
+        ota_wire::dto::PushMethod,
+    )),
     tags(
         (name = "auth", description = "Log in and manage your own credentials"),
         (name = "users", description = "Users of your tenant (admins)"),
@@ -64,6 +82,7 @@ pub struct AppState {
         (name = "devices", description = "The device registry"),
         (name = "rules", description = "Push rules: targets, preview, start and stop, results"),
         (name = "adoption", description = "Take over devices provisioned by the hosted cloud"),
+        (name = "security", description = "Device-side abuse: re-registration policy, wrong passcodes, unknown dids"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -79,7 +98,13 @@ impl Modify for BearerAuth {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A login JWT from /api/v1/auth/login, or an API token (`ota_…`)"))
+                    .description(Some(
+                        "A login JWT from /api/v1/auth/login, or an API token (`ota_…`). An operation's \
+                         requirement names what the credentials need: a scope (`read`, `write`, \
+                         `push`), `admin` (a tenant admin with a login session or an `admin` token), \
+                         `installation_admin` (an admin of the installation's first tenant), or \
+                         `session` (a login session, not an API token); none: any valid credentials.",
+                    ))
                     .build(),
             ),
         );
@@ -91,7 +116,8 @@ impl Modify for BearerAuth {
 macro_rules! app_with_routes {
     ($app:expr) => {{
         use routes::*;
-        $app.into_utoipa_app()
+        $app.wrap(actix_web::middleware::from_fn(auth::resolve_credentials))
+            .into_utoipa_app()
             .openapi(ApiDoc::openapi())
             .service(health::healthz)
             .service(health::readyz)
@@ -144,19 +170,35 @@ macro_rules! app_with_routes {
                     .service(rules::upload_mac_list)
                     .service(rules::get_mac_list)
                     .service(rules::mac_list_entries)
+                    .service(rollout::pause_rule)
+                    .service(rollout::resume_rule)
+                    .service(rollout::cancel_rule)
+                    .service(rollout::advance_rule)
+                    .service(rollout::exclude_devices)
+                    .service(rollout::rule_preflight)
+                    .service(rollout::list_all_rules)
+                    .service(rollout::region_zones)
+                    .service(rollout::set_region_zones)
+                    .service(rollout::set_device_time_zone)
                     .service(devices::reset_passcode)
                     .service(adoption::get_adoption)
                     .service(adoption::set_adoption)
-                    .service(adoption::list_adoption_events),
+                    .service(adoption::list_adoption_events)
+                    .service(security::get_registration_policy)
+                    .service(security::set_registration_policy)
+                    .service(security::device_security)
+                    .service(security::list_unknown_devices),
             )
             .split_for_parts()
     }};
 }
 
-/// The OpenAPI document the server serves at `/api-docs/openapi.json`.
+/// The OpenAPI document the server serves at `/api-docs/openapi.json`: the routes' own
+/// annotations, completed with the answers every route of its shape can give
+/// ([`contract::complete`]).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_app, api) = app_with_routes!(App::new());
-    api
+    contract::complete(api)
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -181,30 +223,48 @@ fn cors(origins: &[String]) -> Cors {
 
 /// Starts the API on an already bound listener (bind port 0 in tests and read it back).
 pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiSettings) -> std::io::Result<Server> {
-    let state = web::Data::new(AppState { domain, jwt });
+    tokio::spawn(maintenance(domain.clone()));
+    let routes = web::Data::new(contract::RouteTable::from_openapi(&openapi()));
+    let state = web::Data::new(AppState { domain, jwt, trusted_proxies: settings.trusted_proxies.clone() });
     let settings_for_app = settings.clone();
     let mut server = HttpServer::new(move || {
         let (app, api) = app_with_routes!(
             App::new()
                 .app_data(state.clone())
+                .app_data(routes.clone())
                 .app_data(
                     web::JsonConfig::default().limit(settings_for_app.max_json_bytes).error_handler(error::json_error)
                 )
-                .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .wrap(cors(&settings_for_app.cors_allowed_origins))
                 .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("ota_api::access"))
         );
-        app.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", api))
+        app.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", contract::complete(api)))
             .route(
                 "/docs",
                 web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }),
             )
-            .default_service(web::to(error::route_not_found))
+            .default_service(web::to(contract::no_route))
     })
     .listen(listener)?;
     if settings.workers > 0 {
         server = server.workers(settings.workers);
     }
     Ok(server.disable_signals().run())
+}
+
+/// The maintenance task of the API, once a minute (time-driven changes, so not inside a
+/// request): login failure counters without a failure for 15 minutes, held `target_fid`
+/// reports past their time and unknown-did refusals not seen for 30 days are deleted.
+async fn maintenance(domain: Domain) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        ticks.tick().await;
+        if let Err(e) = domain.forget_login_failures().await {
+            tracing::warn!(error = %e, "could not forget old login failures");
+        }
+        if let Err(e) = domain.forget_old_device_records().await {
+            tracing::warn!(error = %e, "could not forget old device records");
+        }
+    }
 }

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::http::response::sanitize_filename;
 use crate::http::{DownloadHead, FormBuilder, Handler, ProductCipher, Reply, Request, api_reply};
+use crate::throttle::AuthThrottle;
 
 /// Where devices are sent: the host in download URLs and the MQTT address in provision.
 #[derive(Debug, Clone)]
@@ -42,13 +43,41 @@ pub struct DeviceHttp {
     node: String,
     /// Where download ends are reported.
     events: RecordEventWriter,
+    throttle: Arc<AuthThrottle>,
 }
+
+/// A wrong passcode's reply waits at most this long: the HTTP server answers a handler that
+/// takes longer with 503 (`handler_timeout`), and the answer must stay the 403 of a wrong passcode.
+const MAX_HTTP_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
 impl DeviceHttp {
-    pub fn new(domain: Domain, endpoints: DeviceEndpoints, node: String, events: RecordEventWriter) -> Arc<DeviceHttp> {
-        Arc::new(DeviceHttp { domain, endpoints, node, events })
+    pub fn new(
+        domain: Domain,
+        endpoints: DeviceEndpoints,
+        node: String,
+        events: RecordEventWriter,
+        throttle: Arc<AuthThrottle>,
+    ) -> Arc<DeviceHttp> {
+        Arc::new(DeviceHttp { domain, endpoints, node, events, throttle })
+    }
+
+    /// A passcode-bearing call: checked unless the address has too many attempts in flight
+    /// (then answered as a wrong passcode, unchecked); a wrong passcode's answer is delayed
+    /// ([`crate::throttle`]).
+    async fn guarded<T, F>(&self, peer: SocketAddr, did: &str, call: F) -> Result<T, DomainError>
+    where
+        F: Future<Output = Result<T, DomainError>>,
+    {
+        let Some(attempt) = self.throttle.begin(peer.ip()) else {
+            return Err(DomainError::new(ErrorCode::InvalidCredentials, "unknown did or wrong passcode"));
+        };
+        let result = call.await;
+        if let Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) = &result {
+            tokio::time::sleep(self.throttle.wrong(&attempt, did).min(MAX_HTTP_WAIT)).await;
+        }
+        result
     }
 
     async fn route(&self, req: Request, peer: SocketAddr) -> Reply {
@@ -56,12 +85,14 @@ impl DeviceHttp {
         let ip = Some(peer.ip().to_string());
         let result = match (req.method.as_str(), segments.as_slice()) {
             ("POST", ["dev", "devices"]) => self.register_plain(&req, ip).await,
-            ("DELETE", ["dev", "devices"]) => self.deregister(&req).await,
+            ("DELETE", ["dev", "devices"]) => self.deregister(&req, peer).await,
             ("GET", ["dev", "devices", did]) => self.provision_plain(did, ip).await,
             ("POST", ["dev", pk, "device"]) => self.register_encrypted(pk, &req, ip).await,
             ("GET", ["dev", pk, "device"]) => self.provision_encrypted(pk, &req, ip).await,
             ("GET", ["dev", "ota", "target_fid"]) => self.target_fid(&req, ip).await,
-            ("POST", ["dev", "ota", "v4.1", "update_and_check", did]) => self.update_and_check(did, &req, ip).await,
+            ("POST", ["dev", "ota", "v4.1", "update_and_check", did]) => {
+                self.guarded(peer, did, self.update_and_check(did, &req, ip)).await
+            }
             ("GET", ["dev", "ota", "v4.1", "latest"]) => self.latest(&req).await,
             ("GET", ["dev", "ota", "v4.1", "download", id]) => return self.download_offer(id, PushMethod::V41).await,
             ("GET", ["dev", "ota", "v4.1", "firmware", id]) => return self.download_firmware(id).await,
@@ -126,10 +157,12 @@ impl DeviceHttp {
         ok(200, cipher.encrypt_to_hex(body.as_bytes()).as_bytes())
     }
 
-    async fn deregister(&self, req: &Request) -> Result<Reply, DomainError> {
+    async fn deregister(&self, req: &Request, peer: SocketAddr) -> Result<Reply, DomainError> {
         let mut form = req.form();
         form.extend(req.query.iter().cloned());
-        self.domain.deregister_device(field(&form, "did")?, field(&form, "passcode")?).await?;
+        let (did, passcode) = (field(&form, "did")?, field(&form, "passcode")?);
+        let source = peer.ip().to_string();
+        self.guarded(peer, did, self.domain.deregister_device(did, passcode, Some(&source))).await?;
         ok(200, b"")
     }
 
@@ -140,7 +173,8 @@ impl DeviceHttp {
     }
 
     /// V4 (`device-protocol.md#v4-check`): `target_fid` with the device's versions and
-    /// `current_fid`.
+    /// `current_fid`. No passcode: it writes only from the device's live session address
+    /// (`ota_domain::security`).
     async fn target_fid(&self, req: &Request, ip: Option<String>) -> Result<Reply, DomainError> {
         let q = &req.query;
         let fw_type = parse_type(field(q, "type")?)?;
@@ -157,8 +191,9 @@ impl DeviceHttp {
             soft: Some(version(q, "soft_version")?),
             fid: Some(fid),
             ip,
+            node: Some(self.node.clone()),
         };
-        match self.domain.device_check(check).await? {
+        match self.domain.target_fid_check(check).await? {
             Ok(offer) => {
                 let url = self.v4_url(&offer);
                 let fid = offer.firmware.fid.unwrap_or_default();
@@ -188,8 +223,9 @@ impl DeviceHttp {
             soft: Some(version(&form, "soft_version")?),
             fid: None,
             ip,
+            node: Some(self.node.clone()),
         };
-        match self.domain.device_check(check).await? {
+        match self.domain.passcode_check(check).await? {
             Ok(offer) => {
                 let url = format!("http://{}/dev/ota/v4.1/download/{}", self.endpoints.public_host, offer.upgrade_id);
                 let body = FormBuilder::new()

@@ -8,6 +8,7 @@ pub mod edge;
 pub mod http;
 pub mod notifier;
 pub mod push;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct GatewaySettings {
     pub edge: EdgeSettings,
     pub http: http::ServerSettings,
     pub push: PushSettings,
+    /// How wrong device passcodes are slowed down.
+    pub throttle: throttle::ThrottleSettings,
     pub liveness: LivenessSettings,
 }
 
@@ -162,6 +165,8 @@ pub struct Gateway {
     pub edge: Arc<Edge>,
     pub http_stats: Arc<http::ServerStats>,
     pub presence: PresenceWriter,
+    /// Slows down passcode guessing (shared by the edge and device HTTP).
+    pub throttle: Arc<throttle::AuthThrottle>,
     pub events: RecordEventWriter,
     /// This gateway's node id.
     pub node: String,
@@ -218,7 +223,15 @@ impl Gateway {
         let (bus, mut inbound) = Bus::start(settings.bus.clone(), GATEWAY_SUBSCRIPTIONS).await?;
         let presence = PresenceWriter::start(domain.clone());
         let events = RecordEventWriter::start(domain.clone());
-        let edge = Edge::new(domain.clone(), bus.clone(), presence.clone(), events.clone(), settings.edge.clone());
+        let throttle = throttle::AuthThrottle::new(settings.throttle.clone());
+        let edge = Edge::new(
+            domain.clone(),
+            bus.clone(),
+            presence.clone(),
+            events.clone(),
+            settings.edge.clone(),
+            throttle.clone(),
+        );
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(edge.clone().serve(mqtt_listener)));
         let pump_edge = edge.clone();
@@ -232,7 +245,8 @@ impl Gateway {
             mqtt_host: settings.mqtt_public_host.clone(),
             mqtt_port: settings.mqtt_public_port.unwrap_or(mqtt_addr.port()),
         };
-        let handler = device_http::DeviceHttp::new(domain.clone(), endpoints, node.clone(), events.clone());
+        let handler =
+            device_http::DeviceHttp::new(domain.clone(), endpoints, node.clone(), events.clone(), throttle.clone());
         let http_stats = settings.http.stats.clone();
         let http_settings = settings.http.clone();
         tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
@@ -251,7 +265,7 @@ impl Gateway {
             edge.clone(),
             presence.clone(),
         )));
-        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, events, node, domain, tasks })
+        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, throttle, events, node, domain, tasks })
     }
 
     /// Stops accepting and drops every connection, writing nothing more (a gateway dying,

@@ -117,7 +117,8 @@ async fn api_tokens_carry_scopes_and_can_be_revoked() {
         .send()
         .await
         .unwrap();
-    expect_error(r, StatusCode::BAD_REQUEST, "invalid_field").await;
+    let v = expect_error(r, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    assert_eq!(v["details"]["required_scope"], "push");
 
     let revoked = expect_status(s.delete(&format!("/api/v1/tokens/{id}")).await, StatusCode::OK).await;
     assert!(revoked["revoked_at"].is_string());
@@ -211,7 +212,7 @@ async fn admins_manage_users_and_disabled_users_are_locked_out() {
     .await;
     let me = expect_status(s.get("/api/v1/auth/me").await, StatusCode::OK).await;
     let r = s.patch(&format!("/api/v1/users/{}", me["user_id"]), json!({"disabled": true})).await;
-    expect_error(r, StatusCode::BAD_REQUEST, "invalid_field").await;
+    expect_error(r, StatusCode::CONFLICT, "self_lockout").await;
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::device_plane::Plane;
 
 /// Registers over the device HTTP API and returns the did.
-async fn register(p: &Plane, mac: &str, passcode: &str) -> String {
+pub(crate) async fn register(p: &Plane, mac: &str, passcode: &str) -> String {
     let body = format!("passcode={passcode}&mac={mac}&product_key={}", p.pk);
     let r = reqwest::Client::new()
         .post(format!("http://{}/dev/devices", p.gw.http_addr))
@@ -29,13 +29,26 @@ async fn register(p: &Plane, mac: &str, passcode: &str) -> String {
 
 /// A hand-driven MQTT client (also used by `adoption.rs`).
 pub(crate) struct Raw {
-    stream: TcpStream,
+    pub(crate) stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Raw {
     pub(crate) async fn connect(p: &Plane, did: &str, passcode: &str, protocol: Protocol) -> (Raw, ConnectReturnCode) {
-        let mut stream = TcpStream::connect(p.gw.mqtt_addr).await.unwrap();
+        Self::connect_from(p, [127, 0, 0, 1], did, passcode, protocol).await
+    }
+
+    /// The same from another loopback address (the source address the edge sees).
+    pub(crate) async fn connect_from(
+        p: &Plane,
+        local: [u8; 4],
+        did: &str,
+        passcode: &str,
+        protocol: Protocol,
+    ) -> (Raw, ConnectReturnCode) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((std::net::Ipv4Addr::from(local), 0).into()).unwrap();
+        let mut stream = socket.connect(p.gw.mqtt_addr).await.unwrap();
         let connect = Packet::Connect(Connect::gagent(protocol, did, passcode, 120)).encode().unwrap();
         stream.write_all(&connect).await.unwrap();
         let mut raw = Raw { stream, buf: BytesMut::new() };
@@ -83,9 +96,10 @@ async fn devices_are_confined_to_their_own_topics() {
     let p = Plane::start().await;
     let a = register(&p, "0A0000000001", "AAAAAAAAAA").await;
     let b = register(&p, "0A0000000002", "BBBBBBBBBB").await;
-    let (mut ra, code) = Raw::connect(&p, &a, "AAAAAAAAAA", Protocol::V31).await;
+    // A speaks MQTT 3.1.1, whose SUBACK has a failure code (3.1 sessions: `mqtt31_*` below).
+    let (mut ra, code) = Raw::connect(&p, &a, "AAAAAAAAAA", Protocol::V311).await;
     assert_eq!(code, ConnectReturnCode::Accepted);
-    let (mut rb, code) = Raw::connect(&p, &b, "BBBBBBBBBB", Protocol::V311).await;
+    let (mut rb, code) = Raw::connect(&p, &b, "BBBBBBBBBB", Protocol::V31).await;
     assert_eq!(code, ConnectReturnCode::Accepted);
 
     // A may take its own three topics, one SUBACK each, and nothing of B's.

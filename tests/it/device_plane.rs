@@ -32,6 +32,16 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
         http: Default::default(),
         // Faster than the default 50/s so fleet tests finish quickly; still paced.
         push: ota_gateway::PushSettings { rate_per_second: 250, ..Default::default() },
+        // Every simulated device shares 127.0.0.1: the default delays (0.5 s doubling to a
+        // minute per address) would serialise the fleets' refused logins for minutes. The
+        // throttle's own tests (`device_abuse.rs`) set theirs.
+        throttle: ota_gateway::throttle::ThrottleSettings {
+            first_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+            max_in_flight_per_source: 100_000,
+            max_in_flight_per_clean_source: 100_000,
+            ..Default::default()
+        },
         liveness: Default::default(),
     }
 }
@@ -42,8 +52,15 @@ impl Plane {
     }
 
     pub async fn start_with(bus: BusConfig) -> Plane {
+        Self::start_tuned(bus, |_| {}).await
+    }
+
+    /// A plane whose gateway settings `tune` adjusts first.
+    pub async fn start_tuned(bus: BusConfig, tune: impl FnOnce(&mut GatewaySettings)) -> Plane {
         let s = Session::start().await;
-        let gw = Gateway::start(s.api.t.domain.clone(), gateway_settings(bus)).await.unwrap();
+        let mut settings = gateway_settings(bus);
+        tune(&mut settings);
+        let gw = Gateway::start(s.api.t.domain.clone(), settings).await.unwrap();
         let pk = s.create_product("lamp").await;
         let product = expect_status(s.get(&format!("/api/v1/products/{pk}")).await, StatusCode::OK).await;
         let secret = product["product_secret"].as_str().unwrap().to_owned();

@@ -26,6 +26,7 @@ async fn device(s: &Session, pk: &str, mac: &str, wifi_sw: &str) -> String {
             soft: Some(sw.into()),
             fid: None,
             ip: Some("10.0.0.7".into()),
+            node: None,
         };
         assert!(d.device_check(check).await.unwrap().is_err(), "nothing is offered");
     }

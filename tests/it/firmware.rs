@@ -360,7 +360,8 @@ async fn edits_work_until_verified_then_the_firmware_is_locked() {
     expect_error(s.patch(&path, json!({"name": "bad name"})).await, StatusCode::BAD_REQUEST, "invalid_field").await;
     expect_error(s.patch(&path, json!({"hard_version": "short"})).await, StatusCode::BAD_REQUEST, "invalid_field")
         .await;
-    expect_error(s.patch(&path, json!({"name": 5})).await, StatusCode::BAD_REQUEST, "invalid_json").await;
+    let e = expect_error(s.patch(&path, json!({"name": 5})).await, StatusCode::BAD_REQUEST, "invalid_field").await;
+    assert_eq!(e["details"]["field"], "name");
 
     // Replace the file.
     let new_bytes = image(4096, 9);

@@ -38,7 +38,10 @@ async fn products_are_created_listed_renamed_and_deleted() {
         let e = expect_error(s.post("/api/v1/products", body).await, StatusCode::BAD_REQUEST, "invalid_field").await;
         assert_eq!(e["details"]["field"], field);
     }
-    expect_error(s.post("/api/v1/products", json!({"nom": "x"})).await, StatusCode::BAD_REQUEST, "invalid_json").await;
+    let e =
+        expect_error(s.post("/api/v1/products", json!({"nom": "x"})).await, StatusCode::BAD_REQUEST, "missing_field")
+            .await;
+    assert_eq!(e["details"]["field"], "name");
 
     let list = expect_status(s.get("/api/v1/products").await, StatusCode::OK).await;
     assert_eq!(list["total"], 2);

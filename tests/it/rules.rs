@@ -81,7 +81,12 @@ pub struct Dev {
 
 impl Fleet {
     pub async fn start() -> Fleet {
-        let mut s = Session::start().await;
+        Self::start_on(ota_testkit::TestApi::start()).await
+    }
+
+    /// A fleet on a given API (and so database).
+    pub async fn start_on(api: ota_testkit::TestApi) -> Fleet {
+        let mut s = Session::start_on(api).await;
         s.use_api_token().await;
         let pk = s.create_product("lamp").await;
         let presence = PresenceWriter::start(s.api.t.domain.clone());
@@ -147,6 +152,7 @@ impl Fleet {
             soft: Some(sw.to_owned()),
             fid,
             ip: None,
+            node: None,
         };
         self.domain().device_check(check).await.unwrap().ok().map(|o| o.firmware.id)
     }
@@ -501,8 +507,8 @@ async fn rule_requests_are_validated_and_refusals_change_nothing() {
             "invalid_field",
             Some("daily_window"),
         ),
-        (base(json!({ "target": "everything" })), StatusCode::BAD_REQUEST, "invalid_json", None),
-        (base(json!({ "target": "all", "colour": "red" })), StatusCode::BAD_REQUEST, "invalid_json", None),
+        (base(json!({ "target": "everything" })), StatusCode::BAD_REQUEST, "invalid_field", Some("target")),
+        (base(json!({ "target": "all", "colour": "red" })), StatusCode::BAD_REQUEST, "invalid_field", Some("colour")),
         // Zero targets: nobody in this region.
         (
             base(json!({ "target": "regions", "regions": ["西藏自治区"] })),

@@ -56,6 +56,10 @@ impl Session {
         self.client.patch(self.url(path)).bearer_auth(&self.token).json(&body).send().await.unwrap()
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Response {
+        self.client.put(self.url(path)).bearer_auth(&self.token).json(&body).send().await.unwrap()
+    }
+
     /// A text body (`text/plain`), e.g. a MAC list.
     pub async fn post_text(&self, path: &str, body: impl Into<String>) -> Response {
         let r = self.client.post(self.url(path)).bearer_auth(&self.token).header("content-type", "text/plain");

@@ -1,6 +1,7 @@
 //! The device registry, as operators see it.
 
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use ota_domain::access::{Read, Write};
 use ota_wire::dto::*;
 use ota_wire::{ErrorBody, ErrorCode};
 
@@ -8,6 +9,7 @@ use crate::AppState;
 use crate::auth::Auth;
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::extract::{Json, Query};
 
 /// Largest CSV accepted by the device import (about a million lines).
 pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -20,14 +22,14 @@ pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
     tag = "devices",
     params(("product_key" = String, Path), DeviceListQuery),
     responses((status = 200, body = Page<DeviceView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/products/{product_key}/devices")]
 pub async fn list_devices(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     key: web::Path<String>,
-    q: web::Query<DeviceListQuery>,
+    q: Query<DeviceListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.list_devices(&who, &key, q.into_inner()).await?))
 }
@@ -38,12 +40,12 @@ pub async fn list_devices(
     tag = "devices",
     params(("product_key" = String, Path)),
     responses((status = 200, body = Vec<VersionCount>), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/products/{product_key}/versions")]
 pub async fn version_distribution(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.version_distribution(&who, &key).await?))
@@ -71,30 +73,40 @@ pub async fn version_distribution(
         (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[post("/products/{product_key}/devices/import")]
 pub async fn import_devices(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(Scope::Write)?;
-    let body = read_limited(&req, payload, MAX_IMPORT_BYTES, ErrorCode::InvalidCsv).await?;
-    let declared_json = req
+    // The declared type decides; without one the body is sniffed (`[`/`{` → JSON).
+    let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
-    let sniffed_json = body
-        .strip_prefix(b"\xEF\xBB\xBF")
-        .unwrap_or(&body)
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| matches!(b, b'[' | b'{'));
-    let json = declared_json || sniffed_json;
+        .map(|v| v.to_str().map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()));
+    let declared_json = match declared.as_ref().map(|d| d.as_ref().map(String::as_str)) {
+        None => None,
+        Some(Ok("application/json")) => Some(true),
+        Some(Ok("text/csv")) => Some(false),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the list as text/csv or application/json",
+            ));
+        }
+    };
+    let body = read_limited(&req, payload, MAX_IMPORT_BYTES, ErrorCode::InvalidCsv).await?;
+    let json = declared_json.unwrap_or_else(|| {
+        body.strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&body)
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| matches!(b, b'[' | b'{'))
+    });
     Ok(HttpResponse::Ok().json(st.domain.import_devices(&who, &key, body, json).await?))
 }
 
@@ -103,10 +115,14 @@ pub async fn import_devices(
     tag = "devices",
     params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
     responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/devices/{device}")]
-pub async fn get_device(st: web::Data<AppState>, who: Auth, key: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_device(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    key: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_device(&who, &key).await?))
 }
 
@@ -116,14 +132,14 @@ pub async fn get_device(st: web::Data<AppState>, who: Auth, key: web::Path<Strin
     params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
     request_body = UpdateDeviceRequest,
     responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[patch("/devices/{device}")]
 pub async fn update_device(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
-    body: web::Json<UpdateDeviceRequest>,
+    body: Json<UpdateDeviceRequest>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.update_device(&who, &key, body.into_inner()).await?))
 }
@@ -137,12 +153,12 @@ pub async fn update_device(
     tag = "adoption",
     params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
     responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[post("/devices/{device}/passcode/reset")]
 pub async fn reset_passcode(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.reset_passcode(&who, &key).await?))
@@ -153,12 +169,12 @@ pub async fn reset_passcode(
     tag = "devices",
     params(("device" = String, Path, description = "did, or MAC when it is unique in the tenant")),
     responses((status = 204), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[delete("/devices/{device}")]
 pub async fn delete_device(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     st.domain.delete_device(&who, &key).await?;

@@ -2,11 +2,13 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
+use ota_domain::access::{Read, Write};
 use ota_wire::ErrorBody;
 use ota_wire::dto::*;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::extract::{Json, Query};
 use crate::{AppState, upload};
 
 /// Upload firmware (multipart form).
@@ -27,18 +29,16 @@ use crate::{AppState, upload};
         (status = 413, description = "`firmware_too_large`", body = ErrorBody),
         (status = 415, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[post("/products/{product_key}/firmware")]
 pub async fn create_firmware(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    // The domain checks this too; checking first spares staging the body of a read-only caller.
-    who.require(Scope::Write)?;
     let form = upload::read_form(&st, &req, payload).await?;
     let firmware = st.domain.create_firmware(&who, &key, form).await?;
     Ok(HttpResponse::Created().json(firmware))
@@ -49,14 +49,14 @@ pub async fn create_firmware(
     tag = "firmware",
     params(("product_key" = String, Path), FirmwareListQuery),
     responses((status = 200, body = Page<FirmwareView>), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/products/{product_key}/firmware")]
 pub async fn list_firmware(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     key: web::Path<String>,
-    q: web::Query<FirmwareListQuery>,
+    q: Query<FirmwareListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.list_firmware(&who, &key, q.into_inner()).await?))
 }
@@ -66,10 +66,14 @@ pub async fn list_firmware(
     tag = "firmware",
     params(("id" = i64, Path)),
     responses((status = 200, body = FirmwareView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/firmware/{id}")]
-pub async fn get_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get_firmware(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_firmware(&who, id.into_inner()).await?))
 }
 
@@ -79,14 +83,14 @@ pub async fn get_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i64>
     params(("id" = i64, Path)),
     request_body = UpdateFirmwareRequest,
     responses((status = 200, body = FirmwareView), (status = 404, body = ErrorBody), (status = 409, description = "`firmware_locked` or `firmware_version_exists`", body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[patch("/firmware/{id}")]
 pub async fn update_firmware(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     id: web::Path<i64>,
-    body: web::Json<UpdateFirmwareRequest>,
+    body: Json<UpdateFirmwareRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let view = st.domain.update_firmware(&who, id.into_inner(), b.name, b.hard_version, b.soft_version).await?;
@@ -99,18 +103,16 @@ pub async fn update_firmware(
     params(("id" = i64, Path)),
     request_body(content = FirmwareFileForm, content_type = "multipart/form-data"),
     responses((status = 200, body = FirmwareView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[put("/firmware/{id}/file")]
 pub async fn replace_firmware_file(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     id: web::Path<i64>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    // The domain checks this too; checking first spares staging the body of a read-only caller.
-    who.require(Scope::Write)?;
     let file = upload::read_file_only(&st, &req, payload).await?;
     Ok(HttpResponse::Ok().json(st.domain.replace_firmware_file(&who, id.into_inner(), file).await?))
 }
@@ -120,10 +122,14 @@ pub async fn replace_firmware_file(
     tag = "firmware",
     params(("id" = i64, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "`firmware_in_use`", body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[delete("/firmware/{id}")]
-pub async fn delete_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_firmware(
+    st: web::Data<AppState>,
+    who: Auth<Write>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     st.domain.delete_firmware(&who, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -137,12 +143,12 @@ pub async fn delete_firmware(st: web::Data<AppState>, who: Auth, id: web::Path<i
         (status = 304, description = "`If-None-Match` matched the ETag"),
         (status = 404, body = ErrorBody)
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/firmware/{id}/file")]
 pub async fn download_firmware(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {

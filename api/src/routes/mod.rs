@@ -4,5 +4,7 @@ pub mod devices;
 pub mod firmware;
 pub mod health;
 pub mod products;
+pub mod rollout;
 pub mod rules;
+pub mod security;
 pub mod verification;

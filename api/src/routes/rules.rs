@@ -4,7 +4,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use bytes::Bytes;
 use futures_util::stream;
-use ota_domain::{Domain, Principal};
+use ota_domain::access::{Push, Read, Write};
+use ota_domain::{Authorized, Domain};
 use ota_wire::ErrorBody;
 use ota_wire::dto::Page;
 use ota_wire::rules::*;
@@ -13,6 +14,7 @@ use crate::AppState;
 use crate::auth::Auth;
 use crate::body::read_limited;
 use crate::error::ApiError;
+use crate::extract::{Json, Query};
 
 /// Largest MAC list upload: a million MACs with separators and some slack.
 pub const MAX_MAC_LIST_BYTES: usize = 32 * 1024 * 1024;
@@ -31,14 +33,14 @@ const EXPORT_BATCH: i64 = 2000;
         (status = 404, description = "`firmware_not_found`, `mac_list_not_found`", body = ErrorBody),
         (status = 409, description = "`rule_no_targets`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[post("/firmware/{id}/rules")]
 pub async fn create_rule(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     id: web::Path<i64>,
-    body: web::Json<RuleBody>,
+    body: Json<RuleBody>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Created().json(st.domain.create_rule(&who, id.into_inner(), body.into_inner()).await?))
 }
@@ -48,10 +50,14 @@ pub async fn create_rule(
     tag = "rules",
     params(("id" = i64, Path, description = "firmware id")),
     responses((status = 200, body = Vec<RuleView>), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/firmware/{id}/rules")]
-pub async fn list_rules(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn list_rules(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.list_rules(&who, id.into_inner()).await?))
 }
 
@@ -66,14 +72,14 @@ pub async fn list_rules(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) 
         (status = 400, body = ErrorBody),
         (status = 404, description = "`firmware_not_found`, `mac_list_not_found`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[post("/firmware/{id}/rules/preview")]
 pub async fn preview_draft(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
-    body: web::Json<RuleBody>,
+    body: Json<RuleBody>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.preview_draft(&who, id.into_inner(), body.into_inner()).await?))
 }
@@ -85,10 +91,14 @@ pub async fn preview_draft(
     tag = "rules",
     params(("id" = i64, Path, description = "firmware id")),
     responses((status = 200, body = Vec<OldVersion>), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/firmware/{id}/old-versions")]
-pub async fn old_versions(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn old_versions(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.rule_old_versions(&who, id.into_inner()).await?))
 }
 
@@ -97,10 +107,10 @@ pub async fn old_versions(st: web::Data<AppState>, who: Auth, id: web::Path<i64>
     tag = "rules",
     params(("request_id" = i64, Path)),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/rules/{request_id}")]
-pub async fn get_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get_rule(st: web::Data<AppState>, who: Auth<Read>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_rule(&who, id.into_inner()).await?))
 }
 
@@ -115,14 +125,14 @@ pub async fn get_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) ->
         (status = 404, body = ErrorBody),
         (status = 409, description = "`rule_wrong_status`, `rule_no_targets`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[patch("/rules/{request_id}")]
 pub async fn update_rule(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     id: web::Path<i64>,
-    body: web::Json<UpdateRuleRequest>,
+    body: Json<UpdateRuleRequest>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.update_rule(&who, id.into_inner(), body.into_inner()).await?))
 }
@@ -136,10 +146,14 @@ pub async fn update_rule(
         (status = 404, body = ErrorBody),
         (status = 409, description = "`rule_wrong_status`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[delete("/rules/{request_id}")]
-pub async fn delete_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_rule(
+    st: web::Data<AppState>,
+    who: Auth<Write>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     st.domain.delete_rule(&who, id.into_inner()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -149,10 +163,14 @@ pub async fn delete_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>)
     tag = "rules",
     params(("request_id" = i64, Path)),
     responses((status = 200, body = RulePreview), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/rules/{request_id}/preview")]
-pub async fn preview_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn preview_rule(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.preview_rule(&who, id.into_inner()).await?))
 }
 
@@ -168,14 +186,14 @@ pub async fn preview_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>
         (status = 404, body = ErrorBody),
         (status = 409, description = "`firmware_not_verified`, `rule_overlap`, `rule_wrong_status`, `rule_period_over`, `rule_no_targets`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["push"]))
 )]
 #[post("/rules/{request_id}/start")]
 pub async fn start_rule(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Push>,
     id: web::Path<i64>,
-    body: web::Json<StartRuleRequest>,
+    body: Json<StartRuleRequest>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.start_rule(&who, id.into_inner(), body.into_inner()).await?))
 }
@@ -189,10 +207,10 @@ pub async fn start_rule(
         (status = 404, body = ErrorBody),
         (status = 409, description = "`rule_wrong_status`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["push"]))
 )]
 #[post("/rules/{request_id}/stop")]
-pub async fn stop_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn stop_rule(st: web::Data<AppState>, who: Auth<Push>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.stop_rule(&who, id.into_inner()).await?))
 }
 
@@ -205,14 +223,14 @@ pub async fn stop_rule(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/rules/{request_id}/devices")]
 pub async fn rule_devices(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
-    q: web::Query<RuleDeviceQuery>,
+    q: Query<RuleDeviceQuery>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.rule_devices(&who, id.into_inner(), q.into_inner()).await?))
 }
@@ -256,24 +274,24 @@ where
         (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/rules/{request_id}/devices.csv")]
 pub async fn export_rule_devices(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
-    q: web::Query<RuleDeviceQuery>,
+    q: Query<RuleDeviceQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let q = q.into_inner();
     let mac = st.domain.check_rule_export(&who, id, q.mac.as_deref()).await?;
     let filter = q.filter.unwrap_or_default();
-    let (domain, who): (Domain, Principal) = (st.domain.clone(), who.0.clone());
+    let (domain, who): (Domain, Authorized<Read>) = (st.domain.clone(), who.0.clone());
     let rows = streamed(ota_domain::rules::results::CSV_HEADER.to_owned(), 0i64, move |after| {
         let (domain, who, mac) = (domain.clone(), who.clone(), mac.clone());
         async move {
-            let (rows, last) = domain.rule_export_page(&who, id, filter, mac, after, EXPORT_BATCH).await?;
+            let (rows, last) = domain.rule_export_page(&who, id, filter, mac, q.wave, after, EXPORT_BATCH).await?;
             Ok((rows.iter().map(ota_domain::rules::results::csv_row).collect(), last))
         }
     });
@@ -295,16 +313,16 @@ pub async fn export_rule_devices(
         (status = 200, content_type = "text/plain", body = String),
         (status = 404, description = "`rule_not_found`, `mac_list_not_found`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/rules/{request_id}/macs")]
-pub async fn rule_macs(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn rule_macs(st: web::Data<AppState>, who: Auth<Read>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let list = st.domain.rule_mac_list(&who, id).await?;
     Ok(mac_download(st.domain.clone(), who.0, list, format!("rule-{id}-macs.txt")))
 }
 
-fn mac_download(domain: Domain, who: Principal, list: i64, name: String) -> HttpResponse {
+fn mac_download(domain: Domain, who: Authorized<Read>, list: i64, name: String) -> HttpResponse {
     // Keyset paging by MAC: the cursor is the last MAC sent.
     let body = streamed(String::new(), String::new(), move |after| {
         let (domain, who) = (domain.clone(), who.clone());
@@ -332,17 +350,16 @@ fn mac_download(domain: Domain, who: Principal, list: i64, name: String) -> Http
         (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["write"]))
 )]
 #[post("/products/{product_key}/mac-lists")]
 pub async fn upload_mac_list(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Write>,
     key: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    who.require(ota_wire::dto::Scope::Write)?;
     let body = read_limited(&req, payload, MAX_MAC_LIST_BYTES, ota_wire::ErrorCode::InvalidField).await?;
     Ok(HttpResponse::Created().json(st.domain.upload_mac_list(&who, &key, body).await?))
 }
@@ -352,10 +369,14 @@ pub async fn upload_mac_list(
     tag = "rules",
     params(("id" = i64, Path)),
     responses((status = 200, body = MacListView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/mac-lists/{id}")]
-pub async fn get_mac_list(st: web::Data<AppState>, who: Auth, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub async fn get_mac_list(
+    st: web::Data<AppState>,
+    who: Auth<Read>,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_mac_list(&who, id.into_inner()).await?))
 }
 
@@ -364,12 +385,12 @@ pub async fn get_mac_list(st: web::Data<AppState>, who: Auth, id: web::Path<i64>
     tag = "rules",
     params(("id" = i64, Path)),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/mac-lists/{id}/macs")]
 pub async fn mac_list_entries(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();

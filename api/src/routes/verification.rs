@@ -1,12 +1,14 @@
 //! Firmware verification: one online test device, then the operator's confirmation.
 
 use actix_web::{HttpResponse, delete, get, post, web};
+use ota_domain::access::{Push, Read};
 use ota_wire::ErrorBody;
 use ota_wire::dto::*;
 
 use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::extract::Json;
 
 /// Start verifying firmware on the online device with this MAC; the push goes out at once.
 ///
@@ -23,14 +25,14 @@ use crate::error::ApiError;
         (status = 409, description = "`device_offline`, `device_not_eligible`, `firmware_already_verified`, `verification_in_progress`", body = ErrorBody),
         (status = 503, description = "`gateway_unavailable`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["push"]))
 )]
 #[post("/firmware/{id}/verification")]
 pub async fn start_verification(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Push>,
     id: web::Path<i64>,
-    body: web::Json<StartVerificationRequest>,
+    body: Json<StartVerificationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let view = st.domain.start_verification(&who, id.into_inner(), &body.mac).await?;
     Ok(HttpResponse::Created().json(view))
@@ -41,12 +43,12 @@ pub async fn start_verification(
     tag = "verification",
     params(("id" = i64, Path)),
     responses((status = 200, body = VerificationView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 #[get("/firmware/{id}/verification")]
 pub async fn get_verification(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Read>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.get_verification(&who, id.into_inner()).await?))
@@ -62,14 +64,14 @@ pub async fn get_verification(
         (status = 404, body = ErrorBody),
         (status = 409, description = "`verification_not_succeeded`", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["push"]))
 )]
 #[post("/firmware/{id}/verification/confirm")]
 pub async fn confirm_verification(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Push>,
     id: web::Path<i64>,
-    body: web::Json<ConfirmVerificationRequest>,
+    body: Json<ConfirmVerificationRequest>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.confirm_verification(&who, id.into_inner(), body.stable).await?))
 }
@@ -79,12 +81,12 @@ pub async fn confirm_verification(
     tag = "verification",
     params(("id" = i64, Path)),
     responses((status = 200, body = VerificationView), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
+    security(("bearer" = ["push"]))
 )]
 #[delete("/firmware/{id}/verification")]
 pub async fn cancel_verification(
     st: web::Data<AppState>,
-    who: Auth,
+    who: Auth<Push>,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(st.domain.cancel_verification(&who, id.into_inner()).await?))

@@ -10,6 +10,8 @@ mod control;
 mod device;
 mod exchange;
 mod faults;
+mod halt;
+mod login;
 mod plane;
 mod report;
 mod rules;
@@ -32,8 +34,17 @@ enum Command {
     RulesPreview(rules::PreviewArgs),
     /// A simulated fleet pushed by one rule from start to 100 % succeeded.
     Rollout(rules::RolloutArgs),
+    /// The automatic halt of a rollout: 2,000 devices, 5 % failing, canary and waves; then
+    /// exclude and resume to completion.
+    Halt(halt::HaltArgs),
     /// A rollout over several `ota up` nodes while two are killed with kill -9 and restarted.
     Faults(faults::FaultArgs),
+    /// 1,000 wrong logins at once from 50 addresses against 20 users: memory, answers, and the
+    /// admin's right password from another address.
+    LoginFlood(login::LoginFloodArgs),
+    /// The API side of `login-flood` (started by it).
+    #[command(hide = true)]
+    LoginServe(login::LoginServeArgs),
     /// The simulated fleet of `rollout` (`ota sim`, started by it).
     #[command(hide = true)]
     Sim(Box<ota_sim::SimArgs>),
@@ -64,7 +75,10 @@ fn main() -> std::process::ExitCode {
         Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Faults(args) => runtime.block_on(faults::run(args)),
+        Command::Halt(args) => runtime.block_on(halt::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::LoginFlood(args) => runtime.block_on(login::run(args)),
+        Command::LoginServe(args) => login::serve(args),
         Command::Sim(args) => runtime.block_on(async move { ota_sim::run(*args).await.map(|()| true) }),
     };
     // rumqttd's router threads never end and device tasks may still hold sockets: do not wait.

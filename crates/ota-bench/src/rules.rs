@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use diesel::prelude::*;
+use ota_domain::access::Capability;
 use ota_domain::firmware::FirmwareUpload;
 use ota_domain::schema::devices;
 use ota_domain::store::{FsBlobStore, StagingWriter};
-use ota_domain::{Db, Domain, DomainSettings, Principal, SystemClock};
+use ota_domain::{Authorized, Db, Domain, DomainSettings, Principal, SystemClock};
 use ota_gateway::{BusConfig, EdgeSettings, Gateway, GatewaySettings, PushSettings};
 use ota_wire::rules::{DailyWindow, Period, RuleBody, StartRuleRequest, TargetKind};
 
@@ -92,14 +93,21 @@ pub struct RolloutArgs {
     pub connect_rate: u32,
 }
 
-struct Setup {
-    domain: Domain,
-    who: Principal,
-    product_key: String,
+pub(crate) struct Setup {
+    pub(crate) domain: Domain,
+    pub(crate) who: Principal,
+    pub(crate) product_key: String,
     _dir: crate::serve::TempDir,
 }
 
-async fn setup(database_url: Option<String>) -> anyhow::Result<Setup> {
+impl Setup {
+    /// The admin's session with the capability a domain call needs.
+    pub(crate) fn who<C: Capability>(&self) -> anyhow::Result<Authorized<C>> {
+        Authorized::check(self.who.clone()).context("the bench admin lacks a capability")
+    }
+}
+
+pub(crate) async fn setup(database_url: Option<String>) -> anyhow::Result<Setup> {
     let dir = crate::serve::TempDir::create()?;
     let url = database_url.unwrap_or_else(|| format!("sqlite:{}", dir.0.join("ota.db").display()));
     let db = Db::connect(&url, 16).context("connecting the database")?;
@@ -112,12 +120,15 @@ async fn setup(database_url: Option<String>) -> anyhow::Result<Setup> {
     domain.create_admin(&format!("bench-{tag}"), &user, password).await.context("creating the admin")?;
     let record = domain.verify_login(&user, password).await.context("logging in")?;
     let who = domain.session_principal(record.id, domain.clock.now_ms()).await.context("principal")?;
-    let product = domain.create_product(&who, "bench lamp", None, None).await.context("creating the product")?;
+    let product = domain
+        .create_product(&Authorized::check(who.clone())?, "bench lamp", None, None)
+        .await
+        .context("creating the product")?;
     Ok(Setup { domain, who, product_key: product.product_key, _dir: dir })
 }
 
 /// Uploads verified V4.1 Wi-Fi firmware 04020021 of `size` bytes.
-async fn firmware(s: &Setup, size: usize) -> anyhow::Result<i64> {
+pub(crate) async fn firmware(s: &Setup, size: usize) -> anyhow::Result<i64> {
     let staging: PathBuf = s.domain.settings.staging_dir.clone();
     tokio::fs::create_dir_all(&staging).await?;
     let mut w = StagingWriter::create(&staging, "GAgent_00ESP826_04020021.bin", 64 * 1024 * 1024).await?;
@@ -132,12 +143,12 @@ async fn firmware(s: &Setup, size: usize) -> anyhow::Result<i64> {
         soft_version: Some("04020021".into()),
         file: Some(file),
     };
-    let fw = s.domain.create_firmware(&s.who, &s.product_key, upload).await.context("uploading firmware")?;
-    s.domain.mark_firmware_verified(s.who.tenant_id, fw.id).await.context("verifying")?;
+    let fw = s.domain.create_firmware(&s.who()?, &s.product_key, upload).await.context("uploading firmware")?;
+    s.domain.mark_firmware_verified(s.who.tenant_id(), fw.id).await.context("verifying")?;
     Ok(fw.id)
 }
 
-fn body(target: TargetKind, regions: Vec<String>) -> RuleBody {
+pub(crate) fn body(target: TargetKind, regions: Vec<String>) -> RuleBody {
     RuleBody {
         name: None,
         target,
@@ -163,7 +174,7 @@ async fn seed(s: &Setup, n: u64) -> anyhow::Result<()> {
             Ok(products::table.filter(products::product_key.eq(key)).select(products::id).first(c)?)
         })
         .await?;
-    let tenant_id = s.who.tenant_id;
+    let tenant_id = s.who.tenant_id();
     let started = Instant::now();
     const CHUNK: u64 = 1000;
     let mut done = 0;
@@ -243,7 +254,7 @@ pub async fn preview(args: PreviewArgs) -> anyhow::Result<bool> {
         let mut last = None;
         for _ in 0..args.repeat {
             let t = Instant::now();
-            last = Some(s.domain.preview_draft(&s.who, fw, b.clone()).await?);
+            last = Some(s.domain.preview_draft(&s.who()?, fw, b.clone()).await?);
             times.push(t.elapsed());
         }
         times.sort();
@@ -257,11 +268,11 @@ pub async fn preview(args: PreviewArgs) -> anyhow::Result<bool> {
         );
     }
     // Starting the all-devices rule takes its targets (one record per device).
-    let rule = s.domain.create_rule(&s.who, fw, body(TargetKind::All, Vec::new())).await?;
+    let rule = s.domain.create_rule(&s.who()?, fw, body(TargetKind::All, Vec::new())).await?;
     let t = Instant::now();
     let started = s
         .domain
-        .start_rule(&s.who, rule.request_id, StartRuleRequest { confirm_stable: true, accept_terms: true })
+        .start_rule(&s.who()?, rule.request_id, StartRuleRequest { confirm_stable: true, accept_terms: true })
         .await?;
     println!("  start (take {} targets): {:.1} s", started.target_devices, t.elapsed().as_secs_f64());
     Ok(true)
@@ -293,6 +304,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
         edge: EdgeSettings { gateway_id: "bench".into(), pace: Duration::from_millis(20), ..EdgeSettings::default() },
         http: Default::default(),
         push: PushSettings { rate_per_second: args.push_rate, interval: Duration::from_millis(200) },
+        throttle: Default::default(),
         liveness: Default::default(),
     };
     let gateway = Gateway::start(s.domain.clone(), settings).await.context("starting the gateway")?;
@@ -321,7 +333,7 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
         || ota_wire::dto::DeviceListQuery { online: Some(true), per_page: Some(1), ..Default::default() };
     loop {
         gateway.presence.flush().await;
-        let online = s.domain.list_devices(&s.who, &s.product_key, online_query()).await?.total;
+        let online = s.domain.list_devices(&s.who()?, &s.product_key, online_query()).await?.total;
         eprint!("\rconnecting: {online}/{} online ({:.0} s)", args.devices, t.elapsed().as_secs_f64());
         if online == args.devices as i64 {
             break;
@@ -337,15 +349,15 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
 
     let mut b = body(TargetKind::All, Vec::new());
     b.old_versions = vec!["04020006".into()];
-    let rule = s.domain.create_rule(&s.who, fw, b).await?;
+    let rule = s.domain.create_rule(&s.who()?, fw, b).await?;
     let t = Instant::now();
     let started = s
         .domain
-        .start_rule(&s.who, rule.request_id, StartRuleRequest { confirm_stable: true, accept_terms: true })
+        .start_rule(&s.who()?, rule.request_id, StartRuleRequest { confirm_stable: true, accept_terms: true })
         .await?;
     let targets = started.target_devices;
     loop {
-        let v = s.domain.get_rule(&s.who, rule.request_id).await?;
+        let v = s.domain.get_rule(&s.who()?, rule.request_id).await?;
         eprint!(
             "\rrollout: {}/{targets} succeeded, {} notified, {} failed ({:.0} s)",
             v.counts.succeeded,

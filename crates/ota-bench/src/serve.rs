@@ -90,7 +90,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
     let record = domain.verify_login(&user, password).await.context("logging the admin in")?;
     let principal =
         domain.session_principal(record.id, domain.clock.now_ms()).await.context("building the principal")?;
-    let product = domain.create_product(&principal, "bench lamp", None, None).await.context("creating the product")?;
+    let product = domain
+        .create_product(&ota_domain::Authorized::check(principal)?, "bench lamp", None, None)
+        .await
+        .context("creating the product")?;
 
     let loopback = "127.0.0.1:0".parse().context("loopback address")?;
     let gateway_settings = GatewaySettings {
@@ -107,6 +110,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
         },
         http: Default::default(),
         push: Default::default(),
+        throttle: Default::default(),
         liveness: Default::default(),
     };
     let gateway = Gateway::start(domain.clone(), gateway_settings).await.context("starting the gateway")?;

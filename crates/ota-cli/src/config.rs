@@ -30,6 +30,13 @@ pub struct Config {
     pub max_json_bytes: usize,
     /// Comma-separated origins allowed to call the API from browsers (`*` for any).
     pub cors_allowed_origins: String,
+    /// Comma-separated addresses of reverse proxies whose `X-Forwarded-For` names the client
+    /// (the login throttle counts per client address); empty: the peer is the client.
+    pub trusted_proxies: String,
+    /// Password hashes at once (0: one per core); more wait up to `password_queue_ms`.
+    pub password_hash_slots: usize,
+    /// How long a login may wait for a password hash slot before a 503.
+    pub password_queue_ms: u64,
     /// First admin, created only when no user exists yet.
     pub admin_user: Option<String>,
     pub admin_password: Option<String>,
@@ -72,6 +79,10 @@ pub struct Config {
     /// A push no gateway delivered to the device's socket within this is no notification: it
     /// is sent again when the device is next online.
     pub push_delivery_timeout_secs: u64,
+    /// Concurrent firmware downloads this gateway serves to push-rule targets at most (counted
+    /// in the database); a device over it is answered "no update" and pushed again when a slot
+    /// frees. 0: no cap.
+    pub max_concurrent_downloads: u32,
     /// How long a verification waits for the test device to report the new version.
     pub verification_timeout_minutes: i64,
     /// A MaxMind-format GeoIP database (GeoIP2/GeoLite2 City or Country `.mmdb`) that fills
@@ -93,6 +104,9 @@ impl Default for Config {
             max_firmware_bytes: 8 * 1024 * 1024,
             max_json_bytes: 64 * 1024,
             cors_allowed_origins: String::new(),
+            trusted_proxies: String::new(),
+            password_hash_slots: 0,
+            password_queue_ms: ota_domain::DEFAULT_PASSWORD_QUEUE_DEADLINE_MS,
             admin_user: None,
             admin_password: None,
             admin_tenant: "default".into(),
@@ -111,6 +125,7 @@ impl Default for Config {
             node_id: None,
             gateway_lease_secs: 30,
             push_delivery_timeout_secs: 10,
+            max_concurrent_downloads: 0,
             verification_timeout_minutes: 10,
             geoip_database: None,
         }
@@ -188,6 +203,16 @@ impl Config {
 
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    /// The trusted proxies; an entry that is no IP address is a startup error naming it.
+    pub fn trusted_proxy_addrs(&self) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|_| anyhow::anyhow!("trusted_proxies: `{s}` is not an IP address")))
+            .collect()
     }
 }
 

@@ -150,9 +150,12 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     let mut settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
     anyhow::ensure!(config.verification_timeout_minutes >= 1, "verification_timeout_minutes must be at least 1");
     settings.verification_timeout_ms = config.verification_timeout_minutes * 60_000;
+    settings.password_hash_slots = config.password_hash_slots;
+    settings.password_queue_deadline_ms = config.password_queue_ms.max(1);
     anyhow::ensure!(config.push_delivery_timeout_secs >= 1, "push_delivery_timeout_secs must be at least 1");
     settings.delivery_timeout_ms =
         i64::try_from(config.push_delivery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    settings.download_cap = (config.max_concurrent_downloads > 0).then_some(config.max_concurrent_downloads);
     let domain = Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings);
     Ok(match geoip {
         Some(regions) => domain.with_geoip(Arc::new(regions)),
@@ -216,6 +219,7 @@ async fn up(config: Config) -> anyhow::Result<()> {
         cors_allowed_origins: config.cors_origins(),
         max_json_bytes: config.max_json_bytes,
         workers: config.api_workers,
+        trusted_proxies: config.trusted_proxy_addrs()?,
     };
     let gateway = start_gateway(&config, domain.clone())?;
     let server = ota_api::serve(listener, domain, jwt, settings)?;
@@ -327,6 +331,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
         },
         http: Default::default(),
         push: ota_gateway::PushSettings { rate_per_second: config.push_rate, ..Default::default() },
+        throttle: Default::default(),
         liveness: ota_gateway::LivenessSettings { lease: std::time::Duration::from_secs(config.gateway_lease_secs) },
     };
     let broker = match &settings.bus {

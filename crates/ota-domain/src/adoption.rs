@@ -33,11 +33,11 @@ use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{
     AdoptionEventKind, AdoptionEventQuery, AdoptionEventView, AdoptionPolicy, AdoptionStats, AdoptionView, DeviceView,
-    Page, RegisteredVia, Scope, SetAdoptionRequest,
+    Page, RegisteredVia, SetAdoptionRequest,
 };
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::DbConn;
 use crate::devices::{DeviceIdentity, DeviceRecord, find_by_did, find_in_tenant, find_product_by_key, identity};
@@ -126,7 +126,7 @@ pub struct EventThrottle {
 
 impl EventThrottle {
     /// `Some(n)`: write now, adding `n` occurrences; `None`: only counted for the next write.
-    fn admit(&self, did: &str, kind: AdoptionEventKind, now: i64) -> Option<i64> {
+    pub(crate) fn admit(&self, did: &str, kind: AdoptionEventKind, now: i64) -> Option<i64> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() > 100_000 {
             seen.retain(|_, (last, _)| now - *last < EVENT_WRITE_INTERVAL_MS);
@@ -144,17 +144,17 @@ impl EventThrottle {
 }
 
 /// An event to record, coalesced into its (product, did, kind) row.
-struct Event<'a> {
-    tenant_id: i64,
-    product_id: i64,
-    did: &'a str,
-    kind: AdoptionEventKind,
-    reason: Option<&'a str>,
-    source: Option<&'a str>,
-    count: i64,
+pub(crate) struct Event<'a> {
+    pub(crate) tenant_id: i64,
+    pub(crate) product_id: i64,
+    pub(crate) did: &'a str,
+    pub(crate) kind: AdoptionEventKind,
+    pub(crate) reason: Option<&'a str>,
+    pub(crate) source: Option<&'a str>,
+    pub(crate) count: i64,
 }
 
-fn record(c: &mut DbConn, e: &Event<'_>, now: i64) -> Result<()> {
+pub(crate) fn record(c: &mut DbConn, e: &Event<'_>, now: i64) -> Result<()> {
     let row = || {
         adoption_events::table
             .filter(adoption_events::product_id.eq(e.product_id))
@@ -207,7 +207,7 @@ enum Known {
 }
 
 impl Domain {
-    fn event_throttle(&self) -> &EventThrottle {
+    pub(crate) fn event_throttle(&self) -> &EventThrottle {
         &self.adoption_throttle
     }
 
@@ -218,25 +218,35 @@ impl Domain {
         self.db.run(adoption_active_in).await
     }
 
-    /// The MQTT login check: did and passcode, with adoption and pinning.
+    /// The MQTT login check: did and passcode, with adoption and pinning. An accepted login
+    /// also applies the device's held `target_fid` reports from its address (see
+    /// [`crate::security`]); an unknown did refused here is recorded for installation admins.
     pub async fn device_login(&self, did: &str, passcode: &str, source: Option<String>) -> Result<LoginDecision> {
         let now = self.clock.now_ms();
         let did_owned = did.to_owned();
         let found = self
             .db
             .run(move |c| match find_by_did(c, &did_owned) {
-                Ok(pair) => Ok(Some(pair)),
+                Ok((device, product)) => {
+                    let held = crate::security::held_of(c, device.id)?;
+                    Ok(Some((device, product, held)))
+                }
                 Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. }) => Ok(None),
                 Err(e) => Err(e),
             })
             .await?;
-        let Some((device, product)) = found else {
-            return Ok(if self.adoption_active().await? { LoginDecision::Provisional } else { LoginDecision::Refused });
+        let Some((device, product, held)) = found else {
+            if self.adoption_active().await? {
+                return Ok(LoginDecision::Provisional);
+            }
+            let reason = "unknown did; no product adopts";
+            self.note_unknown_did(did, crate::security::Channel::Mqtt, reason, source.as_deref()).await;
+            return Ok(LoginDecision::Refused);
         };
         // The hot path: a known passcode, nothing to write.
         let first_login_of_import = device.registered_via() == RegisteredVia::Import && device.adopted_at.is_none();
         if device.passcode.as_deref() == Some(passcode) && !first_login_of_import {
-            return Ok(LoginDecision::Accepted(identity(&device, &product)));
+            return Ok(self.accept_login(identity(&device, &product), held, source.as_deref()).await);
         }
         if device.passcode.as_deref().is_some_and(|p| p != passcode) {
             self.note_conflict(device.tenant_id, device.product_id, device.id, did, source.as_deref(), now).await?;
@@ -251,7 +261,7 @@ impl Domain {
             })
             .await?;
         match known {
-            Known::Accepted(identity) => Ok(LoginDecision::Accepted(identity)),
+            Known::Accepted(identity) => Ok(self.accept_login(identity, held, source.as_deref()).await),
             Known::Conflict { tenant_id, product_id } => {
                 self.note_conflict(tenant_id, product_id, device.id, did, source.as_deref(), now).await?;
                 Ok(LoginDecision::Refused)
@@ -261,6 +271,20 @@ impl Domain {
                 Ok(LoginDecision::Refused)
             }
         }
+    }
+
+    async fn accept_login(
+        &self,
+        identity: DeviceIdentity,
+        held: Vec<crate::security::HeldReport>,
+        source: Option<&str>,
+    ) -> LoginDecision {
+        if !held.is_empty()
+            && let Some(source) = source
+        {
+            self.apply_held_reports(&identity, held, source).await;
+        }
+        LoginDecision::Accepted(identity)
     }
 
     /// A provisional session named its product: adopt the unknown did if the product's open
@@ -344,7 +368,7 @@ impl Domain {
         }
     }
 
-    async fn note_refusal(
+    pub(crate) async fn note_refusal(
         &self,
         tenant_id: i64,
         product_id: i64,
@@ -371,7 +395,7 @@ impl Domain {
             .await
     }
 
-    async fn note_conflict(
+    pub(crate) async fn note_conflict(
         &self,
         tenant_id: i64,
         product_id: i64,
@@ -403,9 +427,8 @@ impl Domain {
 
     // ------------------------------------------------------------ operator side
 
-    pub async fn get_adoption(&self, who: &Principal, product_key: &str) -> Result<AdoptionView> {
-        who.require(Scope::Read)?;
-        let (tenant_id, key, now) = (who.tenant_id, product_key.to_owned(), self.clock.now_ms());
+    pub async fn get_adoption(&self, who: &Authorized<Read>, product_key: &str) -> Result<AdoptionView> {
+        let (tenant_id, key, now) = (who.tenant_id(), product_key.to_owned(), self.clock.now_ms());
         self.db
             .run(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
@@ -417,35 +440,25 @@ impl Domain {
     /// Sets a product's policy. Every call starts a new window count (`adopted_in_window` = 0).
     pub async fn set_adoption(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         product_key: &str,
         req: SetAdoptionRequest,
     ) -> Result<AdoptionView> {
-        who.require(Scope::Write)?;
         let now = self.clock.now_ms();
-        let (open_until, max) = match req.policy {
-            AdoptionPolicy::Open => {
-                let end = req.open_until.ok_or_else(|| DomainError::missing("open_until"))?.timestamp_millis();
+        let (open_until, max) = match &req {
+            SetAdoptionRequest::Open { open_until, max_adoptions } => {
+                let end = open_until.timestamp_millis();
                 if end <= now {
                     return Err(DomainError::invalid("open_until", "open_until must be in the future"));
                 }
-                let max = req.max_adoptions.ok_or_else(|| DomainError::missing("max_adoptions"))?;
-                if max < 1 {
-                    return Err(DomainError::invalid("max_adoptions", "max_adoptions must be 1 or more"));
+                if !(1..=1_000_000_000).contains(max_adoptions) {
+                    return Err(DomainError::invalid("max_adoptions", "max_adoptions must be 1–1000000000"));
                 }
-                (Some(end), Some(max))
+                (Some(end), Some(*max_adoptions))
             }
-            AdoptionPolicy::Closed | AdoptionPolicy::Imported => {
-                if req.open_until.is_some() || req.max_adoptions.is_some() {
-                    return Err(DomainError::invalid(
-                        "policy",
-                        "open_until and max_adoptions belong to the `open` policy only",
-                    ));
-                }
-                (None, None)
-            }
+            SetAdoptionRequest::Closed {} | SetAdoptionRequest::Imported {} => (None, None),
         };
-        let (tenant_id, key, policy) = (who.tenant_id, product_key.to_owned(), req.policy);
+        let (tenant_id, key, policy) = (who.tenant_id(), product_key.to_owned(), req.policy());
         self.db
             .write(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
@@ -467,24 +480,13 @@ impl Domain {
 
     pub async fn list_adoption_events(
         &self,
-        who: &Principal,
+        who: &Authorized<Read>,
         product_key: &str,
         query: AdoptionEventQuery,
     ) -> Result<Page<AdoptionEventView>> {
-        who.require(Scope::Read)?;
         let page = PageRequest::new(query.page, query.per_page)?;
-        let did = match query.did.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-            None => None,
-            Some(d) if d.len() <= 22 && d.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(d.to_owned()),
-            Some(_) => {
-                return Err(DomainError::field(
-                    ErrorCode::InvalidQuery,
-                    "did",
-                    "did must be up to 22 letters and digits",
-                ));
-            }
-        };
-        let (tenant_id, key, kind) = (who.tenant_id, product_key.to_owned(), query.kind);
+        let did = crate::validate::did_prefix(query.did.as_deref())?;
+        let (tenant_id, key, kind) = (who.tenant_id(), product_key.to_owned(), query.kind);
         type Row = (String, Stored<AdoptionEventKind>, Option<String>, Option<String>, i64, i64, i64);
         let (rows, total) = self
             .db
@@ -539,10 +541,9 @@ impl Domain {
 
     /// Operator unpins a passcode: it is forgotten, conflicts are cleared, and the device's next
     /// MQTT login pins whatever passcode it presents, whatever the product's policy.
-    pub async fn reset_passcode(&self, who: &Principal, key: &str) -> Result<DeviceView> {
-        who.require(Scope::Write)?;
+    pub async fn reset_passcode(&self, who: &Authorized<Write>, key: &str) -> Result<DeviceView> {
         let now = self.clock.now_ms();
-        let (tenant_id, key, source) = (who.tenant_id, key.to_owned(), format!("api:{}", who.username));
+        let (tenant_id, key, source) = (who.tenant_id(), key.to_owned(), format!("api:{}", who.username()));
         let (device, pk) = self
             .db
             .write(move |c| {

@@ -1,31 +1,38 @@
 //! Tenants, users, API tokens and the principal every request acts as.
+//!
+//! What a principal may do is checked by [`crate::access`]; password hashing is bounded by
+//! [`crate::login::HashGate`] and logins are throttled by [`crate::login`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{Role, Scope, TokenView, UserView};
 use sha2::{Digest, Sha256};
 
 use crate::Domain;
+use crate::access::{Authorized, LoginSession, Read, TenantAdmin, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::error::{DomainError, Result};
+use crate::login::HashMemory;
 use crate::schema::{api_tokens, tenants, users};
 
-/// Who is acting, with what rights. Built by the API from a JWT or an API token.
+/// Who is acting, with what rights. Built only here, from a verified login session or API
+/// token; what it may do is checked by [`crate::access::Authorized`].
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub tenant_id: i64,
-    pub tenant_name: String,
-    pub user_id: i64,
-    pub username: String,
-    pub role: Role,
-    pub scopes: BTreeSet<Scope>,
-    pub credential: Credential,
+    tenant_id: i64,
+    tenant_name: String,
+    user_id: i64,
+    username: String,
+    role: Role,
+    scopes: BTreeSet<Scope>,
+    credential: Credential,
+    /// A tenant admin of the installation's first tenant.
+    installation_admin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,23 +42,49 @@ pub enum Credential {
 }
 
 impl Principal {
-    pub fn require(&self, scope: Scope) -> Result<()> {
-        if self.scopes.contains(&scope) {
-            return Ok(());
-        }
-        Err(DomainError::with_details(
-            ErrorCode::InsufficientScope,
-            format!("these credentials lack the `{}` scope", scope.as_str()),
-            serde_json::json!({ "required_scope": scope.as_str() }),
-        ))
+    pub fn tenant_id(&self) -> i64 {
+        self.tenant_id
     }
 
-    pub fn require_admin(&self) -> Result<()> {
-        if self.role == Role::Admin {
-            return Ok(());
-        }
-        Err(DomainError::new(ErrorCode::AdminRequired, "only a tenant admin may do this"))
+    pub fn tenant_name(&self) -> &str {
+        &self.tenant_name
     }
+
+    pub fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn scopes(&self) -> &BTreeSet<Scope> {
+        &self.scopes
+    }
+
+    pub fn credential(&self) -> Credential {
+        self.credential
+    }
+
+    pub fn is_installation_admin(&self) -> bool {
+        self.installation_admin
+    }
+}
+
+/// The scopes a login session carries: everything its role can use.
+fn session_scopes(role: Role) -> BTreeSet<Scope> {
+    Scope::ALL.into_iter().filter(|s| *s != Scope::Admin || role == Role::Admin).collect()
+}
+
+/// The installation's first tenant (the one `ota up` creates): its admins are installation
+/// administrators. Tenants are never deleted, so the lowest id stays the first.
+fn is_first_tenant(c: &mut DbConn, tenant_id: i64) -> Result<bool> {
+    let first: Option<i64> = tenants::table.select(diesel::dsl::min(tenants::id)).first(c)?;
+    Ok(first == Some(tenant_id))
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -142,26 +175,56 @@ pub fn validate_password(field: &str, password: &str) -> Result<()> {
     }
 }
 
-/// Slow, salted hash (argon2id). Runs on the blocking pool: it takes tens of milliseconds.
-pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-        let hash =
-            Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
-        Ok(hash.to_string())
-    })
-    .await
-    .map_err(|e| DomainError::Internal(anyhow::anyhow!("hash task: {e}")))?
+/// Slow, salted hash (argon2id, the crate's default parameters): tens of milliseconds and
+/// about 19 MiB, in `memory` (reused by the [`crate::login::HashGate`], which is the only
+/// caller).
+fn argon2_hash(password: &str, memory: &mut HashMemory) -> Result<String> {
+    let params = Params::default();
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let blocks = working_memory(memory, params.block_count());
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(password.as_bytes(), &salt_bytes, &mut out, blocks)
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("argon2 output: {e}"))?),
+    };
+    Ok(phc.to_string())
 }
 
-async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+/// Checks `password` against a PHC string, computing in `memory`.
+fn argon2_verify(password: &str, hash: &str, memory: &mut HashMemory) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else { return false };
+    let (Ok(params), Ok(algorithm)) = (Params::try_from(&parsed), Algorithm::try_from(parsed.algorithm)) else {
+        return false;
+    };
+    let Ok(version) = parsed.version.map_or(Ok(Version::V0x13), Version::try_from) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let mut out = vec![0u8; expected.len()];
+    let blocks = working_memory(memory, params.block_count());
+    let computed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password.as_bytes(),
+        salt,
+        &mut out,
+        blocks,
+    );
+    // `Output`'s equality is constant-time.
+    computed.is_ok() && Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// The first `blocks` of the reused memory, grown once if it is too small.
+fn working_memory(memory: &mut HashMemory, blocks: usize) -> &mut [argon2::Block] {
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    &mut memory[..blocks]
 }
 
 /// A fixed hash to verify against when the user does not exist, so that timing does not tell
@@ -183,6 +246,18 @@ pub struct CreatedAdmin {
 }
 
 impl Domain {
+    /// Hashes a new password through the hash gate (lane `lane`).
+    async fn hash_password(&self, lane: &str, password: &str) -> Result<String> {
+        let password = password.to_owned();
+        self.hash_gate.run(lane, move |memory| argon2_hash(&password, memory)).await?
+    }
+
+    /// Verifies a password through the hash gate (lane `lane`).
+    async fn verify_password(&self, lane: &str, password: &str, hash: String) -> Result<bool> {
+        let password = password.to_owned();
+        self.hash_gate.run(lane, move |memory| argon2_verify(&password, &hash, memory)).await
+    }
+
     /// Creates (or reuses) a tenant and an admin user in it.
     pub async fn create_admin(&self, tenant: &str, username: &str, password: &str) -> Result<CreatedAdmin> {
         validate_username(username)?;
@@ -191,7 +266,7 @@ impl Domain {
         if tenant_name.is_empty() || tenant_name.len() > 64 {
             return Err(DomainError::invalid("tenant", "tenant name must be 1–64 characters"));
         }
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = self.hash_password("local", password).await?;
         let now = self.clock.now_ms();
         let (t, u) = (tenant_name.clone(), username.to_owned());
         self.db
@@ -209,8 +284,14 @@ impl Domain {
         self.db.run(|c| Ok(users::table.count().get_result::<i64>(c)? == 0)).await
     }
 
-    /// Checks a user name and password; the caller throttles repeated failures.
+    /// Checks a user name and password without the login throttle (local tools and tests);
+    /// the API logs in through [`Domain::login`].
     pub async fn verify_login(&self, username: &str, password: &str) -> Result<UserRecord> {
+        self.check_password(username, password, "local").await
+    }
+
+    /// The password check itself, through the hash gate's lane of `source`.
+    pub(crate) async fn check_password(&self, username: &str, password: &str, source: &str) -> Result<UserRecord> {
         let name = username.to_owned();
         let user: Option<UserRecord> = self
             .db
@@ -219,7 +300,7 @@ impl Domain {
             })
             .await?;
         let hash = user.as_ref().map_or(DUMMY_HASH.to_owned(), |u| u.password_hash.clone());
-        let ok = verify_password(password.to_owned(), hash).await;
+        let ok = self.verify_password(source, password, hash).await?;
         match user {
             Some(u) if ok && u.disabled => Err(DomainError::new(ErrorCode::UserDisabled, "this user is disabled")),
             Some(u) if ok => Ok(u),
@@ -229,7 +310,7 @@ impl Domain {
 
     /// The principal of a login session, checked against the current state of the user.
     pub async fn session_principal(&self, user_id: i64, issued_at_ms: i64) -> Result<Principal> {
-        let (user, tenant_name) = self.load_user_with_tenant(user_id).await?;
+        let (user, tenant_name, installation_admin) = self.load_user_with_tenant(user_id).await?;
         if user.disabled {
             return Err(DomainError::new(ErrorCode::UserDisabled, "this user is disabled"));
         }
@@ -239,27 +320,32 @@ impl Domain {
                 "the password changed after this session began; log in again",
             ));
         }
+        let role = user.role();
         Ok(Principal {
             tenant_id: user.tenant_id,
             tenant_name,
             user_id: user.id,
             username: user.username.clone(),
-            role: user.role(),
-            scopes: Scope::ALL.into_iter().collect(),
+            role,
+            scopes: session_scopes(role),
             credential: Credential::Session,
+            installation_admin,
         })
     }
 
-    async fn load_user_with_tenant(&self, user_id: i64) -> Result<(UserRecord, String)> {
+    async fn load_user_with_tenant(&self, user_id: i64) -> Result<(UserRecord, String, bool)> {
         let found = self
             .db
             .run(move |c| {
-                Ok(users::table
+                let found = users::table
                     .inner_join(tenants::table)
                     .filter(users::id.eq(user_id))
                     .select((UserRecord::as_select(), tenants::name))
                     .first::<(UserRecord, String)>(c)
-                    .optional()?)
+                    .optional()?;
+                let Some((user, tenant)) = found else { return Ok(None) };
+                let first = user.role() == Role::Admin && is_first_tenant(c, user.tenant_id)?;
+                Ok(Some((user, tenant, first)))
             })
             .await?;
         found.ok_or_else(|| DomainError::new(ErrorCode::InvalidCredentials, "unknown user"))
@@ -269,18 +355,21 @@ impl Domain {
     pub async fn token_principal(&self, secret: &str) -> Result<Principal> {
         let hash = token_hash(secret);
         // One query for token, user and tenant: this runs on every request a script makes.
-        let found: Option<(TokenRecord, UserRecord, String)> = self
+        let found: Option<(TokenRecord, UserRecord, String, bool)> = self
             .db
             .run(move |c| {
-                Ok(api_tokens::table
+                let found: Option<(TokenRecord, UserRecord, String)> = api_tokens::table
                     .inner_join(users::table.inner_join(tenants::table))
                     .filter(api_tokens::token_hash.eq(hash))
                     .select((TokenRecord::as_select(), UserRecord::as_select(), tenants::name))
                     .first(c)
-                    .optional()?)
+                    .optional()?;
+                let Some((token, user, tenant)) = found else { return Ok(None) };
+                let first = user.role() == Role::Admin && is_first_tenant(c, user.tenant_id)?;
+                Ok(Some((token, user, tenant, first)))
             })
             .await?;
-        let (token, user, tenant_name) =
+        let (token, user, tenant_name, installation_admin) =
             found.ok_or_else(|| DomainError::new(ErrorCode::InvalidCredentials, "unknown API token"))?;
         let now = self.clock.now_ms();
         if token.revoked_at.is_some() {
@@ -312,16 +401,20 @@ impl Domain {
             role: user.role(),
             scopes: token.scopes(),
             credential: Credential::ApiToken { id: token.id },
+            installation_admin,
         })
     }
 
-    pub async fn change_password(&self, who: &Principal, current: &str, new: &str) -> Result<()> {
+    /// Your own password, from a login session only (a stolen API token must not be able to
+    /// take the account over).
+    pub async fn change_password(&self, who: &Authorized<LoginSession>, current: &str, new: &str) -> Result<()> {
         validate_password("new_password", new)?;
-        let (user, _) = self.load_user_with_tenant(who.user_id).await?;
-        if !verify_password(current.to_owned(), user.password_hash.clone()).await {
+        let (user, _, _) = self.load_user_with_tenant(who.user_id()).await?;
+        let lane = format!("user:{}", user.id);
+        if !self.verify_password(&lane, current, user.password_hash.clone()).await? {
             return Err(DomainError::new(ErrorCode::WrongPassword, "the current password is wrong"));
         }
-        let hash = hash_password(new.to_owned()).await?;
+        let hash = self.hash_password(&lane, new).await?;
         let now = self.clock.now_ms();
         let id = user.id;
         self.db
@@ -334,20 +427,24 @@ impl Domain {
             .await
     }
 
-    pub async fn create_user(&self, who: &Principal, username: &str, password: &str, role: Role) -> Result<UserView> {
-        who.require_admin()?;
+    pub async fn create_user(
+        &self,
+        who: &Authorized<TenantAdmin>,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<UserView> {
         validate_username(username)?;
         validate_password("password", password)?;
-        let hash = hash_password(password.to_owned()).await?;
+        let hash = self.hash_password(&format!("user:{}", who.user_id()), password).await?;
         let now = self.clock.now_ms();
-        let (tenant_id, name) = (who.tenant_id, username.to_owned());
+        let (tenant_id, name) = (who.tenant_id(), username.to_owned());
         let user = self.db.write(move |c| insert_user(c, tenant_id, &name, &hash, role, now)).await?;
         Ok(user.view())
     }
 
-    pub async fn list_users(&self, who: &Principal) -> Result<Vec<UserView>> {
-        who.require_admin()?;
-        let tenant_id = who.tenant_id;
+    pub async fn list_users(&self, who: &Authorized<TenantAdmin>) -> Result<Vec<UserView>> {
+        let tenant_id = who.tenant_id();
         let rows: Vec<UserRecord> = self
             .db
             .run(move |c| {
@@ -363,16 +460,19 @@ impl Domain {
 
     pub async fn update_user(
         &self,
-        who: &Principal,
+        who: &Authorized<TenantAdmin>,
         user_id: i64,
         disabled: Option<bool>,
         role: Option<Role>,
     ) -> Result<UserView> {
-        who.require_admin()?;
-        if user_id == who.user_id && (disabled == Some(true) || role == Some(Role::Member)) {
-            return Err(DomainError::invalid("disabled", "an admin cannot disable or demote themselves"));
+        if user_id == who.user_id() && (disabled == Some(true) || role == Some(Role::Member)) {
+            return Err(DomainError::field(
+                ErrorCode::SelfLockout,
+                if disabled == Some(true) { "disabled" } else { "role" },
+                "an admin cannot disable or demote themselves",
+            ));
         }
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let user = self
             .db
             .write(move |c| {
@@ -391,23 +491,20 @@ impl Domain {
 
     pub async fn create_token(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         name: &str,
         scopes: &[Scope],
         expires_in_days: Option<u32>,
     ) -> Result<(TokenView, String)> {
-        who.require(Scope::Write)?;
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 64 {
-            return Err(DomainError::invalid("name", "token name must be 1–64 characters"));
-        }
+        let name = crate::validate::label("name", name, 64)?;
         if scopes.is_empty() {
             return Err(DomainError::invalid("scopes", "give at least one scope"));
         }
-        if let Some(extra) = scopes.iter().find(|s| !who.scopes.contains(s)) {
-            return Err(DomainError::invalid(
-                "scopes",
+        if let Some(extra) = scopes.iter().find(|s| !who.scopes().contains(s)) {
+            return Err(DomainError::with_details(
+                ErrorCode::InsufficientScope,
                 format!("cannot grant `{}`: these credentials lack it", extra.as_str()),
+                serde_json::json!({ "field": "scopes", "required_scope": extra.as_str() }),
             ));
         }
         if expires_in_days == Some(0) || expires_in_days.is_some_and(|d| d > 3650) {
@@ -419,7 +516,7 @@ impl Domain {
         let scopes_text = set.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
         let now = self.clock.now_ms();
         let expires_at = expires_in_days.map(|d| now + i64::from(d) * 86_400_000);
-        let (tenant_id, user_id) = (who.tenant_id, who.user_id);
+        let (tenant_id, user_id) = (who.tenant_id(), who.user_id());
         let record: TokenRecord = self
             .db
             .write(move |c| {
@@ -441,10 +538,11 @@ impl Domain {
         Ok((record.view(), secret))
     }
 
-    /// Admins see every token of the tenant; members their own.
-    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenView>> {
-        who.require(Scope::Read)?;
-        let (tenant_id, user_id, all) = (who.tenant_id, who.user_id, who.role == Role::Admin);
+    /// Tenant admins (admin session or `admin`-scoped token) see every token of the tenant;
+    /// anyone else their own.
+    pub async fn list_tokens(&self, who: &Authorized<Read>) -> Result<Vec<TokenView>> {
+        let all = who.also::<TenantAdmin>().is_some();
+        let (tenant_id, user_id) = (who.tenant_id(), who.user_id());
         let rows: Vec<TokenRecord> = self
             .db
             .run(move |c| {
@@ -458,9 +556,10 @@ impl Domain {
         Ok(rows.iter().map(TokenRecord::view).collect())
     }
 
-    pub async fn revoke_token(&self, who: &Principal, token_id: i64) -> Result<TokenView> {
-        who.require(Scope::Write)?;
-        let (tenant_id, user_id, all) = (who.tenant_id, who.user_id, who.role == Role::Admin);
+    /// Revokes a token: any of the tenant's for tenant admins, your own otherwise.
+    pub async fn revoke_token(&self, who: &Authorized<Write>, token_id: i64) -> Result<TokenView> {
+        let all = who.also::<TenantAdmin>().is_some();
+        let (tenant_id, user_id) = (who.tenant_id(), who.user_id());
         let now = self.clock.now_ms();
         let row = self
             .db
@@ -515,93 +614,36 @@ fn insert_user(c: &mut DbConn, tenant_id: i64, username: &str, hash: &str, role:
     Ok(users::table.find(id).select(UserRecord::as_select()).first(c)?)
 }
 
-/// Slows down guessing: after `FREE_FAILURES` failed logins for one key (a user name or a
-/// client address) each further attempt must wait twice as long as the previous one, up to
-/// 15 minutes. Kept in memory per process: a restart forgets it, which costs an attacker
-/// little compared to the restart itself.
-#[derive(Debug, Default)]
-pub struct LoginThrottle {
-    entries: Mutex<HashMap<String, ThrottleEntry>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ThrottleEntry {
-    failures: u32,
-    last_failure_ms: i64,
-}
-
-const FREE_FAILURES: u32 = 5;
-const MAX_LOCK_SECONDS: i64 = 15 * 60;
-const FORGET_AFTER_MS: i64 = 15 * 60 * 1000;
-
-impl LoginThrottle {
-    /// `Err(seconds)` when the key must wait that long before trying again.
-    pub fn check(&self, key: &str, now_ms: i64) -> Result<(), i64> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = entries.get(key) else { return Ok(()) };
-        if entry.failures < FREE_FAILURES {
-            return Ok(());
-        }
-        let exponent = (entry.failures - FREE_FAILURES).min(10);
-        let lock_ms = (1_i64 << exponent).min(MAX_LOCK_SECONDS) * 1000;
-        let until = entry.last_failure_ms + lock_ms;
-        if now_ms < until { Err((until - now_ms + 999) / 1000) } else { Ok(()) }
-    }
-
-    pub fn record_failure(&self, key: &str, now_ms: i64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() > 100_000 {
-            entries.retain(|_, e| now_ms - e.last_failure_ms < FORGET_AFTER_MS);
-        }
-        let entry = entries.entry(key.to_owned()).or_insert(ThrottleEntry { failures: 0, last_failure_ms: now_ms });
-        if now_ms - entry.last_failure_ms >= FORGET_AFTER_MS {
-            entry.failures = 0;
-        }
-        entry.failures += 1;
-        entry.last_failure_ms = now_ms;
-    }
-
-    pub fn record_success(&self, key: &str) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn throttle_lets_five_failures_through_then_doubles_the_wait() {
-        let t = LoginThrottle::default();
-        let mut now = 1_000_000;
-        for _ in 0..FREE_FAILURES {
-            assert!(t.check("alice", now).is_ok());
-            t.record_failure("alice", now);
-        }
-        assert_eq!(t.check("alice", now), Err(1));
-        now += 1000;
-        assert!(t.check("alice", now).is_ok());
-        t.record_failure("alice", now);
-        assert_eq!(t.check("alice", now), Err(2));
-        assert!(t.check("bob", now).is_ok(), "other keys are not affected");
-        t.record_success("alice");
-        assert!(t.check("alice", now).is_ok());
-    }
-
-    #[test]
-    fn throttle_forgets_after_quiet_period_and_caps_the_lock() {
-        let t = LoginThrottle::default();
-        for i in 0..40 {
-            t.record_failure("k", i);
-        }
-        assert_eq!(t.check("k", 40), Err(MAX_LOCK_SECONDS));
-        t.record_failure("k", 40 + FORGET_AFTER_MS);
-        assert!(t.check("k", 40 + FORGET_AFTER_MS).is_ok(), "counting starts again");
-    }
-
-    #[test]
     fn dummy_hash_parses() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn hashes_in_reused_memory_are_standard_phc_strings() {
+        use argon2::PasswordVerifier;
+        let mut memory = HashMemory::new();
+        let phc = argon2_hash("correct horse", &mut memory).unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        // The crate's own verifier agrees, and ours agrees with its hashes.
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert!(Argon2::default().verify_password(b"correct horse", &parsed).is_ok());
+        assert!(argon2_verify("correct horse", &phc, &mut memory));
+        assert!(!argon2_verify("correct horsf", &phc, &mut memory));
+        let theirs = argon2::PasswordHasher::hash_password(
+            &Argon2::default(),
+            b"another",
+            &SaltString::encode_b64(&[7u8; 16]).unwrap(),
+        )
+        .unwrap()
+        .to_string();
+        assert!(argon2_verify("another", &theirs, &mut memory));
+        assert!(!argon2_verify("another", "not a hash", &mut memory));
+        assert_eq!(memory.len(), Params::default().block_count(), "one working memory, reused");
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct Db {
     /// lock-upgrade deadlock of two deferred transactions (SQLITE_BUSY that no timeout cures).
     /// PostgreSQL needs no such lock.
     sqlite_writer: Arc<Mutex<()>>,
+    /// One readiness ping at a time (see [`Db::ping`]).
+    ping_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Db {
@@ -142,7 +144,12 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| DbSetupError::Unreachable { target, cause: e.to_string() })?;
-        Ok(Db { pool, backend, sqlite_writer: Arc::new(Mutex::new(())) })
+        Ok(Db {
+            pool,
+            backend,
+            sqlite_writer: Arc::new(Mutex::new(())),
+            ping_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -190,21 +197,60 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
     {
+        self.as_writer(|conn| conn.transaction(f)).await
+    }
+
+    /// Runs `f` inside a transaction that is always rolled back: what `f` would do, without
+    /// doing it (an answer computed by the same code that writes, with nothing written).
+    pub async fn dry_run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        self.as_writer(|conn| {
+            let mut out = None;
+            let rolled_back = conn.transaction::<(), DomainError, _>(|c| {
+                out = Some(f(c));
+                Err(DomainError::Internal(anyhow::anyhow!("dry run: rolled back on purpose")))
+            });
+            match (out, rolled_back) {
+                (Some(result), Err(_)) => result,
+                _ => Err(DomainError::Internal(anyhow::anyhow!("dry run did not run"))),
+            }
+        })
+        .await
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool, taking SQLite's writer turn.
+    async fn as_writer<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
         let pool = self.pool.clone();
         let lock = (self.backend == Backend::Sqlite).then(|| self.sqlite_writer.clone());
         tokio::task::spawn_blocking(move || {
             let _turn = lock.as_ref().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
             let mut pooled = get(&pool)?;
-            let conn: &mut DbConn = &mut pooled;
-            conn.transaction(f)
+            f(&mut pooled)
         })
         .await
         .map_err(|e| DomainError::Internal(anyhow::anyhow!("database task failed: {e}")))?
     }
 
-    /// True when a connection can be had and answers.
-    pub async fn ping(&self) -> bool {
-        self.run(|c| c.batch_execute("SELECT 1").map_err(DomainError::from)).await.is_ok()
+    /// True when a connection can be had and answers within `within`. Bounded: the wait for a
+    /// pooled connection is part of the budget, and at most one ping is in flight, so a hung
+    /// database never piles up blocked threads behind `/readyz`.
+    pub async fn ping(&self, within: Duration) -> bool {
+        let Ok(only) = self.ping_gate.clone().try_acquire_owned() else { return false };
+        let pool = self.pool.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the query returns, even after the caller stopped waiting.
+            let _only = only;
+            let Ok(mut conn) = pool.get_timeout(within) else { return false };
+            conn.batch_execute("SELECT 1").is_ok()
+        });
+        tokio::time::timeout(within, task).await.ok().and_then(Result::ok).unwrap_or(false)
     }
 }
 

@@ -2,9 +2,11 @@
 //!
 //! One service layer ([`Domain`]) serves both front ends (the management API and the device
 //! gateway), so every rule is enforced once, whichever door a request came in by. It knows no
-//! HTTP: callers pass a [`auth::Principal`] and get wire DTOs or a [`DomainError`] back.
+//! HTTP: callers pass an [`access::Authorized`] capability (built from a [`auth::Principal`])
+//! and get wire DTOs or a [`DomainError`] back.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod access;
 pub mod adoption;
 pub mod auth;
 pub mod clock;
@@ -15,22 +17,26 @@ pub mod firmware;
 pub mod geoip;
 pub mod lifecycle;
 pub mod liveness;
+pub mod login;
 pub mod notify;
 pub mod paging;
 pub mod products;
 pub mod rules;
 pub mod schema;
+pub mod security;
 pub mod store;
 pub mod stored;
 pub mod upgrade;
 pub mod upgrades;
+pub mod validate;
 pub mod verification;
 pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use auth::{LoginThrottle, Principal};
+pub use access::Authorized;
+pub use auth::Principal;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use db::{Backend, Db, DbSetupError};
 pub use error::{DomainError, Result};
@@ -53,6 +59,13 @@ pub struct DomainSettings {
     /// How long a push may wait for the edge holding the device's session to deliver it;
     /// after that it counts as not sent and is tried again (see `lifecycle`).
     pub delivery_timeout_ms: i64,
+    /// Concurrent downloads a gateway node serves to rule targets at most (`None`: no cap);
+    /// devices over it are answered "no update" and pushed again when a slot frees.
+    pub download_cap: Option<u32>,
+    /// Password hashes at once (0: one per core); see [`login::HashGate`].
+    pub password_hash_slots: usize,
+    /// How long a password check may wait for a hash slot before `password_checks_busy`.
+    pub password_queue_deadline_ms: u64,
 }
 
 impl DomainSettings {
@@ -64,12 +77,18 @@ impl DomainSettings {
             verification_timeout_ms: DEFAULT_VERIFICATION_TIMEOUT_MS,
             series_rules: SeriesRules::default(),
             delivery_timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
+            download_cap: None,
+            password_hash_slots: 0,
+            password_queue_deadline_ms: DEFAULT_PASSWORD_QUEUE_DEADLINE_MS,
         }
     }
 }
 
 /// Ten seconds: an edge writes a push within milliseconds of the broker handing it over.
 pub const DEFAULT_DELIVERY_TIMEOUT_MS: i64 = 10_000;
+
+/// How long a login may wait for a password hash slot.
+pub const DEFAULT_PASSWORD_QUEUE_DEADLINE_MS: u64 = 2000;
 
 /// Ten minutes, the hosted console's countdown.
 pub const DEFAULT_VERIFICATION_TIMEOUT_MS: i64 = 10 * 60 * 1000;
@@ -81,7 +100,8 @@ pub struct Domain {
     pub clock: Arc<dyn Clock>,
     pub store: Arc<dyn BlobStore>,
     pub settings: Arc<DomainSettings>,
-    pub login_throttle: Arc<LoginThrottle>,
+    /// Bounds argon2 work (see [`login`]).
+    pub hash_gate: Arc<login::HashGate>,
     /// The gateway that pushes to devices, once one is attached.
     pub notifier: notify::NotifierSlot,
     /// Fills the region of devices that register without one, when a GeoIP database is
@@ -96,12 +116,16 @@ pub struct Domain {
 
 impl Domain {
     pub fn new(db: Db, clock: Arc<dyn Clock>, store: Arc<dyn BlobStore>, settings: DomainSettings) -> Domain {
+        let hash_gate = login::HashGate::new(
+            settings.password_hash_slots,
+            std::time::Duration::from_millis(settings.password_queue_deadline_ms),
+        );
         Domain {
             db,
             clock,
             store,
             settings: Arc::new(settings),
-            login_throttle: Arc::new(LoginThrottle::default()),
+            hash_gate: Arc::new(hash_gate),
             notifier: notify::NotifierSlot::default(),
             geoip: None,
             blob_lock: Arc::new(tokio::sync::Mutex::new(())),

@@ -2,10 +2,10 @@
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{Page, ProductView, Scope};
+use ota_wire::dto::{Page, ProductView};
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::error::{DomainError, Result};
@@ -44,11 +44,8 @@ fn random_key32() -> String {
 }
 
 fn validate_product_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(DomainError::invalid("name", "product name must be 1–128 characters"));
-    }
-    Ok(name.to_owned())
+    crate::validate::label("name", name, 128)
+        .map_err(|_| DomainError::invalid("name", "product name must be 1–128 characters, not only spaces"))
 }
 
 /// Loads a product of the principal's tenant; another tenant's product is "not found".
@@ -68,12 +65,11 @@ pub(crate) fn product_not_found() -> DomainError {
 impl Domain {
     pub async fn create_product(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         name: &str,
         product_key: Option<&str>,
         product_secret: Option<&str>,
     ) -> Result<ProductView> {
-        who.require(Scope::Write)?;
         let name = validate_product_name(name)?;
         let key = match product_key {
             Some(k) if is_key32(k) => k.to_owned(),
@@ -93,7 +89,7 @@ impl Domain {
             None => random_key32(),
         };
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let record: ProductRecord = self
             .db
             .write(move |c| {
@@ -121,9 +117,8 @@ impl Domain {
         Ok(record.view())
     }
 
-    pub async fn list_products(&self, who: &Principal, page: PageRequest) -> Result<Page<ProductView>> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn list_products(&self, who: &Authorized<Read>, page: PageRequest) -> Result<Page<ProductView>> {
+        let tenant_id = who.tenant_id();
         let (rows, total) = self
             .db
             .run(move |c| {
@@ -141,16 +136,19 @@ impl Domain {
         Ok(page.wrap(rows.iter().map(ProductRecord::view).collect(), total))
     }
 
-    pub async fn get_product(&self, who: &Principal, product_key: &str) -> Result<ProductView> {
-        who.require(Scope::Read)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+    pub async fn get_product(&self, who: &Authorized<Read>, product_key: &str) -> Result<ProductView> {
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         Ok(self.db.run(move |c| find_product(c, tenant_id, &key)).await?.view())
     }
 
-    pub async fn update_product(&self, who: &Principal, product_key: &str, name: Option<&str>) -> Result<ProductView> {
-        who.require(Scope::Write)?;
+    pub async fn update_product(
+        &self,
+        who: &Authorized<Write>,
+        product_key: &str,
+        name: Option<&str>,
+    ) -> Result<ProductView> {
         let name = name.map(validate_product_name).transpose()?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let record = self
             .db
             .write(move |c| {
@@ -165,9 +163,8 @@ impl Domain {
     }
 
     /// Deletes an empty product; one that still has firmware is refused.
-    pub async fn delete_product(&self, who: &Principal, product_key: &str) -> Result<()> {
-        who.require(Scope::Write)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+    pub async fn delete_product(&self, who: &Authorized<Write>, product_key: &str) -> Result<()> {
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         self.db
             .write(move |c| {
                 let product = find_product(c, tenant_id, &key)?;

@@ -139,6 +139,8 @@ diesel::table! {
         download_node -> Nullable<Text>,
         history -> Text,
         rev -> BigInt,
+        wave -> BigInt,
+        zone -> Nullable<Text>,
     }
 }
 
@@ -184,6 +186,37 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         policy -> Text,
+        current_wave -> Nullable<BigInt>,
+        halt -> Nullable<Text>,
+        paused_at -> Nullable<BigInt>,
+        cancelled_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    rule_waves (rule_id, wave) {
+        rule_id -> BigInt,
+        wave -> BigInt,
+        started_at -> Nullable<BigInt>,
+        passed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    region_zones (tenant_id, country, province, city) {
+        tenant_id -> BigInt,
+        country -> Text,
+        province -> Text,
+        city -> Text,
+        time_zone -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    device_settings (device_id) {
+        device_id -> BigInt,
+        time_zone -> Nullable<Text>,
     }
 }
 
@@ -233,7 +266,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    login_failures (key) {
+        key -> Text,
+        failures -> BigInt,
+        last_failure_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    registration_policies (product_id) {
+        product_id -> BigInt,
+        policy -> Text,
+        offline_minutes -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    unknown_device_refusals (id) {
+        id -> BigInt,
+        did -> Text,
+        channel -> Text,
+        reason -> Text,
+        source -> Nullable<Text>,
+        count -> BigInt,
+        first_at -> BigInt,
+        last_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    held_reports (id) {
+        id -> BigInt,
+        device_id -> BigInt,
+        fw_type -> Text,
+        source -> Text,
+        hard_version -> Text,
+        soft_version -> Text,
+        fid -> BigInt,
+        reported_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(registration_policies -> products (product_id));
+diesel::joinable!(held_reports -> devices (device_id));
 diesel::joinable!(adoption_policies -> products (product_id));
 diesel::joinable!(adoption_events -> products (product_id));
 diesel::joinable!(devices -> products (product_id));
@@ -249,6 +327,8 @@ diesel::joinable!(rules -> products (product_id));
 diesel::joinable!(mac_list_entries -> mac_lists (list_id));
 diesel::joinable!(mac_lists -> products (product_id));
 diesel::joinable!(device_ota_state -> devices (device_id));
+diesel::joinable!(device_settings -> devices (device_id));
+diesel::joinable!(rule_waves -> rules (rule_id));
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     users,
@@ -263,5 +343,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     adoption_policies,
     adoption_events,
     gateways,
-    device_ota_state
+    device_ota_state,
+    rule_waves,
+    region_zones,
+    device_settings,
+    login_failures,
+    registration_policies,
+    unknown_device_refusals,
+    held_reports
 );

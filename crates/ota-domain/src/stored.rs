@@ -108,6 +108,7 @@ text_enum! {
     ota_wire::dto::RegisteredVia => "registration kind",
     ota_wire::dto::AdoptionPolicy => "adoption policy",
     ota_wire::dto::AdoptionEventKind => "adoption event kind",
+    ota_wire::dto::RegistrationPolicy => "re-registration policy",
     crate::lifecycle::RecordKind => "upgrade record kind",
     crate::lifecycle::Failure => "upgrade failure",
 }

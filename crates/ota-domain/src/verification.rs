@@ -4,10 +4,10 @@
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{Scope, UpgradeStage, VerificationState, VerificationView};
+use ota_wire::dto::{UpgradeStage, VerificationState, VerificationView};
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Push, Read};
 use crate::clock::from_ms;
 use crate::db::DbConn;
 use crate::devices::{DeviceRecord, normalize_mac};
@@ -111,8 +111,12 @@ fn act(c: &mut DbConn, record: &UpgradeRecord, event: &Event, now: i64, delivery
 
 impl Domain {
     /// Starts a verification on the device with this MAC and pushes at once.
-    pub async fn start_verification(&self, who: &Principal, firmware_id: i64, mac: &str) -> Result<VerificationView> {
-        who.require(Scope::Push)?;
+    pub async fn start_verification(
+        &self,
+        who: &Authorized<Push>,
+        firmware_id: i64,
+        mac: &str,
+    ) -> Result<VerificationView> {
         let mac = normalize_mac(mac).ok_or_else(|| DomainError::invalid("mac", "mac must be 12 hex digits"))?;
         let Some(notifier) = self.notifier.get() else {
             return Err(DomainError::new(
@@ -124,7 +128,7 @@ impl Domain {
         let deadline = now + self.settings.verification_timeout_ms;
         let delivery = self.settings.delivery_timeout_ms;
         let rules = self.settings.series_rules;
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let (record, device, notice) = self
             .db
             .write(move |c| {
@@ -215,10 +219,9 @@ impl Domain {
     }
 
     /// The firmware's latest verification, with its countdown. A read: nothing is written.
-    pub async fn get_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
-        who.require(Scope::Read)?;
+    pub async fn get_verification(&self, who: &Authorized<Read>, firmware_id: i64) -> Result<VerificationView> {
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let (record, device) = self.db.run(move |c| latest(c, tenant_id, firmware_id)).await?;
         Ok(view(&record, &device, now))
     }
@@ -226,14 +229,13 @@ impl Domain {
     /// `stable: true` verifies (and locks) the firmware; `false` fails the verification.
     pub async fn confirm_verification(
         &self,
-        who: &Principal,
+        who: &Authorized<Push>,
         firmware_id: i64,
         stable: bool,
     ) -> Result<VerificationView> {
-        who.require(Scope::Push)?;
         let now = self.clock.now_ms();
         let delivery = self.settings.delivery_timeout_ms;
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let (record, device) = self
             .db
             .write(move |c| {
@@ -254,11 +256,10 @@ impl Domain {
     }
 
     /// Cancels a running verification (or one awaiting confirmation).
-    pub async fn cancel_verification(&self, who: &Principal, firmware_id: i64) -> Result<VerificationView> {
-        who.require(Scope::Push)?;
+    pub async fn cancel_verification(&self, who: &Authorized<Push>, firmware_id: i64) -> Result<VerificationView> {
         let now = self.clock.now_ms();
         let delivery = self.settings.delivery_timeout_ms;
-        let (tenant_id, username) = (who.tenant_id, who.username.clone());
+        let (tenant_id, username) = (who.tenant_id(), who.username().to_owned());
         let (record, device) = self
             .db
             .write(move |c| {

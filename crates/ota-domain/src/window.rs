@@ -1,4 +1,5 @@
-//! When a push rule may push: a period of UTC dates and a daily window of whole UTC hours.
+//! When a push rule may push: a period of UTC dates and a daily window of whole hours, in UTC
+//! or in a device's local time zone.
 //! Pure functions of the time they are given, so they are table-tested without waiting.
 //!
 //! - The period runs from `start` 00:00 to the end of `end` (both days inclusive).
@@ -8,7 +9,8 @@
 //!   "at most once per window opening" is a comparison of two numbers, and holds across
 //!   midnight for a window such as 22→2.
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
 
 /// The UTC dates a rule may push on, both inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +105,72 @@ impl Window {
     }
 }
 
-/// The opening a rule may push in at `now`: inside the period and the window.
-pub fn pushable_opening(period: &Period, window: &Window, now: DateTime<Utc>) -> Option<Opening> {
+/// The instant a local wall-clock hour names in `tz`: the first of two when the hour occurs
+/// twice (clocks going back), the next existing instant when it does not exist (clocks going
+/// forward: 02:00 on the spring change opens at 03:00).
+fn local_instant(tz: Tz, day: NaiveDate, hour: u8) -> Option<DateTime<Utc>> {
+    let (day, hour) = if hour == 24 { (day.succ_opt()?, 0) } else { (day, hour) };
+    let naive = day.and_hms_opt(u32::from(hour), 0, 0)?;
+    // A gap lasts at most a few hours; step by the minute to its end.
+    for minutes in 0..=240 {
+        let candidate = naive + Duration::minutes(minutes);
+        match tz.from_local_datetime(&candidate) {
+            LocalResult::Single(t) => return Some(t.with_timezone(&Utc)),
+            LocalResult::Ambiguous(first, _) => return Some(first.with_timezone(&Utc)),
+            LocalResult::None => {}
+        }
+    }
+    None
+}
+
+impl Window {
+    /// The opening `now` falls in when the window's hours are local hours of `tz`
+    /// (DST-correct; see [`local_instant`]).
+    pub fn opening_in(&self, tz: Tz, now: DateTime<Utc>) -> Option<Opening> {
+        let today = now.with_timezone(&tz).date_naive();
+        let t = now.timestamp_millis();
+        let mut days = [today.pred_opt()?, today];
+        if !self.crosses_midnight() {
+            days = [today, today];
+        }
+        days.into_iter().find_map(|day| {
+            let end_day = if self.crosses_midnight() { day.succ_opt()? } else { day };
+            let start = local_instant(tz, day, self.start_hour)?.timestamp_millis();
+            let end = local_instant(tz, end_day, self.end_hour)?.timestamp_millis();
+            (start <= t && t < end).then_some(Opening { start_ms: start, end_ms: end })
+        })
+    }
+
+    /// The opening in effect at `now` in `tz`, or the next one to come.
+    pub fn current_or_next_in(&self, tz: Tz, now: DateTime<Utc>) -> Option<Opening> {
+        if let Some(open) = self.opening_in(tz, now) {
+            return Some(open);
+        }
+        let today = now.with_timezone(&tz).date_naive();
+        [today, today.succ_opt()?].into_iter().find_map(|day| {
+            let end_day = if self.crosses_midnight() { day.succ_opt()? } else { day };
+            let start = local_instant(tz, day, self.start_hour)?;
+            let end = local_instant(tz, end_day, self.end_hour)?;
+            (start > now).then_some(Opening { start_ms: start.timestamp_millis(), end_ms: end.timestamp_millis() })
+        })
+    }
+}
+
+/// Parses an IANA time zone name.
+pub fn parse_zone(name: &str) -> Option<Tz> {
+    name.parse::<Tz>().ok()
+}
+
+/// The opening a rule may push in at `now`: inside the period (UTC dates) and the window, in
+/// `tz` when given, else in UTC.
+pub fn pushable_opening(period: &Period, window: &Window, tz: Option<Tz>, now: DateTime<Utc>) -> Option<Opening> {
     if !period.contains(now) {
         return None;
     }
-    window.opening_at(now)
+    match tz {
+        Some(tz) => window.opening_in(tz, now),
+        None => window.opening_at(now),
+    }
 }
 
 #[cfg(test)]
@@ -179,24 +241,24 @@ mod tests {
         let w = Window::new(22, 2).unwrap();
         // First day: the opening that started on the eve of the period is cut to its part
         // inside the period; the period starts at midnight.
-        assert_eq!(pushable_opening(&p, &w, t("2026-02-28T23:00:00Z")), None);
+        assert_eq!(pushable_opening(&p, &w, None, t("2026-02-28T23:00:00Z")), None);
         assert_eq!(
-            pushable_opening(&p, &w, t("2026-03-01T01:00:00Z")).map(|o| o.start_ms),
+            pushable_opening(&p, &w, None, t("2026-03-01T01:00:00Z")).map(|o| o.start_ms),
             Some(ms("2026-02-28T22:00:00Z"))
         );
         // Last day: its evening opening runs until the period ends at midnight.
-        assert!(pushable_opening(&p, &w, t("2026-03-03T23:59:59Z")).is_some());
-        assert_eq!(pushable_opening(&p, &w, t("2026-03-04T00:00:00Z")), None);
-        assert_eq!(pushable_opening(&p, &w, t("2026-03-04T01:00:00Z")), None);
+        assert!(pushable_opening(&p, &w, None, t("2026-03-03T23:59:59Z")).is_some());
+        assert_eq!(pushable_opening(&p, &w, None, t("2026-03-04T00:00:00Z")), None);
+        assert_eq!(pushable_opening(&p, &w, None, t("2026-03-04T01:00:00Z")), None);
         assert!(!p.is_over(t("2026-03-03T23:59:59Z")));
         assert!(p.is_over(t("2026-03-04T00:00:00Z")));
         // A one-day period.
         let one = period("2026-03-05", "2026-03-05");
         let day = Window::new(0, 24).unwrap();
-        assert!(pushable_opening(&one, &day, t("2026-03-05T00:00:00Z")).is_some());
-        assert!(pushable_opening(&one, &day, t("2026-03-05T23:59:59Z")).is_some());
-        assert!(pushable_opening(&one, &day, t("2026-03-06T00:00:00Z")).is_none());
-        assert!(pushable_opening(&one, &day, t("2026-03-04T23:59:59Z")).is_none());
+        assert!(pushable_opening(&one, &day, None, t("2026-03-05T00:00:00Z")).is_some());
+        assert!(pushable_opening(&one, &day, None, t("2026-03-05T23:59:59Z")).is_some());
+        assert!(pushable_opening(&one, &day, None, t("2026-03-06T00:00:00Z")).is_none());
+        assert!(pushable_opening(&one, &day, None, t("2026-03-04T23:59:59Z")).is_none());
     }
 
     #[test]
@@ -224,5 +286,64 @@ mod tests {
         assert_eq!(Period::parse("2026-03-01", "tomorrow"), Err("period.end must be a date YYYY-MM-DD"));
         assert_eq!(Period::parse("2026-02-30", "2026-03-01"), Err("period.start must be a date YYYY-MM-DD"));
         assert_eq!(Period::parse("2026-3-1", "2026-03-01"), Err("period.start must be a date YYYY-MM-DD"));
+    }
+
+    fn opening_in(w: &Window, zone: &str, now: &str) -> Option<(String, String)> {
+        let tz = parse_zone(zone).unwrap();
+        let f = |ms: i64| {
+            DateTime::<Utc>::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        w.opening_in(tz, t(now)).map(|o| (f(o.start_ms), f(o.end_ms)))
+    }
+
+    fn some(a: &str, b: &str) -> Option<(String, String)> {
+        Some((a.to_owned(), b.to_owned()))
+    }
+
+    #[test]
+    fn local_windows_in_shanghai() {
+        // 02:00–06:00 Beijing time is 18:00–22:00 UTC the day before; no DST.
+        let w = Window::new(2, 6).unwrap();
+        let z = "Asia/Shanghai";
+        assert_eq!(opening_in(&w, z, "2026-03-01T17:59:59Z"), None);
+        assert_eq!(opening_in(&w, z, "2026-03-01T18:00:00Z"), some("2026-03-01T18:00:00Z", "2026-03-01T22:00:00Z"));
+        assert_eq!(opening_in(&w, z, "2026-03-01T21:59:59Z"), some("2026-03-01T18:00:00Z", "2026-03-01T22:00:00Z"));
+        assert_eq!(opening_in(&w, z, "2026-03-01T22:00:00Z"), None);
+        // 22→2 local crosses local midnight: one opening.
+        let night = Window::new(22, 2).unwrap();
+        assert_eq!(opening_in(&night, z, "2026-03-01T16:30:00Z"), some("2026-03-01T14:00:00Z", "2026-03-01T18:00:00Z"));
+    }
+
+    #[test]
+    fn local_windows_in_new_york_across_dst() {
+        let w = Window::new(1, 5).unwrap();
+        let z = "America/New_York";
+        // Winter (EST, UTC−5): 01:00–05:00 local = 06:00–10:00 UTC.
+        assert_eq!(opening_in(&w, z, "2026-03-07T07:00:00Z"), some("2026-03-07T06:00:00Z", "2026-03-07T10:00:00Z"));
+        // 2026-03-08: clocks go from 02:00 to 03:00 local. 01:00 EST → 05:00 EDT is 06:00–09:00 UTC.
+        assert_eq!(opening_in(&w, z, "2026-03-08T08:59:00Z"), some("2026-03-08T06:00:00Z", "2026-03-08T09:00:00Z"));
+        assert_eq!(opening_in(&w, z, "2026-03-08T09:00:00Z"), None);
+        // Summer (EDT, UTC−4): 05:00–09:00 UTC.
+        assert_eq!(opening_in(&w, z, "2026-03-09T05:30:00Z"), some("2026-03-09T05:00:00Z", "2026-03-09T09:00:00Z"));
+        // A start hour that does not exist (02:00 on the spring change) opens at 03:00 local.
+        let gap = Window::new(2, 4).unwrap();
+        assert_eq!(opening_in(&gap, z, "2026-03-08T07:30:00Z"), some("2026-03-08T07:00:00Z", "2026-03-08T08:00:00Z"));
+        assert_eq!(opening_in(&gap, z, "2026-03-08T06:59:00Z"), None);
+        // A start hour that occurs twice (01:00 on 2026-11-01) opens at the first: 05:00 UTC.
+        let twice = Window::new(1, 3).unwrap();
+        assert_eq!(opening_in(&twice, z, "2026-11-01T05:00:00Z"), some("2026-11-01T05:00:00Z", "2026-11-01T08:00:00Z"));
+    }
+
+    #[test]
+    fn the_next_opening_and_the_period_in_a_zone() {
+        let w = Window::new(2, 6).unwrap();
+        let tz = parse_zone("Asia/Shanghai").unwrap();
+        let next = w.current_or_next_in(tz, t("2026-03-01T12:00:00Z")).unwrap();
+        assert_eq!(next.start_ms, ms("2026-03-01T18:00:00Z"));
+        let p = period("2026-03-01", "2026-03-01");
+        // The period stays in UTC dates: the opening of 2026-03-01 18:00 UTC is inside it.
+        assert!(pushable_opening(&p, &w, Some(tz), t("2026-03-01T19:00:00Z")).is_some());
+        assert!(pushable_opening(&p, &w, Some(tz), t("2026-03-02T18:30:00Z")).is_none());
+        assert_eq!(parse_zone("Mars/Olympus"), None);
     }
 }

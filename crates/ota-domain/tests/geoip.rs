@@ -281,8 +281,13 @@ async fn operator(domain: &Domain) -> Principal {
     domain.session_principal(user.id, domain.clock.now_ms()).await.unwrap()
 }
 
+/// The operator's session with the capability a call needs.
+fn cap<C: ota_domain::access::Capability>(who: &Principal) -> ota_domain::Authorized<C> {
+    ota_domain::Authorized::check(who.clone()).unwrap()
+}
+
 async fn region_of(domain: &Domain, who: &Principal, key: &str) -> Region {
-    domain.get_device(who, key).await.unwrap().region
+    domain.get_device(&cap(who), key).await.unwrap().region
 }
 
 #[tokio::test]
@@ -291,9 +296,9 @@ async fn geoip_fills_only_regions_nobody_set() {
     let regions = MaxMindRegions::from_bytes(test_database()).unwrap();
     let domain = t.domain.clone().with_geoip(Arc::new(regions));
     let who = operator(&domain).await;
-    let pk = domain.create_product(&who, "lamp", None, None).await.unwrap().product_key;
+    let pk = domain.create_product(&cap(&who), "lamp", None, None).await.unwrap().product_key;
     let csv = "mac,region\n5CCF7F000001,浙江省-杭州市\n5CCF7F000002,\n";
-    let report = domain.import_devices(&who, &pk, csv.as_bytes().to_vec(), false).await.unwrap();
+    let report = domain.import_devices(&cap(&who), &pk, csv.as_bytes().to_vec(), false).await.unwrap();
     assert_eq!(report.added, 2);
     let register = |mac: &'static str, from: &'static str| {
         let (domain, pk) = (domain.clone(), pk.clone());
@@ -327,7 +332,7 @@ async fn geoip_fills_only_regions_nobody_set() {
     let edited = register("5CCF7F0000CC", "10.0.0.7").await;
     let edit =
         UpdateDeviceRequest { country: None, province: None, city: Some(Some("深圳市".into())), metadata: None };
-    domain.update_device(&who, &edited, edit).await.unwrap();
+    domain.update_device(&cap(&who), &edited, edit).await.unwrap();
     domain.provision_device(&edited, None, Some("1.2.3.4".into())).await.unwrap();
     register("5CCF7F0000CC", "1.2.3.4").await;
     assert_eq!(region_of(&domain, &who, &edited).await, region(None, None, Some("深圳市")));

@@ -80,6 +80,14 @@ pub struct SimArgs {
     /// Share of devices that go offline for good after their first download.
     #[arg(long, default_value_t = 0.0)]
     pub never_return: f64,
+    /// These devices (MACs, comma-separated) fail every download: `--fail-mode` says how.
+    #[arg(long, value_delimiter = ',')]
+    pub fail_macs: Vec<String>,
+    /// How `--fail-macs` devices fail: `md5` (the image arrives corrupt; the device says
+    /// nothing), `cut` (the download breaks off halfway) or `mixed` (alternately, in the
+    /// order `--fail-macs` names them).
+    #[arg(long, default_value = "md5", value_parser = ["md5", "cut", "mixed"])]
+    pub fail_mode: String,
     /// MQTT protocol of the CONNECT: 3.1 (GAgent) or 3.1.1.
     #[arg(long, default_value = "3.1", value_parser = parse_protocol)]
     pub mqtt_protocol: MqttProtocol,
@@ -132,6 +140,33 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("resolve {addr}: no address"))
 }
 
+/// Makes the devices named in `--fail-macs` fail every download.
+fn fail_chosen(
+    mut specs: Vec<crate::spec::DeviceSpec>,
+    macs: &[String],
+    mode: &str,
+) -> anyhow::Result<Vec<crate::spec::DeviceSpec>> {
+    let mut order: Vec<String> = Vec::new();
+    for m in macs.iter().map(|m| m.trim().replace([':', '-'], "").to_ascii_uppercase()) {
+        if !m.is_empty() && !order.contains(&m) {
+            order.push(m);
+        }
+    }
+    let wanted: std::collections::HashMap<String, usize> = order.into_iter().enumerate().map(|(i, m)| (m, i)).collect();
+    let mut found = 0;
+    for spec in &mut specs {
+        if let Some(i) = wanted.get(&spec.mac) {
+            found += 1;
+            match (mode, i % 2) {
+                ("cut", _) | ("mixed", 1) => spec.faults.drop_mid_download = true,
+                _ => spec.faults.corrupt_byte = true,
+            }
+        }
+    }
+    anyhow::ensure!(found == wanted.len(), "--fail-macs names {} MACs, {found} of them in the fleet", wanted.len());
+    Ok(specs)
+}
+
 /// Runs the simulator until `--duration` elapses or Ctrl-C, then prints the report.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut counts = vec![(Method::V1V3, args.v1v3), (Method::V4, args.v4), (Method::V41, args.v41)];
@@ -167,6 +202,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(!specs.is_empty(), "no devices: give --devices, --v1v3/--v4/--v41 or --csv");
+    let specs = fail_chosen(specs, &args.fail_macs, &args.fail_mode)?;
 
     let mut device = DeviceConfig::new(resolve(&args.http).await?);
     device.api_host = args.api_host.clone();
@@ -253,5 +289,21 @@ mod tests {
         assert_eq!(cli.sim.duration, Some(Duration::from_secs(120)));
         assert_eq!(cli.sim.mqtt_protocol, MqttProtocol::V311);
         assert!(Cli::try_parse_from(["sim", "--csv", "x.csv", "--v4", "2"]).is_err());
+    }
+
+    #[test]
+    fn chosen_macs_fail_as_told() {
+        let specs: Vec<crate::spec::DeviceSpec> = ["5CCF7F000001", "5CCF7F000002", "5CCF7F000003"]
+            .iter()
+            .map(|m| crate::spec::DeviceSpec::new("0123456789abcdef0123456789abcdef", *m, Method::V41))
+            .collect();
+        let out = fail_chosen(specs.clone(), &["5c:cf:7f:00:00:02".into()], "cut").unwrap();
+        assert_eq!(out.iter().map(|s| s.faults.drop_mid_download).collect::<Vec<_>>(), [false, true, false]);
+        let out = fail_chosen(specs.clone(), &["5CCF7F000003".into()], "md5").unwrap();
+        assert!(out[2].faults.corrupt_byte && !out[0].faults.corrupt_byte);
+        let out = fail_chosen(specs.clone(), &["5CCF7F000003".into(), "5CCF7F000001".into()], "mixed").unwrap();
+        let faults: Vec<(bool, bool)> = out.iter().map(|s| (s.faults.corrupt_byte, s.faults.drop_mid_download)).collect();
+        assert_eq!(faults, [(false, true), (false, false), (true, false)], "md5 for the first named, cut for the second");
+        assert!(fail_chosen(specs, &["AABBCCDDEEFF".into()], "md5").is_err(), "a MAC not in the fleet");
     }
 }

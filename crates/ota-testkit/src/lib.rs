@@ -68,6 +68,11 @@ impl TestDatabase {
         TestDatabase { url, backend: TestBackend::Sqlite, _dir: Some(dir), pg_schema: None }
     }
 
+    /// A PostgreSQL database at `url` used as it is (e.g. a server a test starts itself).
+    pub fn postgres_at(url: &str) -> TestDatabase {
+        TestDatabase { url: url.to_owned(), backend: TestBackend::Postgres, _dir: None, pg_schema: None }
+    }
+
     /// A new schema in the test PostgreSQL, selected through `search_path` in the URL.
     pub fn postgres() -> Result<TestDatabase, String> {
         let base = pg_base_url();
@@ -179,22 +184,15 @@ impl TestApi {
     }
 
     pub fn start_with(t: TestDomain, settings: ApiSettings) -> TestApi {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        let domain = t.domain.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let system = actix_rt::System::new();
-            system.block_on(async move {
-                let jwt = JwtKeys::new(TEST_JWT_SECRET, chrono::Duration::hours(12));
-                let settings = ApiSettings { workers: 2, ..settings };
-                let server = ota_api::serve(listener, domain, jwt, settings).expect("serve");
-                let _ = tx.send(server.handle());
-                let _ = server.await;
-            });
-        });
-        let handle = rx.recv().expect("server started");
+        let (base, handle) = spawn_server(t.domain.clone(), settings);
         TestApi { base, t, handle }
+    }
+
+    /// A second API node on the same database, clock and file store, with its own process
+    /// state (connection pool, password hash gate): what another API process has.
+    pub fn sibling(&self) -> SiblingApi {
+        let (base, handle) = spawn_server(self.t.sibling(), ApiSettings::default());
+        SiblingApi { base, handle }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -204,11 +202,51 @@ impl TestApi {
 
 impl Drop for TestApi {
     fn drop(&mut self) {
-        // Stop accepting and let the worker threads end; do not wait for them here.
-        let handle = self.handle.clone();
-        std::thread::spawn(move || {
-            let rt = actix_rt::System::new();
-            rt.block_on(handle.stop(false));
-        });
+        stop(self.handle.clone());
     }
+}
+
+/// Another API node of a [`TestApi`] (see [`TestApi::sibling`]).
+pub struct SiblingApi {
+    pub base: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl SiblingApi {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for SiblingApi {
+    fn drop(&mut self) {
+        stop(self.handle.clone());
+    }
+}
+
+/// Serves the API for `domain` on `127.0.0.1:<port 0>` in its own thread and actix system.
+fn spawn_server(domain: Domain, settings: ApiSettings) -> (String, actix_web::dev::ServerHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            let jwt = JwtKeys::new(TEST_JWT_SECRET, chrono::Duration::hours(12));
+            let settings = ApiSettings { workers: 2, ..settings };
+            let server = ota_api::serve(listener, domain, jwt, settings).expect("serve");
+            let _ = tx.send(server.handle());
+            let _ = server.await;
+        });
+    });
+    let handle = rx.recv().expect("server started");
+    (base, handle)
+}
+
+fn stop(handle: actix_web::dev::ServerHandle) {
+    // Stop accepting and let the worker threads end; do not wait for them here.
+    std::thread::spawn(move || {
+        let rt = actix_rt::System::new();
+        rt.block_on(handle.stop(false));
+    });
 }

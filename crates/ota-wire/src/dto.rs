@@ -40,6 +40,8 @@ pub struct WhoAmI {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub new_password: String,
 }
 
@@ -51,7 +53,8 @@ pub enum Role {
     Member,
 }
 
-/// What an API token may do. Login sessions carry every scope.
+/// What an API token may do. A login session carries `read`, `write` and `push`, and `admin`
+/// too when its user is a tenant admin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -61,16 +64,19 @@ pub enum Scope {
     Write,
     /// Start and stop pushes and verifications.
     Push,
+    /// Manage the tenant's users (only worth anything on a tenant admin's token).
+    Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Read, Scope::Write, Scope::Push];
+    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Push, Scope::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Push => "push",
+            Scope::Admin => "admin",
         }
     }
 
@@ -83,7 +89,10 @@ impl Scope {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateUserRequest {
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$")]
     pub username: String,
+    /// 8–128 characters.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
     #[serde(default = "default_role")]
     pub role: Role,
@@ -113,11 +122,14 @@ pub struct UserView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
-    /// A label, e.g. `ci-release`.
+    /// A label, e.g. `ci-release`: 1–64 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 64, pattern = "[^ \\t\\n\\r]")]
     pub name: String,
     /// Scopes to grant; a token can never carry a scope its creator lacks.
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
-    /// Optional lifetime in days; no expiry when absent.
+    /// Optional lifetime in days (1–3650); no expiry when absent.
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<u32>,
 }
 
@@ -146,15 +158,21 @@ pub struct CreatedToken {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateProductRequest {
+    /// 1–128 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 128, pattern = "[^ \\t\\n\\r]")]
     pub name: String,
     /// 32 lowercase hex characters; generated when absent.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub product_key: Option<String>,
     /// 32 lowercase hex characters; generated when absent.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
     pub product_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateProductRequest {
+    /// 1–128 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 128, pattern = "[^ \\t\\n\\r]")]
     pub name: Option<String>,
 }
 
@@ -263,25 +281,32 @@ pub struct FirmwareView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UpdateFirmwareRequest {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub name: Option<String>,
+    #[schema(pattern = "^[0-9A-Za-z]{8}$")]
     pub hard_version: Option<String>,
+    #[schema(pattern = "^[0-9A-Za-z]{8}$")]
     pub soft_version: Option<String>,
 }
 
 /// The multipart form of `POST /api/v1/products/{product_key}/firmware` (documentation only).
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 pub struct FirmwareUploadForm {
     /// `[A-Za-z0-9_.-]`, 1–64 characters.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub name: String,
     /// `wifi` or `mcu`.
     #[schema(rename = "type")]
-    pub fw_type: String,
+    pub fw_type: FirmwareType,
     /// `V1V3`, `V4` or `V4.1`.
-    pub push_method: String,
+    pub push_method: PushMethod,
     /// Exactly 8 of `[0-9A-Za-z]`; required for V4 and V4.1 unless the file name carries it.
+    #[schema(pattern = "^[0-9A-Za-z]{8}$")]
     pub hard_version: Option<String>,
     /// Exactly 8 of `[0-9A-Za-z]`; required for V4 and V4.1 unless the file name carries it.
+    #[schema(pattern = "^[0-9A-Za-z]{8}$")]
     pub soft_version: Option<String>,
     /// The image: wifi `.bin`; mcu `.bin` or `.hex` (valid Intel HEX); at least 1 KiB.
     #[schema(value_type = String, format = Binary)]
@@ -289,8 +314,9 @@ pub struct FirmwareUploadForm {
 }
 
 /// The multipart form of `PUT /api/v1/firmware/{id}/file` (documentation only).
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)]
+#[serde(deny_unknown_fields)]
 pub struct FirmwareFileForm {
     #[schema(value_type = String, format = Binary)]
     pub file: Vec<u8>,
@@ -306,8 +332,10 @@ pub struct FirmwareListQuery {
     pub push_method: Option<PushMethod>,
     pub verified: Option<bool>,
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub per_page: Option<u32>,
 }
 
@@ -315,8 +343,10 @@ pub struct FirmwareListQuery {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub per_page: Option<u32>,
 }
 
@@ -437,6 +467,7 @@ pub struct DeviceAdoption {
 #[into_params(parameter_in = Query)]
 pub struct DeviceListQuery {
     /// Exact MAC (any case, separators allowed) or a prefix of at least 4 hex digits.
+    #[param(pattern = "^[ :.-]*(?:(?:[0-9A-Fa-f][ :.-]*){4,12})?$")]
     pub mac: Option<String>,
     pub did: Option<String>,
     /// With `soft_version`/`hard_version`: which target's versions to match (default wifi).
@@ -456,22 +487,27 @@ pub struct DeviceListQuery {
     /// `true`: only devices adopted from the hosted cloud; `false`: only the others.
     pub adopted: Option<bool>,
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub per_page: Option<u32>,
 }
 
 /// Fields an operator may set on a device; absent fields are left alone, `null` clears.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UpdateDeviceRequest {
+    /// Up to 64 characters, no `/` or line breaks; `null` or blank clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = "^[^/\\n\\r]*$")]
     pub country: Option<Option<String>>,
+    /// Up to 64 characters, no `/` or line breaks; `null` or blank clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = "^[^/\\n\\r]*$")]
     pub province: Option<Option<String>>,
+    /// Up to 64 characters, no `/` or line breaks; `null` or blank clears it.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 64, pattern = "^[^/\\n\\r]*$")]
     pub city: Option<Option<String>>,
     /// Any JSON object, at most 4 KiB serialised.
     #[serde(default, deserialize_with = "double_option")]
@@ -573,13 +609,30 @@ impl AdoptionPolicy {
     }
 }
 
+/// A product's adoption policy, as set. Every PUT starts a new window count.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SetAdoptionRequest {
-    pub policy: AdoptionPolicy,
-    /// `open` only, required: when the window ends (must be in the future).
-    pub open_until: Option<DateTime<Utc>>,
-    /// `open` only, required: how many unknown dids the window may adopt (≥ 1).
-    pub max_adoptions: Option<i64>,
+#[serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SetAdoptionRequest {
+    // Struct variants, so that serde refuses unknown fields on them too.
+    Closed {},
+    Imported {},
+    Open {
+        /// When the window ends; must be in the future.
+        open_until: DateTime<Utc>,
+        /// How many unknown dids the window may adopt.
+        #[schema(minimum = 1, maximum = 1000000000)]
+        max_adoptions: i64,
+    },
+}
+
+impl SetAdoptionRequest {
+    pub fn policy(&self) -> AdoptionPolicy {
+        match self {
+            SetAdoptionRequest::Closed {} => AdoptionPolicy::Closed,
+            SetAdoptionRequest::Imported {} => AdoptionPolicy::Imported,
+            SetAdoptionRequest::Open { .. } => AdoptionPolicy::Open,
+        }
+    }
 }
 
 /// Counts to watch during a migration.
@@ -624,9 +677,23 @@ pub enum AdoptionEventKind {
     Conflict,
     /// An operator reset the passcode.
     Reset,
+    /// A registration of a known MAC replaced the device's passcode (re-registration policy).
+    Reregistered,
+    /// A registration of a known MAC would have replaced the passcode; the policy refused it.
+    ReregistrationRefused,
 }
 
 impl AdoptionEventKind {
+    pub const ALL: [AdoptionEventKind; 7] = [
+        AdoptionEventKind::Adopted,
+        AdoptionEventKind::Refused,
+        AdoptionEventKind::Pinned,
+        AdoptionEventKind::Conflict,
+        AdoptionEventKind::Reset,
+        AdoptionEventKind::Reregistered,
+        AdoptionEventKind::ReregistrationRefused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AdoptionEventKind::Adopted => "adopted",
@@ -634,19 +701,13 @@ impl AdoptionEventKind {
             AdoptionEventKind::Pinned => "pinned",
             AdoptionEventKind::Conflict => "conflict",
             AdoptionEventKind::Reset => "reset",
+            AdoptionEventKind::Reregistered => "reregistered",
+            AdoptionEventKind::ReregistrationRefused => "reregistration_refused",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            AdoptionEventKind::Adopted,
-            AdoptionEventKind::Refused,
-            AdoptionEventKind::Pinned,
-            AdoptionEventKind::Conflict,
-            AdoptionEventKind::Reset,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -669,11 +730,117 @@ pub struct AdoptionEventView {
 #[into_params(parameter_in = Query)]
 pub struct AdoptionEventQuery {
     pub kind: Option<AdoptionEventKind>,
-    /// Whole did or a prefix.
+    /// Whole did or a prefix (up to 22 letters and digits).
+    #[param(pattern = "^[A-Za-z0-9]{0,22}$")]
     pub did: Option<String>,
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    pub per_page: Option<u32>,
+}
+
+// ---------------------------------------------------------------- device-side security
+
+/// What a registration of a known MAC that would replace its passcode does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationPolicy {
+    /// Replace it, as the hosted cloud does (a reset GAgent makes a new passcode). The default.
+    Allow,
+    /// Replace it only while the device has no live session and was not seen for
+    /// `offline_minutes`.
+    AllowWhenOffline,
+    /// Never replace it; an operator resets the passcode instead.
+    Deny,
+}
+
+impl RegistrationPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationPolicy::Allow => "allow",
+            RegistrationPolicy::AllowWhenOffline => "allow_when_offline",
+            RegistrationPolicy::Deny => "deny",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [RegistrationPolicy::Allow, RegistrationPolicy::AllowWhenOffline, RegistrationPolicy::Deny]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+/// A product's re-registration policy, as set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SetRegistrationPolicy {
+    // Struct variants, so that serde refuses unknown fields on them too.
+    Allow {},
+    AllowWhenOffline {
+        /// Minutes without a session or any sign of life before a replacement is allowed.
+        #[schema(minimum = 1, maximum = 43200)]
+        offline_minutes: u32,
+    },
+    Deny {},
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistrationView {
+    pub product_key: String,
+    pub policy: RegistrationPolicy,
+    /// `allow_when_offline` only.
+    pub offline_minutes: Option<u32>,
+    /// `null` while the default (`allow`) was never changed.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Device-side abuse of one product, all time (events are coalesced per did; the list is
+/// `GET /products/{product_key}/adoption/events?kind=…`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceSecurityView {
+    pub product_key: String,
+    pub registration: RegistrationView,
+    /// Wrong passcodes presented for the product's dids (MQTT logins and passcode checks).
+    pub wrong_passcodes: i64,
+    /// Dids that were presented a wrong passcode at least once.
+    pub devices_with_wrong_passcodes: i64,
+    /// Registrations that replaced a passcode (kind `reregistered`).
+    pub reregistrations: i64,
+    /// Registrations the policy refused (kind `reregistration_refused`).
+    pub reregistrations_refused: i64,
+    /// Refusals of unknown dids naming this product (kind `refused`).
+    pub unknown_did_refusals: i64,
+}
+
+/// An unknown did refused where no product was named (an MQTT login, a provision, a check):
+/// coalesced per did and channel.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnknownDeviceView {
+    pub did: String,
+    /// `mqtt`, `provision`, `update_and_check`, `deregister`.
+    pub channel: String,
+    pub reason: String,
+    /// Source address of the last occurrence.
+    pub source: Option<String>,
+    /// Occurrences recorded (written at most once a minute per did and channel and process).
+    pub count: i64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UnknownDeviceQuery {
+    /// Whole did or a prefix (letters and digits, up to 22).
+    #[param(pattern = "^[A-Za-z0-9]{0,22}$")]
+    pub did: Option<String>,
+    /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
+    pub page: Option<u32>,
+    /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub per_page: Option<u32>,
 }
 
@@ -711,8 +878,10 @@ pub enum UpgradeStage {
     Failed,
     /// No success before the deadline.
     Expired,
-    /// An operator cancelled it.
+    /// An operator cancelled it (a verification, or a cancelled rule's remaining target).
     Cancelled,
+    /// An operator took the device out of its rule (`exclude`).
+    Excluded,
 }
 
 impl UpgradeStage {
@@ -727,6 +896,7 @@ impl UpgradeStage {
             UpgradeStage::Failed => "failed",
             UpgradeStage::Expired => "expired",
             UpgradeStage::Cancelled => "cancelled",
+            UpgradeStage::Excluded => "excluded",
         }
     }
 
@@ -741,14 +911,23 @@ impl UpgradeStage {
             UpgradeStage::Failed,
             UpgradeStage::Expired,
             UpgradeStage::Cancelled,
+            UpgradeStage::Excluded,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
     }
 
-    /// Succeeded, failed, expired and cancelled end the record.
+    /// Succeeded, failed, expired, cancelled and excluded end the record (a rule's failed
+    /// target is retried all the same).
     pub fn is_final(self) -> bool {
-        matches!(self, UpgradeStage::Succeeded | UpgradeStage::Failed | UpgradeStage::Expired | UpgradeStage::Cancelled)
+        matches!(
+            self,
+            UpgradeStage::Succeeded
+                | UpgradeStage::Failed
+                | UpgradeStage::Expired
+                | UpgradeStage::Cancelled
+                | UpgradeStage::Excluded
+        )
     }
 }
 
@@ -773,6 +952,7 @@ pub enum VerificationState {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StartVerificationRequest {
     /// MAC of one online test device of the firmware's product (any case; `:` or `-` allowed).
+    #[schema(pattern = "^[ :.-]*(?:[0-9A-Fa-f][ :.-]*){12}$")]
     pub mac: String,
 }
 
@@ -844,6 +1024,8 @@ pub enum AttemptOutcome {
     /// The period (a rule) or the deadline (a verification) ended first.
     Expired,
     Cancelled,
+    /// An operator took the device out of its rule.
+    Excluded,
 }
 
 /// One finished attempt of an upgrade record.

@@ -59,6 +59,8 @@ error_codes! {
     UnsupportedMediaType = ("unsupported_media_type", 415),
     /// No route matches the request path.
     RouteNotFound = ("route_not_found", 404),
+    /// The route exists but not for this method; the `Allow` header lists the methods it has.
+    MethodNotAllowed = ("method_not_allowed", 405),
 
     // --- authentication and authorization ---
     /// No credentials were sent (no `Authorization: Bearer` header).
@@ -73,12 +75,18 @@ error_codes! {
     UserDisabled = ("user_disabled", 401),
     /// Wrong user name or password.
     LoginFailed = ("login_failed", 401),
-    /// Too many failed logins for this user or address; retry after `details.retry_after_seconds`.
+    /// Too many failed logins for this user name from this address (or from this address at all); retry after `details.retry_after_seconds`.
     TooManyLoginAttempts = ("too_many_login_attempts", 429),
+    /// Every password check slot stayed busy past the queue deadline; retry after `Retry-After` (`details.retry_after_seconds`).
+    PasswordChecksBusy = ("password_checks_busy", 503),
     /// The credentials lack the scope this endpoint needs; `details.required_scope` names it.
     InsufficientScope = ("insufficient_scope", 403),
     /// The action needs the tenant admin role.
     AdminRequired = ("admin_required", 403),
+    /// The action needs a login session; API tokens cannot do it (changing your own password).
+    SessionRequired = ("session_required", 403),
+    /// The action needs an installation administrator: an admin of the installation's first tenant.
+    InstallationAdminRequired = ("installation_admin_required", 403),
     /// The current password given for a password change is wrong.
     WrongPassword = ("wrong_password", 403),
 
@@ -97,6 +105,8 @@ error_codes! {
     ProductNotEmpty = ("product_not_empty", 409),
     /// A user with this name already exists.
     UsernameTaken = ("username_taken", 409),
+    /// An admin cannot disable or demote themselves (the tenant would lose its last way in); `details.field` names the field.
+    SelfLockout = ("self_lockout", 409),
     /// A V4.1 firmware of this product, type, hardware and software version already exists.
     FirmwareVersionExists = ("firmware_version_exists", 409),
     /// The firmware is verified and therefore locked against edits.
@@ -111,6 +121,8 @@ error_codes! {
     DeviceDidTaken = ("device_did_taken", 409),
     /// The device's passcode is known and differs; reset it (`POST /devices/{did}/passcode/reset`) first.
     PasscodePinned = ("passcode_pinned", 409),
+    /// Device side: a registration would replace a known device's passcode and the product's re-registration policy refuses it.
+    ReregistrationRefused = ("reregistration_refused", 403),
 
     // --- verification ---
     /// The verification device is not online; it must be connected to receive the push.

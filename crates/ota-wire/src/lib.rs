@@ -4,6 +4,7 @@
 
 pub mod dto;
 pub mod error;
+pub mod rollout;
 pub mod rules;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -5,35 +5,62 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::dto::{AttemptView, FailureView, Region, UpgradeStage, UpgradeTimes};
+use crate::rollout::{AdvancePolicy, CanarySpec, HaltPolicy, HaltView, RateCap, WaveSpec, WaveView, ZoneOpening};
 
-/// Where a rule stands. `stopped` rules can be started again; `completed` is final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Where a rule stands (the whole table, with the transitions: `proto-docs/api.md`, "Rule
+/// statuses"). `completed` and `cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleStatus {
     NotStarted,
     Pushing,
+    /// Held by an operator; `resume` continues where it stopped.
+    Paused,
+    /// Held by its failure threshold; `halt` says why. `resume` continues.
+    Halted,
+    /// The console's stop: `start` again re-queues and takes new matching devices.
     Stopped,
     Completed,
+    /// Ended by an operator; remaining targets are cancelled.
+    Cancelled,
 }
+
+const RULE_STATUSES: [RuleStatus; 7] = [
+    RuleStatus::NotStarted,
+    RuleStatus::Pushing,
+    RuleStatus::Paused,
+    RuleStatus::Halted,
+    RuleStatus::Stopped,
+    RuleStatus::Completed,
+    RuleStatus::Cancelled,
+];
 
 impl RuleStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             RuleStatus::NotStarted => "not_started",
             RuleStatus::Pushing => "pushing",
+            RuleStatus::Paused => "paused",
+            RuleStatus::Halted => "halted",
             RuleStatus::Stopped => "stopped",
             RuleStatus::Completed => "completed",
+            RuleStatus::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "not_started" => Some(RuleStatus::NotStarted),
-            "pushing" => Some(RuleStatus::Pushing),
-            "stopped" => Some(RuleStatus::Stopped),
-            "completed" => Some(RuleStatus::Completed),
-            _ => None,
-        }
+        RULE_STATUSES.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Completed and cancelled rules never change again (but their name).
+    pub fn is_final(self) -> bool {
+        matches!(self, RuleStatus::Completed | RuleStatus::Cancelled)
+    }
+
+    /// A rollout under way: pushing, or held (paused, halted) with its in-flight devices
+    /// finishing. Two such rules may not overlap.
+    pub fn is_live(self) -> bool {
+        matches!(self, RuleStatus::Pushing | RuleStatus::Paused | RuleStatus::Halted)
     }
 }
 
@@ -72,8 +99,10 @@ impl TargetKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Period {
     /// `YYYY-MM-DD` (UTC), the first day pushes may go out.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub start: String,
     /// `YYYY-MM-DD` (UTC), the last day; on or after `start`.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     pub end: String,
 }
 
@@ -81,7 +110,9 @@ pub struct Period {
 /// and is one opening, from 22:00 to 02:00 the next day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DailyWindow {
+    #[schema(minimum = 0, maximum = 23)]
     pub start_hour: u8,
+    #[schema(minimum = 0, maximum = 24)]
     pub end_hour: u8,
 }
 
@@ -186,33 +217,68 @@ impl Default for StageTimeouts {
     }
 }
 
-/// A rule's retry policy and stage timeouts; every field has a default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// How a rule rolls out: retries and stage timeouts, and the rollout safety settings (a
+/// canary and waves, the automatic halt, caps, the devices' local time). Every field has a
+/// default; the defaults push all targets at once, as the console does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutPolicy {
     #[serde(default)]
     pub retry: RetryPolicy,
     #[serde(default)]
     pub timeouts: StageTimeouts,
+    /// The first devices, before any wave.
+    #[serde(default)]
+    pub canary: Option<CanarySpec>,
+    /// Cumulative shares of the other targets (at most 20); none: one wave of all.
+    #[serde(default)]
+    pub waves: Vec<WaveSpec>,
+    /// How the other targets are dealt into the waves: `random` (default; a sample seeded by
+    /// the rule's id) or `mac` (ascending MAC order, e.g. production batches first).
+    #[serde(default)]
+    pub wave_order: crate::rollout::WaveOrder,
+    /// When the next wave starts by itself.
+    #[serde(default)]
+    pub advance: AdvancePolicy,
+    /// When the rule halts by itself; none: never.
+    #[serde(default)]
+    pub halt: Option<HaltPolicy>,
+    /// Devices notified per minute; none: `push_rate` alone limits.
+    #[serde(default)]
+    pub rate: Option<RateCap>,
+    /// Devices at most delivered a push and not finished (a timeout frees the slot).
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Each push is sent after a random delay of up to this many seconds (0–300).
+    #[serde(default)]
+    #[schema(maximum = 300)]
+    pub jitter_s: u32,
+    /// The daily window is in each device's local time: its own zone, its region's, or this
+    /// one (IANA name); none: UTC, as the console.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// A rule as created, or as a draft to preview.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
-    /// Free text for people, up to 64 characters.
+    /// Free text for people, up to 64 characters, no control characters.
+    #[schema(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub name: Option<String>,
     pub target: TargetKind,
-    /// With `target: regions`: `country/province/city` (trailing parts optional) or the
-    /// console's `province-city` form (`广东省-广州市`).
+    /// With `target: regions` (1–500): `country/province/city` (trailing parts optional) or
+    /// the console's `province-city` form (`广东省-广州市`).
     #[serde(default)]
+    #[schema(max_items = 500)]
     pub regions: Vec<String>,
     /// With `target: macs`, a short list inline: MACs separated by newlines, spaces or commas.
     pub macs: Option<String>,
     /// With `target: macs`, a list uploaded with `POST /products/{product_key}/mac-lists`.
     pub mac_list_id: Option<i64>,
-    /// The versions (V1V3: firmware names) devices must run to be targets; see
-    /// `GET /firmware/{id}/old-versions`.
+    /// The versions (V1V3: firmware names) devices must run to be targets, 1–200 of 1–64
+    /// characters; see `GET /firmware/{id}/old-versions`.
+    #[schema(min_items = 1, max_items = 200)]
     pub old_versions: Vec<String>,
     pub period: Period,
     pub daily_window: DailyWindow,
@@ -226,11 +292,14 @@ pub struct RuleBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRuleRequest {
+    #[schema(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub name: Option<String>,
     pub target: Option<TargetKind>,
+    #[schema(max_items = 500)]
     pub regions: Option<Vec<String>>,
     pub macs: Option<String>,
     pub mac_list_id: Option<i64>,
+    #[schema(min_items = 1, max_items = 200)]
     pub old_versions: Option<Vec<String>>,
     pub period: Option<Period>,
     pub daily_window: Option<DailyWindow>,
@@ -257,6 +326,10 @@ pub struct RuleCounts {
     pub failed: i64,
     /// Targets notified or checked that went silent until the period ended.
     pub expired: i64,
+    /// Targets an operator took out (`exclude`).
+    pub excluded: i64,
+    /// Targets left when the rule was cancelled.
+    pub cancelled: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -278,8 +351,18 @@ pub struct RuleView {
     pub daily_window: DailyWindow,
     pub status: RuleStatus,
     pub policy: RolloutPolicy,
-    /// True while pushing inside the period and the daily window.
+    /// True while pushing inside the period and the daily window (in UTC, or in the rule's
+    /// time zone; devices in other zones: `openings`).
     pub window_open: bool,
+    /// The daily window per time zone of the targets, in UTC (started rules).
+    pub openings: Vec<ZoneOpening>,
+    /// The wave being pushed (0 is the canary), once started.
+    pub current_wave: Option<u32>,
+    pub waves: Vec<WaveView>,
+    /// Why the rule halted (the last halt), if it ever did.
+    pub halt: Option<HaltView>,
+    pub paused_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
     pub counts: RuleCounts,
     pub started_at: Option<DateTime<Utc>>,
     pub stopped_at: Option<DateTime<Utc>>,
@@ -310,10 +393,20 @@ pub struct RulePreview {
 pub struct StartRuleRequest {
     /// "I confirm the firmware is stable": must be `true`.
     #[serde(default)]
+    #[schema(schema_with = must_be_true, required = true)]
     pub confirm_stable: bool,
     /// "I accept the terms of pushing": must be `true`.
     #[serde(default)]
+    #[schema(schema_with = must_be_true, required = true)]
     pub accept_terms: bool,
+}
+
+/// A boolean whose only accepted value is `true` (a confirmation box).
+fn must_be_true() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Boolean)
+        .enum_values(Some([true]))
+        .build()
 }
 
 /// The summary the console shows when a rule starts.
@@ -368,6 +461,12 @@ pub enum RuleDeviceFilter {
     All,
     Succeeded,
     NotSucceeded,
+    /// Current attempt failed.
+    Failed,
+    /// Pushed and not finished: notified, checked, downloading, downloaded.
+    InFlight,
+    /// Taken out by an operator.
+    Excluded,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
@@ -375,10 +474,15 @@ pub enum RuleDeviceFilter {
 pub struct RuleDeviceQuery {
     pub filter: Option<RuleDeviceFilter>,
     /// Exact MAC or a prefix of at least 4 hex digits.
+    #[param(pattern = "^[ :.-]*(?:(?:[0-9A-Fa-f][ :.-]*){4,12})?$")]
     pub mac: Option<String>,
+    /// Only this wave (0 is the canary).
+    pub wave: Option<u32>,
     /// 1-based page number (default 1).
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<u32>,
     /// Items per page, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub per_page: Option<u32>,
 }
 
@@ -399,5 +503,9 @@ pub struct RuleDeviceView {
     pub attempt: i64,
     /// Finished attempts, oldest first (at most the last 20).
     pub attempts: Vec<AttemptView>,
+    /// The rule's wave the device is in (0 is the canary).
+    pub wave: u32,
+    /// The time zone its window runs in (`null`: UTC).
+    pub time_zone: Option<String>,
     pub online: bool,
 }

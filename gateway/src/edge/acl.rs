@@ -5,7 +5,9 @@
 //! not in the topic: the edge takes it from the session, and
 //! `device-protocol.md#open-question-the-cli2ser_req-topic` adds `cli2ser` and `cli2ser_req/<did>`)
 //! and `dev2app/<did>[/<app client id>]` (`device-protocol.md#topics`). Everything else is refused:
-//! a SUBACK failure code for a subscription, a dropped and counted PUBLISH for a publish.
+//! for a subscription, how depends on the MQTT version (see `edge`), and [`is_own`] tells a
+//! filter that stays within the device's own topics (LUAT's `app2module/<did>/#`) from one that
+//! reaches another device's; a PUBLISH is dropped and counted.
 
 /// What a device's PUBLISH is, once its topic passed the ACL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,16 @@ pub fn may_subscribe(filter: &str, did: &str, product_key: &str) -> bool {
         return d == did && (matches!(tail, "#" | "+") || !tail.is_empty() && !tail.contains(['+', '#', '/']));
     }
     false
+}
+
+/// Whether every topic `filter` can match belongs to this device: its first level is a plain
+/// name and its second is the device's own did (or, under `ser2cli_noti`, its product key).
+/// `product_key` may be empty while it is not known (a provisional session).
+pub fn is_own(filter: &str, did: &str, product_key: &str) -> bool {
+    let mut levels = filter.split('/');
+    let (Some(first), Some(second)) = (levels.next(), levels.next()) else { return false };
+    let plain = |l: &str| !l.is_empty() && !l.contains(['+', '#']);
+    plain(first) && (second == did || first == "ser2cli_noti" && !product_key.is_empty() && second == product_key)
 }
 
 /// Where a device may publish; `None` means refused.
@@ -96,6 +108,35 @@ mod tests {
         for (filter, expected) in table {
             assert_eq!(may_subscribe(filter, DID, PK), *expected, "{filter}");
         }
+    }
+
+    #[test]
+    fn own_filters_are_told_from_foreign_ones() {
+        let table: &[(&str, bool)] = &[
+            ("app2module/AbCdEfGhIjKlMnOpQrStUv/#", true),
+            ("app2dev/AbCdEfGhIjKlMnOpQrStUv", true),
+            ("app2dev/AbCdEfGhIjKlMnOpQrStUv/x/#", true),
+            ("dev2app/AbCdEfGhIjKlMnOpQrStUv", true),
+            ("ser2cli_res/AbCdEfGhIjKlMnOpQrStUv", true),
+            ("ser2cli_noti/0123456789abcdef0123456789abcdef", true),
+            ("ser2cli_noti/0123456789abcdef0123456789abcdef/#", true),
+            ("app2module/ZZCdEfGhIjKlMnOpQrStUv/#", false),
+            ("ser2cli_res/ZZCdEfGhIjKlMnOpQrStUv", false),
+            ("ser2cli_noti/ffffffffffffffffffffffffffffffff", false),
+            ("ser2cli_res/+", false),
+            ("+/AbCdEfGhIjKlMnOpQrStUv", false),
+            ("#", false),
+            ("app2dev/#", false),
+            ("AbCdEfGhIjKlMnOpQrStUv", false),
+        ];
+        for (filter, expected) in table {
+            assert_eq!(is_own(filter, DID, PK), *expected, "{filter}");
+            if *expected {
+                assert!(may_subscribe(filter, DID, PK) || !may_subscribe(filter, OTHER, PK), "{filter}");
+            }
+        }
+        // Before the product is known, product-level filters are nobody's own.
+        assert!(!is_own("ser2cli_noti/0123456789abcdef0123456789abcdef", DID, ""));
     }
 
     #[test]

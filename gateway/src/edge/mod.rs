@@ -11,9 +11,14 @@
 //! Per session:
 //! - **Login:** client id = user name = did, password = passcode, checked against the
 //!   registry; refusals get a CONNACK code (4 for a wrong did/passcode), so GAgent retries
-//!   later as it does with the hosted cloud.
-//! - **Confinement:** see [`acl`]. A refused subscription gets SUBACK code 0x80; a refused
-//!   publish is dropped; both are counted in [`EdgeStats`].
+//!   later as it does with the hosted cloud. A correct passcode is answered at once; wrong
+//!   ones are answered later and later ([`crate::throttle`]).
+//! - **Confinement:** see [`acl`]. MQTT 3.1.1 has a SUBACK failure code (0x80) and gets it for
+//!   any refused filter. MQTT 3.1 (`MQIsdp`, what GAgent speaks) has none: a filter reaching
+//!   another device's topics closes the connection without a SUBACK (what a 3.1 broker does
+//!   with a subscription it will not grant), and a filter within the device's own topics that we
+//!   do not serve (LUAT's `app2module/<did>/#`) is granted QoS 0 and delivers nothing, so the
+//!   device stays online. A refused publish is dropped. All are counted in [`EdgeStats`].
 //! - **One packet per write, paced:** every packet to a device goes through one writer task that
 //!   writes it with one `write_all` and then waits [`EdgeSettings::pace`] before the next, so two
 //!   packets never land in one device read (`device-protocol.md#observed-pacing`). Packets over
@@ -25,9 +30,11 @@
 //!   did while some product adopts gets CONNACK 0 *provisionally*; it may do nothing but ping until
 //!   it subscribes `ser2cli_noti/<product_key>` (GAgent's first SUBSCRIBE,
 //!   `device-protocol.md#subscriptions-one-at-a-time`). That product's policy then adopts it (the
-//!   session goes on as any other) or refuses it (SUBACK 0x80, then the connection is closed).
-//!   Other subscriptions get 0x80 and publishes are dropped meanwhile; a session that names no
-//!   product within [`EdgeSettings::adoption_timeout`] is closed.
+//!   session goes on as any other) or refuses it (SUBACK 0x80 then a close in 3.1.1; a close
+//!   without SUBACK in 3.1). Meanwhile a 3.1 device's subscriptions to its own did's topics are
+//!   granted (and kept for the session if it is adopted), others close the connection; 3.1.1 gets
+//!   0x80; publishes are dropped. A session that names no product within
+//!   [`EdgeSettings::adoption_timeout`] is closed and recorded as an unknown did.
 //! - **Large inbound publishes** (the MCU upload of `device-protocol.md#mcu-uploads-over-1-kb`) are
 //!   accepted up to [`EdgeSettings::max_inbound_bytes`].
 
@@ -42,7 +49,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use gagent_codec::CodecError;
-use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Suback, Subscribe};
+use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Protocol, Suback, Subscribe};
 use ota_domain::adoption::LoginDecision;
 use ota_domain::devices::{DeviceIdentity, PresenceWriter, is_did};
 use ota_domain::lifecycle::Event;
@@ -57,6 +64,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::bus::Bus;
 use crate::push::{PUSH_TOPIC_PREFIX, PushEnvelope};
+use crate::throttle::AuthThrottle;
 
 /// How long after the first PINGRESP an adopted device is asked to check (see `nudge_check`).
 pub const NUDGE_DELAY: Duration = Duration::from_secs(1);
@@ -123,6 +131,10 @@ pub struct EdgeStats {
     pub provisional: AtomicU64,
     pub adopted: AtomicU64,
     pub refused_adoptions: AtomicU64,
+    /// MQTT 3.1 connections closed for a subscription beyond the device's own topics.
+    pub closed_for_subscription: AtomicU64,
+    /// MQTT 3.1 subscriptions to an own topic we do not serve, granted and never delivered.
+    pub unserved_subscriptions: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -177,6 +189,7 @@ pub struct Edge {
     sessions: Mutex<HashMap<String, SessionEntry>>,
     next_id: AtomicU64,
     connections: Arc<tokio::sync::Semaphore>,
+    throttle: Arc<AuthThrottle>,
 }
 
 /// Why a connection ended; logged (through `Debug`) when it closes.
@@ -191,6 +204,8 @@ enum End {
     Kicked,
     /// A provisional session was refused adoption.
     NotAdopted,
+    /// An MQTT 3.1 subscription reached beyond the device's own topics.
+    ForeignSubscription(String),
 }
 
 /// What a CONNECT's credentials let in.
@@ -210,9 +225,11 @@ impl Edge {
         presence: PresenceWriter,
         events: RecordEventWriter,
         settings: EdgeSettings,
+        throttle: Arc<AuthThrottle>,
     ) -> Arc<Edge> {
         let permits = settings.max_connections;
         Arc::new(Edge {
+            throttle,
             domain,
             bus,
             presence,
@@ -374,7 +391,19 @@ impl Edge {
                 return;
             }
         };
-        let admission = match self.login(&connect, peer).await {
+        let checked = match self.throttle.begin(peer.ip()) {
+            // Too many attempts in flight from this address: answered as wrong, unchecked.
+            None => Err(ConnectReturnCode::BadUsernameOrPassword),
+            Some(attempt) => {
+                let checked = self.login(&connect, peer).await;
+                if checked.as_ref().err() == Some(&ConnectReturnCode::BadUsernameOrPassword) {
+                    let wait = self.throttle.wrong(&attempt, &connect.client_id);
+                    tokio::time::sleep(wait).await;
+                }
+                checked
+            }
+        };
+        let admission = match checked {
             Ok(admission) => admission,
             Err(code) => {
                 bump(&self.stats.refused_logins);
@@ -385,19 +414,25 @@ impl Edge {
                 return;
             }
         };
-        let (identity, first_subscribe) = match admission {
-            Admission::Known(identity) => (identity, None),
+        let protocol = connect.protocol;
+        let (identity, first_subscribe, carried) = match admission {
+            Admission::Known(identity) => (identity, None, Vec::new()),
             Admission::Provisional { did, passcode } => {
                 bump(&self.stats.provisional);
                 let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::Accepted))).await;
-                match self.provisional(&did, &passcode, peer, &tx, &mut reader, &mut buf).await {
-                    Ok((identity, subscribe)) => {
+                match self.provisional(&did, &passcode, protocol, peer, &tx, &mut reader, &mut buf).await {
+                    Ok((identity, subscribe, carried)) => {
                         bump(&self.stats.adopted);
-                        (identity, Some(subscribe))
+                        (identity, Some(subscribe), carried)
                     }
                     Err(end) => {
                         if matches!(end, End::NotAdopted | End::Timeout) {
                             bump(&self.stats.refused_adoptions);
+                        }
+                        if matches!(end, End::Timeout) {
+                            let reason = "named no product within adoption_timeout";
+                            let channel = ota_domain::security::Channel::Mqtt;
+                            self.domain.note_unknown_did(&did, channel, reason, Some(&peer.ip().to_string())).await;
                         }
                         self.ended(peer, Some(&did), end);
                         drop(tx);
@@ -409,7 +444,7 @@ impl Edge {
         };
         bump(&self.stats.logins);
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let subscriptions = Arc::new(Mutex::new(Vec::new()));
+        let subscriptions = Arc::new(Mutex::new(carried));
         let kick = Arc::new(Notify::new());
         let session_ms = self.domain.clock.now_ms();
         let replaced = self.sessions.lock().ok().and_then(|mut s| {
@@ -434,24 +469,29 @@ impl Edge {
         let adopted_now = first_subscribe.is_some();
         let session = Session {
             identity: identity.clone(),
+            protocol,
             tx: tx.clone(),
             subscriptions,
             nudge_check: std::sync::atomic::AtomicBool::new(adopted_now),
         };
-        match first_subscribe {
+        let first = match first_subscribe {
             // Adopted: the SUBSCRIBE that named the product is answered now, as in any session.
             Some(subscribe) => self.subscribe(&session, subscribe).await,
             None => {
                 let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::Accepted))).await;
+                Ok(())
             }
-        }
+        };
 
         let keep_alive = keep_alive_limit(connect.keep_alive);
         let mut closing = self.closing.subscribe();
-        let end = tokio::select! {
-            end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
-            _ = kick.notified() => End::Kicked,
-            _ = closing.wait_for(|c| *c) => End::Closed,
+        let end = match first {
+            Err(end) => end,
+            Ok(()) => tokio::select! {
+                end = self.session_loop(&session, &mut reader, &mut buf, keep_alive) => end,
+                _ = kick.notified() => End::Kicked,
+                _ = closing.wait_for(|c| *c) => End::Closed,
+            },
         };
         if let Ok(mut s) = self.sessions.lock()
             && s.get(&identity.did).is_some_and(|e| e.id == session_id)
@@ -466,7 +506,7 @@ impl Edge {
     }
 
     fn ended(&self, peer: SocketAddr, did: Option<&str>, end: End) {
-        if matches!(end, End::Malformed(_) | End::Protocol(_)) {
+        if matches!(end, End::Malformed(_) | End::Protocol(_) | End::ForeignSubscription(_)) {
             bump(&self.stats.malformed);
             tracing::info!(%peer, did, ?end, "device connection closed");
         } else {
@@ -499,17 +539,22 @@ impl Edge {
     }
 
     /// A provisional session: only pings until the device subscribes `ser2cli_noti/<pk>`;
-    /// then that product adopts it (returns the SUBSCRIBE to answer) or refuses it.
+    /// then that product adopts it (returns the SUBSCRIBE to answer, with the own-did filters
+    /// granted meanwhile) or refuses it.
+    #[allow(clippy::too_many_arguments)]
     async fn provisional(
         &self,
         did: &str,
         passcode: &str,
+        protocol: Protocol,
         peer: SocketAddr,
         tx: &mpsc::Sender<Outbound>,
         reader: &mut OwnedReadHalf,
         buf: &mut BytesMut,
-    ) -> Result<(DeviceIdentity, Subscribe), End> {
+    ) -> Result<(DeviceIdentity, Subscribe, Vec<String>), End> {
         let deadline = tokio::time::Instant::now() + self.settings.adoption_timeout;
+        // MQTT 3.1: own-did filters granted before the product is known, kept if adopted.
+        let mut carried: Vec<String> = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -523,6 +568,21 @@ impl Edge {
                     let refuse_all =
                         Suback { pkid: sub.pkid, return_codes: vec![mqtt::suback::FAILURE; sub.filters.len()] };
                     let Some(pk) = named else {
+                        if protocol == Protocol::V31 {
+                            // No product yet: only the did's own topics can be told apart.
+                            if let Some((f, _)) = sub.filters.iter().find(|(f, _)| !acl::is_own(f, did, "")) {
+                                bump(&self.stats.denied_subscriptions);
+                                return Err(End::ForeignSubscription(f.clone()));
+                            }
+                            for (f, _) in &sub.filters {
+                                if acl::may_subscribe(f, did, "") && !carried.contains(f) {
+                                    carried.push(f.clone());
+                                }
+                            }
+                            let granted = Suback { pkid: sub.pkid, return_codes: vec![0; sub.filters.len()] };
+                            send_packet(tx, Packet::Suback(granted)).await;
+                            continue;
+                        }
                         bump(&self.stats.denied_subscriptions);
                         send_packet(tx, Packet::Suback(refuse_all)).await;
                         continue;
@@ -530,16 +590,21 @@ impl Edge {
                     match self.domain.adopt_unknown(did, passcode, pk, Some(peer.ip().to_string())).await {
                         Ok(Some(identity)) => {
                             tracing::info!(%peer, did, product_key = pk, "unknown device adopted");
-                            return Ok((identity, sub));
+                            return Ok((identity, sub, carried));
                         }
                         Ok(None) => {
                             tracing::debug!(%peer, did, product_key = pk, "unknown device refused");
-                            send_packet(tx, Packet::Suback(refuse_all)).await;
+                            // MQTT 3.1 has no failure code: the refusal is the close itself.
+                            if protocol == Protocol::V311 {
+                                send_packet(tx, Packet::Suback(refuse_all)).await;
+                            }
                             return Err(End::NotAdopted);
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "adoption check failed");
-                            send_packet(tx, Packet::Suback(refuse_all)).await;
+                            if protocol == Protocol::V311 {
+                                send_packet(tx, Packet::Suback(refuse_all)).await;
+                            }
                             return Err(End::Protocol("the adoption check failed"));
                         }
                     }
@@ -564,23 +629,40 @@ impl Edge {
         }
     }
 
-    async fn subscribe(&self, s: &Session, sub: Subscribe) {
+    /// Answers a SUBSCRIBE (see the module doc); `Err` ends an MQTT 3.1 session that asked for
+    /// another device's topics (nothing is stored and no SUBACK is sent).
+    async fn subscribe(&self, s: &Session, sub: Subscribe) -> Result<(), End> {
+        let (did, pk) = (&s.identity.did, &s.identity.product_key);
+        if s.protocol == Protocol::V31
+            && let Some((filter, _)) = sub.filters.iter().find(|(f, _)| !acl::is_own(f, did, pk))
+        {
+            bump(&self.stats.denied_subscriptions);
+            bump(&self.stats.closed_for_subscription);
+            tracing::info!(%did, %filter, "MQTT 3.1 subscription beyond the device's own topics; connection closed");
+            return Err(End::ForeignSubscription(filter.clone()));
+        }
         let mut codes = Vec::with_capacity(sub.filters.len());
         for (filter, _qos) in &sub.filters {
-            if acl::may_subscribe(filter, &s.identity.did, &s.identity.product_key) {
+            if acl::may_subscribe(filter, did, pk) {
                 if let Ok(mut subs) = s.subscriptions.lock()
                     && !subs.contains(filter)
                 {
                     subs.push(filter.clone());
                 }
                 codes.push(0);
+            } else if s.protocol == Protocol::V31 {
+                // Own, but nothing is ever published there: granted, never stored or delivered.
+                bump(&self.stats.unserved_subscriptions);
+                tracing::debug!(%did, %filter, "own topic we do not serve; granted QoS 0");
+                codes.push(0);
             } else {
                 bump(&self.stats.denied_subscriptions);
-                tracing::info!(did = %s.identity.did, %filter, "subscription refused");
+                tracing::info!(%did, %filter, "subscription refused");
                 codes.push(mqtt::suback::FAILURE);
             }
         }
         s.send(Packet::Suback(Suback { pkid: sub.pkid, return_codes: codes })).await;
+        Ok(())
     }
 
     /// After an open-window adoption, once the device is in its online loop (its first PINGREQ:
@@ -631,7 +713,11 @@ impl Edge {
                 Err(end) => return end,
             };
             match packet {
-                Packet::Subscribe(sub) => self.subscribe(s, sub).await,
+                Packet::Subscribe(sub) => {
+                    if let Err(end) = self.subscribe(s, sub).await {
+                        return end;
+                    }
+                }
                 Packet::Unsubscribe(unsub) => {
                     if let Ok(mut subs) = s.subscriptions.lock() {
                         subs.retain(|f| !unsub.filters.contains(f));
@@ -681,6 +767,8 @@ impl Edge {
 /// What a session's handlers need.
 pub(crate) struct Session {
     pub(crate) identity: DeviceIdentity,
+    /// MQTT 3.1 or 3.1.1: decides how refused subscriptions are answered.
+    protocol: Protocol,
     tx: mpsc::Sender<Outbound>,
     subscriptions: Arc<Mutex<Vec<String>>>,
     /// Adopted by an open window in this session: its first boot's checks failed (the did was

@@ -48,6 +48,7 @@ impl Edge {
                     soft: None,
                     fid: Some(firmware_id_to_i64(firmware_id)),
                     ip: None,
+                    node: Some(self.settings.gateway_id.clone()),
                 };
                 let answer = match self.domain.device_check(check).await {
                     Ok(Ok(offer)) => offer.firmware.fid.map(i64_to_firmware_id).unwrap_or([0; 8]),

@@ -19,12 +19,11 @@ use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{
     DeviceImportItem, DeviceImportReport, DeviceImportRequest, ImportChange, ImportOutcome, ImportRejection, Region,
-    Scope,
 };
 
 use super::{DeviceRecord, insert_imported, is_did, is_passcode, normalize_mac};
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Write};
 use crate::db::DbConn;
 use crate::error::{DomainError, Result};
 use crate::products::{ProductRecord, find_product};
@@ -335,13 +334,12 @@ impl Domain {
     /// Imports CSV, or JSON when `json` is set. See the module doc for the rules.
     pub async fn import_devices(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         product_key: &str,
         data: Vec<u8>,
         json: bool,
     ) -> Result<DeviceImportReport> {
-        who.require(Scope::Write)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let product = self.db.run(move |c| find_product(c, tenant_id, &key)).await?;
         let (lines, mut rejected) =
             tokio::task::spawn_blocking(move || if json { parse_json(&data) } else { parse(&data) })

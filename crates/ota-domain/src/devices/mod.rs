@@ -12,11 +12,11 @@ use diesel::prelude::*;
 use ota_wire::ErrorCode;
 use ota_wire::dto::{
     AdoptionPolicy, DeviceAdoption, DeviceListQuery, DeviceView, FirmwareType, Page, PushMethod, Region, RegisteredVia,
-    Scope, TargetVersions, UpdateDeviceRequest, VersionCount,
+    TargetVersions, UpdateDeviceRequest, VersionCount,
 };
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::error::{DomainError, Result};
@@ -156,10 +156,11 @@ pub fn normalize_mac(input: &str) -> Option<String> {
 /// A list's MAC search: a whole MAC or a prefix of at least 4 hex digits (separators
 /// allowed), normalised to upper case; `None` when empty.
 pub(crate) fn mac_search(mac: Option<&str>) -> Result<Option<String>> {
-    let Some(m) = mac.map(str::trim).filter(|m| !m.is_empty()) else {
-        return Ok(None);
-    };
+    let Some(m) = mac else { return Ok(None) };
     let hex: String = m.chars().filter(|c| !matches!(c, ':' | '-' | '.' | ' ')).collect();
+    if hex.is_empty() {
+        return Ok(None);
+    }
     if hex.len() < 4 || hex.len() > 12 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(DomainError::field(
             ErrorCode::InvalidQuery,
@@ -266,22 +267,24 @@ pub(crate) fn find_in_tenant(c: &mut DbConn, tenant_id: i64, key: &str) -> Resul
 }
 
 fn clean_region_part(field: &str, value: Option<String>) -> Result<Option<String>> {
-    let Some(v) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
+    let Some(v) = value else { return Ok(None) };
+    // Checked as sent (the schema's maxLength and pattern), then trimmed; blank clears.
     if v.chars().count() > 64 || v.contains(['/', '\n', '\r']) {
         return Err(DomainError::invalid(field, format!("`{field}` must be 1–64 characters without `/`")));
     }
-    Ok(Some(v))
+    let v = v.trim().to_owned();
+    Ok((!v.is_empty()).then_some(v))
 }
 
 impl Domain {
     // ------------------------------------------------------------ device side
 
     /// Registration (`POST /dev/devices` and the encrypted form). The same product + MAC gets
-    /// the same did again, with the passcode the device now presents: a GAgent that was reset
-    /// makes a new passcode and registers again, and must be able to log in afterwards. A
-    /// device that registered encrypted is refused the plain form, as the hosted cloud does.
+    /// the same did again. A new passcode for a known MAC replaces the old one only as the
+    /// product's re-registration policy allows (a reset GAgent makes a new passcode and
+    /// registers again; a stranger who knows the MAC must not take the device over): see
+    /// [`crate::security`]; a refusal is `reregistration_refused`. A device that registered
+    /// encrypted is refused the plain form, as the hosted cloud does.
     pub async fn register_device(
         &self,
         product_key: &str,
@@ -315,6 +318,12 @@ impl Domain {
                                 "this device registered encrypted; plain registration is refused",
                             ));
                         }
+                        let replaces = device.passcode.as_deref().is_some_and(|known| known != passcode);
+                        if replaces
+                            && let Err(why) = crate::security::decide_replacement(c, &device, ip.as_deref(), now)?
+                        {
+                            return Ok(Err(why));
+                        }
                         let did = device.did.clone().unwrap_or_else(random_did);
                         let via = if device.registered_via() == RegisteredVia::Encrypted {
                             RegisteredVia::Encrypted
@@ -334,7 +343,7 @@ impl Domain {
                         if let Some(region) = &guessed {
                             crate::geoip::fill_missing_region(c, device.id, region)?;
                         }
-                        return Ok(did);
+                        return Ok(Ok(did));
                     }
                     let did = random_did();
                     let region = guessed.unwrap_or_default();
@@ -356,20 +365,29 @@ impl Domain {
                             devices::updated_at.eq(now),
                         ))
                         .execute(c)?;
-                    Ok(did)
+                    Ok(Ok(did))
                 })
                 .await;
             match result {
                 // Two registrations of one MAC raced (or a did collided): the next round sees the winner.
                 Err(DomainError::UniqueViolation) => continue,
-                other => return other,
+                Ok(Err(why)) => {
+                    return Err(DomainError::new(
+                        ErrorCode::ReregistrationRefused,
+                        format!("this MAC is registered with another passcode: {why}"),
+                    ));
+                }
+                Ok(Ok(did)) => return Ok(did),
+                Err(e) => return Err(e),
             }
         }
         Err(DomainError::Internal(anyhow::anyhow!("registration kept colliding")))
     }
 
     /// Provision (`GET /dev/devices/<did>`, no passcode): the device exists and may be told
-    /// where MQTT is. Also the boot marker the MCU success rule needs (see `upgrades`).
+    /// where MQTT is. Also the boot marker the MCU success rule needs (see `upgrades`). It
+    /// carries no proof of identity, so it does not change the device's address (the one
+    /// `target_fid` is trusted from, see [`crate::security`]); an unknown did is recorded.
     ///
     /// `encrypted_for`: the product key of an encrypted provision (the device must belong to
     /// it, checked before anything is written); `None` for the plain form.
@@ -384,7 +402,9 @@ impl Domain {
         let did = did.to_owned();
         let encrypted_for = encrypted_for.map(str::to_owned);
         let encrypted = encrypted_for.is_some();
-        self.db
+        let (did_for_note, pk_for_note, ip_for_note) = (did.clone(), encrypted_for.clone(), ip.clone());
+        let provisioned = self
+            .db
             .write(move |c| {
                 let (device, product) = match find_by_did(c, &did) {
                     Ok(found) => found,
@@ -412,7 +432,6 @@ impl Domain {
                     .set((
                         devices::last_provision_at.eq(now),
                         devices::last_seen_at.eq(now),
-                        devices::ip.eq(ip),
                         devices::updated_at.eq(now),
                     ))
                     .execute(c)?;
@@ -426,15 +445,39 @@ impl Domain {
                     encrypted: is_encrypted,
                 })
             })
-            .await
+            .await;
+        if let Err(DomainError::Expected { code: ErrorCode::DeviceNotFound, .. }) = &provisioned {
+            self.note_unknown_provision(&did_for_note, pk_for_note.as_deref(), ip_for_note.as_deref()).await;
+        }
+        provisioned
+    }
+
+    /// An unknown did provisioned: a `refused` event of the product an encrypted provision
+    /// names, else the installation's list.
+    async fn note_unknown_provision(&self, did: &str, product_key: Option<&str>, source: Option<&str>) {
+        let now = self.clock.now_ms();
+        if let Some(pk) = product_key {
+            let key = pk.to_owned();
+            if let Ok(product) = self.db.run(move |c| find_product_by_key(c, &key)).await {
+                let reason = "unknown did (provision)";
+                if let Err(e) = self.note_refusal(product.tenant_id, product.id, did, reason, source, now).await {
+                    tracing::warn!(error = %e, "could not record an unknown-did provision");
+                }
+                return;
+            }
+        }
+        let channel = crate::security::Channel::Provision;
+        self.note_unknown_did(did, channel, "unknown did; no product adopts", source).await;
     }
 
     /// `DELETE /dev/devices`: the device gives up an old did. The passcode must match, so a
     /// reset device that registered again (same did, new passcode) cannot delete itself.
-    pub async fn deregister_device(&self, did: &str, passcode: &str) -> Result<()> {
-        let (did, passcode) = (did.to_owned(), passcode.to_owned());
-        self.db
+    pub async fn deregister_device(&self, did: &str, passcode: &str, source: Option<&str>) -> Result<()> {
+        let (did_owned, passcode) = (did.to_owned(), passcode.to_owned());
+        let result = self
+            .db
             .write(move |c| {
+                let did = did_owned;
                 let (device, _) = authenticate_in(c, &did, &passcode)?;
                 if device.registered_via() == RegisteredVia::Encrypted {
                     return Err(device_refused("this device registered encrypted; plain DELETE is refused"));
@@ -442,7 +485,11 @@ impl Domain {
                 diesel::delete(devices::table.find(device.id)).execute(c)?;
                 Ok(())
             })
-            .await
+            .await;
+        if let Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) = &result {
+            self.note_refused_passcode(did, crate::security::Channel::Deregister, source).await;
+        }
+        result
     }
 
     /// The product secret of a product key (the AES key of encrypted registration).
@@ -455,14 +502,13 @@ impl Domain {
 
     pub async fn list_devices(
         &self,
-        who: &Principal,
+        who: &Authorized<Read>,
         product_key: &str,
         query: DeviceListQuery,
     ) -> Result<Page<DeviceView>> {
-        who.require(Scope::Read)?;
         let page = PageRequest::new(query.page, query.per_page)?;
         let mac_filter = mac_search(query.mac.as_deref())?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let (rows, total, pk) = self
             .db
             .run(move |c| {
@@ -537,15 +583,18 @@ impl Domain {
     }
 
     /// One device of the tenant, by did or MAC.
-    pub async fn get_device(&self, who: &Principal, key: &str) -> Result<DeviceView> {
-        who.require(Scope::Read)?;
-        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+    pub async fn get_device(&self, who: &Authorized<Read>, key: &str) -> Result<DeviceView> {
+        let (tenant_id, key) = (who.tenant_id(), key.to_owned());
         let (device, pk) = self.db.run(move |c| find_in_tenant(c, tenant_id, &key)).await?;
         Ok(device.view(&pk))
     }
 
-    pub async fn update_device(&self, who: &Principal, key: &str, req: UpdateDeviceRequest) -> Result<DeviceView> {
-        who.require(Scope::Write)?;
+    pub async fn update_device(
+        &self,
+        who: &Authorized<Write>,
+        key: &str,
+        req: UpdateDeviceRequest,
+    ) -> Result<DeviceView> {
         let country = req.country.map(|v| clean_region_part("country", v)).transpose()?;
         let province = req.province.map(|v| clean_region_part("province", v)).transpose()?;
         let city = req.city.map(|v| clean_region_part("city", v)).transpose()?;
@@ -563,7 +612,7 @@ impl Domain {
                 Some(Some(text))
             }
         };
-        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), key.to_owned());
         let now = self.clock.now_ms();
         let (device, pk) = self
             .db
@@ -592,9 +641,8 @@ impl Domain {
 
     /// Deletes a device record and its upgrade history. A device that is still out there
     /// will fail its next login and must register again.
-    pub async fn delete_device(&self, who: &Principal, key: &str) -> Result<()> {
-        who.require(Scope::Write)?;
-        let (tenant_id, key) = (who.tenant_id, key.to_owned());
+    pub async fn delete_device(&self, who: &Authorized<Write>, key: &str) -> Result<()> {
+        let (tenant_id, key) = (who.tenant_id(), key.to_owned());
         self.db
             .write(move |c| {
                 let (device, _) = find_in_tenant(c, tenant_id, &key)?;
@@ -608,9 +656,8 @@ impl Domain {
 
     /// How many devices run each version, per target type: the "old firmware versions" a push
     /// rule chooses from.
-    pub async fn version_distribution(&self, who: &Principal, product_key: &str) -> Result<Vec<VersionCount>> {
-        who.require(Scope::Read)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+    pub async fn version_distribution(&self, who: &Authorized<Read>, product_key: &str) -> Result<Vec<VersionCount>> {
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         self.db
             .run(move |c| {
                 let product = find_product(c, tenant_id, &key)?;

@@ -6,10 +6,10 @@ pub mod rules;
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{FirmwareListQuery, FirmwareType, FirmwareView, Page, PushMethod, PushStatus, Scope};
+use ota_wire::dto::{FirmwareListQuery, FirmwareType, FirmwareView, Page, PushMethod, PushStatus};
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::error::{DomainError, Result};
@@ -253,12 +253,11 @@ impl Domain {
     /// remains (the staged file removes itself when dropped).
     pub async fn create_firmware(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         product_key: &str,
         upload: FirmwareUpload,
     ) -> Result<FirmwareView> {
-        who.require(Scope::Write)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let product = self.db.run(move |c| find_product(c, tenant_id, &key)).await?;
         let valid = validate_fields(&upload)?;
         let file = upload.file.ok_or_else(|| DomainError::missing("file"))?;
@@ -333,13 +332,12 @@ impl Domain {
 
     pub async fn list_firmware(
         &self,
-        who: &Principal,
+        who: &Authorized<Read>,
         product_key: &str,
         query: FirmwareListQuery,
     ) -> Result<Page<FirmwareView>> {
-        who.require(Scope::Read)?;
         let page = PageRequest::new(query.page, query.per_page)?;
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let (rows, total, pk, statuses) = self
             .db
             .run(move |c| {
@@ -373,17 +371,15 @@ impl Domain {
         Ok(page.wrap(rows.iter().map(|r| r.view(&pk, status(r.id))).collect(), total))
     }
 
-    pub async fn get_firmware(&self, who: &Principal, id: i64) -> Result<FirmwareView> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn get_firmware(&self, who: &Authorized<Read>, id: i64) -> Result<FirmwareView> {
+        let tenant_id = who.tenant_id();
         let (record, pk, status) = self.db.run(move |c| with_status(c, tenant_id, id)).await?;
         Ok(record.view(&pk, status))
     }
 
     /// The record and a stream of its exact bytes.
-    pub async fn open_firmware_file(&self, who: &Principal, id: i64) -> Result<(FirmwareRecord, BlobStream)> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn open_firmware_file(&self, who: &Authorized<Read>, id: i64) -> Result<(FirmwareRecord, BlobStream)> {
+        let tenant_id = who.tenant_id();
         let (record, _) = self.db.run(move |c| find_firmware(c, tenant_id, id)).await?;
         let stream = self.store.open(&record.sha256).await?;
         Ok((record, stream))
@@ -393,13 +389,12 @@ impl Domain {
     /// change moves to another fid series and takes that series' next fid.
     pub async fn update_firmware(
         &self,
-        who: &Principal,
+        who: &Authorized<Write>,
         id: i64,
         name: Option<String>,
         hard_version: Option<String>,
         soft_version: Option<String>,
     ) -> Result<FirmwareView> {
-        who.require(Scope::Write)?;
         if let Some(n) = &name {
             validate_name(n)?;
         }
@@ -409,7 +404,7 @@ impl Domain {
         if let Some(v) = &soft_version {
             validate_version("soft_version", v)?;
         }
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let now = self.clock.now_ms();
         let mut attempt = 0;
         loop {
@@ -458,9 +453,13 @@ impl Domain {
     }
 
     /// Replaces the file of unverified firmware; the old file goes when nothing references it.
-    pub async fn replace_firmware_file(&self, who: &Principal, id: i64, file: StagedFile) -> Result<FirmwareView> {
-        who.require(Scope::Write)?;
-        let tenant_id = who.tenant_id;
+    pub async fn replace_firmware_file(
+        &self,
+        who: &Authorized<Write>,
+        id: i64,
+        file: StagedFile,
+    ) -> Result<FirmwareView> {
+        let tenant_id = who.tenant_id();
         let (current, _) = self.db.run(move |c| find_firmware(c, tenant_id, id)).await?;
         if current.verified {
             return Err(locked());
@@ -498,9 +497,8 @@ impl Domain {
     }
 
     /// Deletes firmware and, when nothing else references it, its stored file.
-    pub async fn delete_firmware(&self, who: &Principal, id: i64) -> Result<()> {
-        who.require(Scope::Write)?;
-        let tenant_id = who.tenant_id;
+    pub async fn delete_firmware(&self, who: &Authorized<Write>, id: i64) -> Result<()> {
+        let tenant_id = who.tenant_id();
         let _blobs = self.blob_lock.lock().await;
         let sha256 = self
             .db

@@ -207,8 +207,9 @@ pub enum Event {
     PushRefused { reason: String },
     /// An edge wrote the push to the device's socket, in the rule's window opening `opening`.
     Delivered { opening: Option<i64> },
-    /// A device check was answered with this record's image.
-    Offered,
+    /// A device check was answered with this record's image by gateway node `node` (where
+    /// the download is expected: it holds one of that node's download slots until then).
+    Offered { node: Option<String> },
     /// The device began fetching the image from gateway node `node`.
     DownloadStarted { node: String },
     /// The whole image was sent.
@@ -228,7 +229,15 @@ pub enum Event {
     Confirmed { stable: bool },
     /// A stopped rule started again: undelivered and failed targets are queued afresh.
     Requeued,
+    /// An operator took the device out of its rule.
+    Excluded { by: String },
+    /// The device asked while the gateway's download slots were full: it was answered "no
+    /// update" and is pushed again after [`DEFER_MS`] (not a failure, not a new attempt).
+    Deferred,
 }
+
+/// How long a deferred target waits before it is pushed again.
+pub const DEFER_MS: i64 = 15_000;
 
 /// The columns a transition changes; `None` leaves a column alone, `Some(None)` clears it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -294,12 +303,15 @@ pub fn stage_timeout_ms(t: &StageTimeouts, stage: Stage, fw_type: FirmwareType) 
     Some(i64::from(secs) * 1000)
 }
 
-/// The attempt number and opening of an attempt that starts now.
+/// The attempt number and opening of what starts now: the next attempt after a failure in
+/// the same opening, attempt 1 in a new opening, and otherwise the attempt under way (a push
+/// sent again after a missed delivery or a deferral is no new attempt).
 fn start_attempt(state: &RecordState, ctx: &Context<'_>) -> (i64, Option<i64>) {
+    let next = if state.stage == Stage::Failed { state.attempt + 1 } else { state.attempt.max(1) };
     match (state.kind, ctx.opening) {
-        (RecordKind::Rule, Some(opening)) if state.last_opening == Some(opening) => (state.attempt + 1, Some(opening)),
+        (RecordKind::Rule, Some(opening)) if state.last_opening == Some(opening) => (next, Some(opening)),
         (RecordKind::Rule, Some(opening)) => (1, Some(opening)),
-        _ => (state.attempt + 1, state.last_opening),
+        _ => (next, state.last_opening),
     }
 }
 
@@ -430,23 +442,28 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
             change.notified_at = Some(Some(now));
             Ok(change)
         }
-        Event::Offered => match state.stage {
-            Stage::Pending | Stage::Failed => {
-                let mut change = new_attempt(state, ctx, Stage::Checked);
-                change.checked_at = Some(Some(now));
-                // A check while a push waits for its acknowledgement answers that push.
-                change.notified_at = Some(state.pushed_at);
-                Ok(change)
+        Event::Offered { node } => {
+            let mut change = match state.stage {
+                Stage::Pending | Stage::Failed => {
+                    let mut change = new_attempt(state, ctx, Stage::Checked);
+                    // A check while a push waits for its acknowledgement answers that push.
+                    change.notified_at = Some(state.pushed_at);
+                    change
+                }
+                Stage::Notified | Stage::Checked => Change {
+                    stage: Some(Stage::Checked),
+                    pushed_at: Some(None),
+                    due_at: Some(next_due(state, Stage::Checked, ctx)),
+                    ..Change::default()
+                },
+                _ => return Err(Skip("the record is past the offer")),
+            };
+            change.checked_at = Some(Some(now));
+            if node.is_some() {
+                change.download_node = Some(node.clone());
             }
-            Stage::Notified | Stage::Checked => Ok(Change {
-                stage: Some(Stage::Checked),
-                checked_at: Some(Some(now)),
-                pushed_at: Some(None),
-                due_at: Some(next_due(state, Stage::Checked, ctx)),
-                ..Change::default()
-            }),
-            _ => Err(Skip("the record is past the offer")),
-        },
+            Ok(change)
+        }
         Event::DownloadStarted { node } => {
             let mut change = match state.stage {
                 // A URL from an earlier offer or push (V4 pushes carry it): a new attempt,
@@ -586,9 +603,37 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
             due_at: Some(None),
             retry_at: Some(None),
             pushed_at: Some(None),
-            ended: Some(ended(state, AttemptOutcome::Cancelled, state.stage, None, now)),
+            ended: in_flight(state.stage).then(|| ended(state, AttemptOutcome::Cancelled, state.stage, None, now)),
             ..Change::default()
         }),
+        Event::Excluded { by } => {
+            if !rule || state.stage == Stage::Succeeded {
+                return Err(Skip("only a rule's unfinished target is excluded"));
+            }
+            Ok(Change {
+                stage: Some(Stage::Excluded),
+                active: Some(false),
+                reason: Some(Some(format!("excluded by {by}"))),
+                due_at: Some(None),
+                retry_at: Some(None),
+                pushed_at: Some(None),
+                ended: in_flight(state.stage).then(|| ended(state, AttemptOutcome::Excluded, state.stage, None, now)),
+                ..Change::default()
+            })
+        }
+        Event::Deferred => {
+            if !rule || !matches!(state.stage, Stage::Pending | Stage::Notified | Stage::Failed) {
+                return Err(Skip("only a target not yet offered is deferred"));
+            }
+            Ok(Change {
+                stage: Some(Stage::Pending),
+                pushed_at: Some(None),
+                due_at: Some(None),
+                retry_at: Some(Some(now + DEFER_MS)),
+                reason: Some(Some("deferred: the gateway's download slots were full".into())),
+                ..Change::default()
+            })
+        }
         Event::Confirmed { stable } => {
             if rule || state.stage != Stage::Succeeded {
                 return Err(Skip("only a succeeded verification is confirmed"));

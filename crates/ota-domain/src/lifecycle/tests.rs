@@ -10,7 +10,7 @@ const NOW: i64 = 1_000_000_000;
 const OPENING: i64 = NOW - 3_600_000;
 const DEADLINE: i64 = NOW + 60_000;
 
-const STAGES: [Stage; 9] = [
+const STAGES: [Stage; 10] = [
     Stage::Pending,
     Stage::Notified,
     Stage::Checked,
@@ -20,6 +20,7 @@ const STAGES: [Stage; 9] = [
     Stage::Failed,
     Stage::Expired,
     Stage::Cancelled,
+    Stage::Excluded,
 ];
 
 fn policy() -> RolloutPolicy {
@@ -34,7 +35,7 @@ fn ctx(p: &RolloutPolicy) -> Context<'_> {
 fn state(kind: RecordKind, stage: Stage) -> RecordState {
     let active = !matches!(
         (kind, stage),
-        (_, Stage::Expired | Stage::Cancelled)
+        (_, Stage::Expired | Stage::Cancelled | Stage::Excluded)
             | (RecordKind::Rule, Stage::Succeeded)
             | (RecordKind::Verification, Stage::Failed)
     );
@@ -64,6 +65,7 @@ fn token(stage: Stage) -> &'static str {
         Stage::Failed => "F",
         Stage::Expired => "E",
         Stage::Cancelled => "X",
+        Stage::Excluded => "EX",
     }
 }
 
@@ -83,7 +85,7 @@ fn events() -> Vec<(&'static str, Event)> {
         ("push_sent", Event::PushSent),
         ("push_refused", Event::PushRefused { reason: "broker down".into() }),
         ("delivered", Event::Delivered { opening: Some(OPENING) }),
-        ("offered", Event::Offered),
+        ("offered", Event::Offered { node: None }),
         ("download_started", Event::DownloadStarted { node: "gw-a".into() }),
         ("download_completed", Event::DownloadCompleted),
         ("download_cut", Event::DownloadCut { reason: "sent 10 of 20 bytes".into() }),
@@ -95,45 +97,51 @@ fn events() -> Vec<(&'static str, Event)> {
         ("confirmed_stable", Event::Confirmed { stable: true }),
         ("confirmed_unstable", Event::Confirmed { stable: false }),
         ("requeued", Event::Requeued),
+        ("excluded", Event::Excluded { by: "ops".into() }),
+        ("deferred", Event::Deferred),
     ]
 }
 
 /// Expected outcomes per event, columns in the order of [`STAGES`]:
-/// pending notified checked downloading downloaded succeeded failed expired cancelled.
+/// pending notified checked downloading downloaded succeeded failed expired cancelled excluded.
 const RULE_TABLE: &[(&str, &str)] = &[
-    ("push_sent", "= = - - - - = - -"),
-    ("push_refused", "- - - - - - - - -"),
-    ("delivered", "N - - - - - N - -"),
-    ("offered", "C C C - - - C - -"),
-    ("download_started", "DG DG DG DG DG - DG - -"),
-    ("download_completed", "- - - DD - - - - -"),
-    ("download_cut", "- - - F - - - - -"),
-    ("reported_target", "S S S S S - S - -"),
-    ("reported_old", "- - - - F - - - -"),
-    ("due", "= F F F F - = - -"),
-    ("period_ended", "= E E E E - = - -"),
-    ("cancelled", "X X X X X - X - -"),
-    ("confirmed_stable", "- - - - - - - - -"),
-    ("confirmed_unstable", "- - - - - - - - -"),
-    ("requeued", "P - - - - - P - -"),
+    ("push_sent", "= = - - - - = - - -"),
+    ("push_refused", "- - - - - - - - - -"),
+    ("delivered", "N - - - - - N - - -"),
+    ("offered", "C C C - - - C - - -"),
+    ("download_started", "DG DG DG DG DG - DG - - -"),
+    ("download_completed", "- - - DD - - - - - -"),
+    ("download_cut", "- - - F - - - - - -"),
+    ("reported_target", "S S S S S - S - - -"),
+    ("reported_old", "- - - - F - - - - -"),
+    ("due", "= F F F F - = - - -"),
+    ("period_ended", "= E E E E - = - - -"),
+    ("cancelled", "X X X X X - X - - -"),
+    ("confirmed_stable", "- - - - - - - - - -"),
+    ("confirmed_unstable", "- - - - - - - - - -"),
+    ("requeued", "P - - - - - P - - -"),
+    ("excluded", "EX EX EX EX EX - EX - - -"),
+    ("deferred", "P P - - - - P - - -"),
 ];
 
 const VERIFICATION_TABLE: &[(&str, &str)] = &[
-    ("push_sent", "= - - - - - - - -"),
-    ("push_refused", "- - - - - - - - -"),
-    ("delivered", "N - - - - - - - -"),
-    ("offered", "C C C - - - - - -"),
-    ("download_started", "DG DG DG DG DG - - - -"),
-    ("download_completed", "- - - DD - - - - -"),
-    ("download_cut", "- - - F - - - - -"),
-    ("reported_target", "S S S S S - - - -"),
-    ("reported_old", "- - - - F - - - -"),
-    ("due", "= = = = = = - - -"),
-    ("period_ended", "- - - - - - - - -"),
-    ("cancelled", "X X X X X X - - -"),
-    ("confirmed_stable", "- - - - - = - - -"),
-    ("confirmed_unstable", "- - - - - F - - -"),
-    ("requeued", "- - - - - - - - -"),
+    ("push_sent", "= - - - - - - - - -"),
+    ("push_refused", "- - - - - - - - - -"),
+    ("delivered", "N - - - - - - - - -"),
+    ("offered", "C C C - - - - - - -"),
+    ("download_started", "DG DG DG DG DG - - - - -"),
+    ("download_completed", "- - - DD - - - - - -"),
+    ("download_cut", "- - - F - - - - - -"),
+    ("reported_target", "S S S S S - - - - -"),
+    ("reported_old", "- - - - F - - - - -"),
+    ("due", "= = = = = = - - - -"),
+    ("period_ended", "- - - - - - - - - -"),
+    ("cancelled", "X X X X X X - - - -"),
+    ("confirmed_stable", "- - - - - = - - - -"),
+    ("confirmed_unstable", "- - - - - F - - - -"),
+    ("requeued", "- - - - - - - - - -"),
+    ("excluded", "- - - - - - - - - -"),
+    ("deferred", "- - - - - - - - - -"),
 ];
 
 fn check_table(kind: RecordKind, table: &[(&str, &str)]) {
@@ -239,7 +247,7 @@ fn a_late_acknowledgement_still_dates_the_push() {
     let c = ctx(&p);
     // The device checked while the push waited for its acknowledgement: the check answers it.
     let waiting = RecordState { pushed_at: Some(NOW - 300), ..state(RecordKind::Rule, Stage::Pending) };
-    let o = transition(&waiting, &Event::Offered, &c).unwrap();
+    let o = transition(&waiting, &Event::Offered { node: None }, &c).unwrap();
     assert_eq!((o.stage, o.notified_at, o.pushed_at), (Some(Stage::Checked), Some(Some(NOW - 300)), Some(None)));
     // The acknowledgement arriving after a check that did not date it.
     let checked = RecordState { notified_at: None, ..state(RecordKind::Rule, Stage::Checked) };
@@ -252,12 +260,12 @@ fn a_device_check_starts_an_attempt_of_its_own() {
     let p = policy();
     let c = ctx(&p);
     let fresh = state(RecordKind::Rule, Stage::Pending);
-    let o = transition(&fresh, &Event::Offered, &c).unwrap();
+    let o = transition(&fresh, &Event::Offered { node: None }, &c).unwrap();
     assert_eq!((o.stage, o.attempt, o.last_opening), (Some(Stage::Checked), Some(1), Some(Some(OPENING))));
     assert_eq!(o.due_at, Some(Some(NOW + 60_000)));
     // After a push, the check continues the same attempt.
     let notified = state(RecordKind::Rule, Stage::Notified);
-    let o = transition(&notified, &Event::Offered, &c).unwrap();
+    let o = transition(&notified, &Event::Offered { node: None }, &c).unwrap();
     assert_eq!(o.attempt, None);
 }
 

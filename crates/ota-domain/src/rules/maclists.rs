@@ -9,11 +9,10 @@ use std::collections::HashSet;
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::Scope;
 use ota_wire::rules::{InvalidMac, MacListView};
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::devices::normalize_mac;
@@ -119,8 +118,12 @@ fn view(r: MacListRecord, product_key: String) -> MacListView {
 impl Domain {
     /// Uploads a MAC list for a product. Invalid entries are reported, not fatal; an upload
     /// with no valid MAC at all is refused.
-    pub async fn upload_mac_list(&self, who: &Principal, product_key: &str, body: Vec<u8>) -> Result<MacListView> {
-        who.require(Scope::Write)?;
+    pub async fn upload_mac_list(
+        &self,
+        who: &Authorized<Write>,
+        product_key: &str,
+        body: Vec<u8>,
+    ) -> Result<MacListView> {
         let text =
             String::from_utf8(body).map_err(|_| DomainError::invalid("macs", "a MAC list must be UTF-8 text"))?;
         let parsed = tokio::task::spawn_blocking(move || parse(&text))
@@ -134,7 +137,7 @@ impl Domain {
             ));
         }
         let now = self.clock.now_ms();
-        let (tenant_id, key) = (who.tenant_id, product_key.to_owned());
+        let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         self.db
             .write(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
@@ -145,9 +148,8 @@ impl Domain {
             .await
     }
 
-    pub async fn get_mac_list(&self, who: &Principal, id: i64) -> Result<MacListView> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn get_mac_list(&self, who: &Authorized<Read>, id: i64) -> Result<MacListView> {
+        let tenant_id = who.tenant_id();
         self.db
             .run(move |c| {
                 let (r, pk) = mac_lists::table
@@ -163,9 +165,14 @@ impl Domain {
     }
 
     /// A page of a list's MACs after `after` (keyset paging, for streaming downloads).
-    pub async fn mac_list_entries(&self, who: &Principal, id: i64, after: String, limit: i64) -> Result<Vec<String>> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn mac_list_entries(
+        &self,
+        who: &Authorized<Read>,
+        id: i64,
+        after: String,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let tenant_id = who.tenant_id();
         self.db
             .run(move |c| {
                 let owned: i64 = mac_lists::table

@@ -13,22 +13,26 @@
 //! - Edits: before the start everything may change; once started only `name` and
 //!   `period.end` (never to a day already past).
 
+pub mod control;
 pub mod maclists;
 pub mod results;
+pub mod rollout;
 pub mod schedule;
+pub mod status;
 pub mod targets;
+pub mod zones;
 
 use chrono::NaiveDate;
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{PushStatus, Region, Scope};
+use ota_wire::dto::{PushStatus, Region};
 use ota_wire::rules::{
     DailyWindow, Period as PeriodDto, RolloutPolicy, RuleBody, RuleCounts, RuleStatus, RuleView, TargetKind,
     UpdateRuleRequest,
 };
 
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read, Write};
 use crate::clock::from_ms;
 use crate::db::{DbConn, last_insert_id};
 use crate::devices::import::parse_region;
@@ -67,6 +71,12 @@ pub struct RuleRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub policy: String,
+    /// The wave being pushed, once started (0 the canary).
+    pub current_wave: Option<i64>,
+    /// The last automatic halt, JSON ([`rollout::HaltRecord`]).
+    pub halt: Option<String>,
+    pub paused_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
 }
 
 impl RuleRecord {
@@ -103,12 +113,20 @@ impl RuleRecord {
         serde_json::from_str(&self.old_versions).unwrap_or_default()
     }
 
-    /// The opening this rule may push in at `now`: pushing, inside the period and window.
-    pub fn opening(&self, now_ms: i64) -> Option<crate::window::Opening> {
+    /// The opening the rule's window is in at `now` for devices of time zone `zone` (IANA
+    /// name; `None`: UTC), inside the period: whatever the rule's status.
+    pub fn window_opening(&self, zone: Option<&str>, now_ms: i64) -> Option<crate::window::Opening> {
+        let tz = zone.and_then(crate::window::parse_zone);
+        pushable_opening(&self.period(), &self.window(), tz, from_ms(now_ms))
+    }
+
+    /// The opening this rule may push in at `now` for devices of `zone`: pushing, inside the
+    /// period and window.
+    pub fn opening(&self, zone: Option<&str>, now_ms: i64) -> Option<crate::window::Opening> {
         if self.status() != RuleStatus::Pushing {
             return None;
         }
-        pushable_opening(&self.period(), &self.window(), from_ms(now_ms))
+        self.window_opening(zone, now_ms)
     }
 
     fn view(
@@ -117,8 +135,10 @@ impl RuleRecord {
         product_key: &str,
         mac_count: Option<i64>,
         counts: RuleCounts,
+        extra: ViewParts,
         now: i64,
     ) -> Result<RuleView> {
+        let policy = self.policy()?;
         Ok(RuleView {
             request_id: self.id,
             firmware_id: self.firmware_id,
@@ -137,8 +157,14 @@ impl RuleRecord {
                 end_hour: u8::try_from(self.window_end).unwrap_or(0),
             },
             status: self.status(),
-            policy: self.policy()?,
-            window_open: self.opening(now).is_some(),
+            window_open: self.opening(policy.time_zone.as_deref(), now).is_some(),
+            policy,
+            openings: extra.openings,
+            current_wave: self.current_wave.and_then(|w| u32::try_from(w).ok()),
+            waves: extra.waves,
+            halt: extra.halt,
+            paused_at: self.paused_at.map(from_ms),
+            cancelled_at: self.cancelled_at.map(from_ms),
             counts,
             started_at: self.started_at.map(from_ms),
             stopped_at: self.stopped_at.map(from_ms),
@@ -175,13 +201,13 @@ pub(crate) enum MacSource {
 pub const MAX_INLINE_MACS: usize = 10_000;
 
 fn clean_name(name: Option<String>) -> Result<Option<String>> {
-    let Some(n) = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()) else {
-        return Ok(None);
-    };
+    let Some(n) = name else { return Ok(None) };
+    // Counted as sent (the schema's maxLength), then trimmed; blank means no name.
     if n.chars().count() > 64 || n.chars().any(char::is_control) {
         return Err(DomainError::invalid("name", "name must be at most 64 characters, without control characters"));
     }
-    Ok(Some(n))
+    let n = n.trim().to_owned();
+    Ok((!n.is_empty()).then_some(n))
 }
 
 impl RuleSpec {
@@ -322,6 +348,7 @@ pub(crate) fn check_policy(p: RolloutPolicy) -> Result<RolloutPolicy> {
             ));
         }
     }
+    rollout::check(&p)?;
     Ok(p)
 }
 
@@ -374,6 +401,98 @@ fn resolve_spec(c: &mut DbConn, fw: &FirmwareRecord, spec: &mut RuleSpec, now: i
     Ok(())
 }
 
+/// The parts of a rule's view that come from its targets and waves.
+pub(crate) struct ViewParts {
+    pub openings: Vec<ota_wire::rollout::ZoneOpening>,
+    pub waves: Vec<ota_wire::rollout::WaveView>,
+    pub halt: Option<ota_wire::rollout::HaltView>,
+}
+
+fn view_parts(c: &mut DbConn, rule: &RuleRecord, now: i64) -> Result<ViewParts> {
+    use ota_wire::rollout::{WaveState, WaveView, ZoneOpening};
+    let halt = match &rule.halt {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_str::<rollout::HaltRecord>(text)
+                .map_err(|e| DomainError::Internal(anyhow::anyhow!("rule {} has an unreadable halt: {e}", rule.id)))?
+                .view(),
+        ),
+    };
+    if rule.status() == RuleStatus::NotStarted {
+        return Ok(ViewParts { openings: Vec::new(), waves: Vec::new(), halt });
+    }
+    let per_wave = schedule::wave_counts(c, rule.id)?;
+    let times: Vec<(i64, Option<i64>, Option<i64>)> = crate::schema::rule_waves::table
+        .filter(crate::schema::rule_waves::rule_id.eq(rule.id))
+        .order(crate::schema::rule_waves::wave)
+        .select((
+            crate::schema::rule_waves::wave,
+            crate::schema::rule_waves::started_at,
+            crate::schema::rule_waves::passed_at,
+        ))
+        .load(c)?;
+    let waves = times
+        .into_iter()
+        .map(|(wave, started_at, passed_at)| {
+            let n = per_wave.get(&wave).cloned().unwrap_or_default();
+            let state = match (started_at, passed_at) {
+                (_, Some(_)) => WaveState::Passed,
+                (Some(_), None) => WaveState::Active,
+                (None, None) => WaveState::Waiting,
+            };
+            WaveView {
+                wave: u32::try_from(wave).unwrap_or(0),
+                state,
+                members: n.targets - n.excluded,
+                succeeded: n.succeeded,
+                failed: n.failed,
+                in_progress: n.in_progress,
+                pending: n.pending,
+                excluded: n.excluded,
+                started_at: started_at.map(from_ms),
+                passed_at: passed_at.map(from_ms),
+            }
+        })
+        .collect();
+    let zones: Vec<(Option<String>, i64)> = upgrades::table
+        .filter(upgrades::rule_id.eq(rule.id))
+        .group_by(upgrades::zone)
+        .select((upgrades::zone, diesel::dsl::count_star()))
+        .load(c)?;
+    let window = rule.window();
+    let openings = zones
+        .into_iter()
+        .map(|(zone, devices)| {
+            let tz = zone.as_deref().and_then(crate::window::parse_zone).unwrap_or(chrono_tz::UTC);
+            let next = window.current_or_next_in(tz, from_ms(now));
+            ZoneOpening {
+                time_zone: zone.clone().unwrap_or_else(|| "UTC".into()),
+                devices,
+                opens_at: next.map(|o| from_ms(o.start_ms)),
+                closes_at: next.map(|o| from_ms(o.end_ms)),
+                open_now: rule.window_opening(zone.as_deref(), now).is_some(),
+            }
+        })
+        .collect();
+    Ok(ViewParts { openings, waves, halt })
+}
+
+/// Adds `n` targets in `stage` to a rule's counts.
+pub(crate) fn add_stage(out: &mut RuleCounts, stage: ota_wire::dto::UpgradeStage, n: i64) {
+    use ota_wire::dto::UpgradeStage as S;
+    out.targets += n;
+    match stage {
+        S::Succeeded => out.succeeded += n,
+        S::Failed => out.failed += n,
+        S::Expired => out.expired += n,
+        S::Pending => out.pending += n,
+        S::Notified | S::Checked | S::Downloading | S::Downloaded => out.in_progress += n,
+        S::Cancelled => out.cancelled += n,
+        S::Excluded => out.excluded += n,
+    }
+    out.not_succeeded = out.targets - out.succeeded;
+}
+
 /// Counts of a rule's targets, from its records.
 pub(crate) fn counts(c: &mut DbConn, rule_id: i64) -> Result<RuleCounts> {
     use ota_wire::dto::UpgradeStage as S;
@@ -389,17 +508,8 @@ pub(crate) fn counts(c: &mut DbConn, rule_id: i64) -> Result<RuleCounts> {
         .get_result(c)?;
     let mut out = RuleCounts { notified, ..RuleCounts::default() };
     for (stage, n) in rows {
-        out.targets += n;
-        match stage.get() {
-            S::Succeeded => out.succeeded += n,
-            S::Failed => out.failed += n,
-            S::Expired => out.expired += n,
-            S::Pending => out.pending += n,
-            S::Notified | S::Checked | S::Downloading | S::Downloaded => out.in_progress += n,
-            S::Cancelled => {}
-        }
+        add_stage(&mut out, stage.get(), n);
     }
-    out.not_succeeded = out.targets - out.succeeded;
     Ok(out)
 }
 
@@ -410,21 +520,24 @@ fn mac_count(c: &mut DbConn, rule: &RuleRecord) -> Result<Option<i64>> {
     }
 }
 
-/// The push status of firmware, derived from its rules: pushing while any rule pushes, else
-/// completed when any rule completed, else not started.
+/// The push status of firmware, derived from its rules: pushing while any rule is under way
+/// (pushing, paused, halted), else completed when any rule ended (completed, cancelled), else
+/// not started.
 pub(crate) fn push_statuses(
     c: &mut DbConn,
     firmware_ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, PushStatus>> {
     let rows: Vec<(i64, Stored<RuleStatus>)> = rules::table
         .filter(rules::firmware_id.eq_any(firmware_ids))
-        .filter(rules::status.eq_any([Stored(RuleStatus::Pushing), Stored(RuleStatus::Completed)]))
+        .filter(rules::status.ne(Stored(RuleStatus::NotStarted)))
+        .filter(rules::status.ne(Stored(RuleStatus::Stopped)))
         .select((rules::firmware_id, rules::status))
         .distinct()
         .load(c)?;
     let mut out = std::collections::HashMap::new();
     for (id, status) in rows {
-        let s = if status.get() == RuleStatus::Pushing { PushStatus::Pushing } else { PushStatus::Completed };
+        // A rollout under way (even held) is pushing; an ended one (cancelled too) completed.
+        let s = if status.get().is_live() { PushStatus::Pushing } else { PushStatus::Completed };
         let e = out.entry(id).or_insert(s);
         if s == PushStatus::Pushing {
             *e = s;
@@ -444,15 +557,15 @@ impl Domain {
     ) -> Result<RuleView> {
         let counts = counts(c, rule.id)?;
         let macs = mac_count(c, rule)?;
-        rule.view(fw, pk, macs, counts, now)
+        let extra = view_parts(c, rule, now)?;
+        rule.view(fw, pk, macs, counts, extra, now)
     }
 
     /// Creates a rule (not started) for a firmware; verified or not (drafts are allowed).
-    pub async fn create_rule(&self, who: &Principal, firmware_id: i64, body: RuleBody) -> Result<RuleView> {
-        who.require(Scope::Write)?;
+    pub async fn create_rule(&self, who: &Authorized<Write>, firmware_id: i64, body: RuleBody) -> Result<RuleView> {
         let mut spec = RuleSpec::from_body(body)?;
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let this = self.clone();
         self.db
             .write(move |c| {
@@ -479,10 +592,9 @@ impl Domain {
             .await
     }
 
-    pub async fn list_rules(&self, who: &Principal, firmware_id: i64) -> Result<Vec<RuleView>> {
-        who.require(Scope::Read)?;
+    pub async fn list_rules(&self, who: &Authorized<Read>, firmware_id: i64) -> Result<Vec<RuleView>> {
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let this = self.clone();
         self.db
             .run(move |c| {
@@ -497,10 +609,13 @@ impl Domain {
             .await
     }
 
-    pub async fn get_rule(&self, who: &Principal, id: i64) -> Result<RuleView> {
-        who.require(Scope::Read)?;
+    pub async fn get_rule(&self, who: &Authorized<Read>, id: i64) -> Result<RuleView> {
+        self.rule_of_tenant(who.tenant_id(), id).await
+    }
+
+    /// A rule as [`Domain::get_rule`] shows it, for calls that already hold another capability.
+    pub(crate) async fn rule_of_tenant(&self, tenant_id: i64, id: i64) -> Result<RuleView> {
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
         let this = self.clone();
         self.db
             .run(move |c| {
@@ -511,10 +626,9 @@ impl Domain {
     }
 
     /// Edits a rule: anything before it starts; `name` and `period.end` afterwards.
-    pub async fn update_rule(&self, who: &Principal, id: i64, req: UpdateRuleRequest) -> Result<RuleView> {
-        who.require(Scope::Write)?;
+    pub async fn update_rule(&self, who: &Authorized<Write>, id: i64, req: UpdateRuleRequest) -> Result<RuleView> {
         let now = self.clock.now_ms();
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let this = self.clone();
         self.db
             .write(move |c| {
@@ -529,15 +643,19 @@ impl Domain {
                         || req.old_versions.is_some()
                         || req.daily_window.is_some()
                         || req.period.as_ref().is_some_and(|p| p.start != rule.period_start);
-                    let completed = status == RuleStatus::Completed;
-                    if touches_targets || completed && (req.period.is_some() || req.policy.is_some()) {
+                    let ended = status.is_final();
+                    if touches_targets || ended && (req.period.is_some() || req.policy.is_some()) {
                         return Err(wrong_status(
                             &rule,
-                            "once started, only `name`, `period.end` and `policy` may change (and nothing but `name` once completed)",
+                            "once started, only `name`, `period.end` and `policy` may change (and nothing but `name` once ended)",
                         ));
                     }
                     let policy = match req.policy {
-                        Some(p) => check_policy(p)?,
+                        Some(p) => {
+                            let p = check_policy(p)?;
+                            rollout::check_started_change(&current.policy, &p).map_err(|m| wrong_status(&rule, m))?;
+                            p
+                        }
                         None => current.policy,
                     };
                     let name = match req.name {
@@ -605,14 +723,13 @@ impl Domain {
     }
 
     /// Deletes a rule that is not pushing, with its per-device results.
-    pub async fn delete_rule(&self, who: &Principal, id: i64) -> Result<()> {
-        who.require(Scope::Write)?;
-        let tenant_id = who.tenant_id;
+    pub async fn delete_rule(&self, who: &Authorized<Write>, id: i64) -> Result<()> {
+        let tenant_id = who.tenant_id();
         self.db
             .write(move |c| {
                 let (rule, _, _) = find_rule(c, tenant_id, id)?;
-                if rule.status() == RuleStatus::Pushing {
-                    return Err(wrong_status(&rule, "stop the rule before deleting it"));
+                if rule.status().is_live() {
+                    return Err(wrong_status(&rule, "stop or cancel the rule before deleting it"));
                 }
                 diesel::delete(upgrades::table.filter(upgrades::rule_id.eq(rule.id))).execute(c)?;
                 diesel::delete(rules::table.find(rule.id)).execute(c)?;

@@ -2,12 +2,12 @@
 
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{Page, Scope, UpgradeStage};
+use ota_wire::dto::{Page, UpgradeStage};
 use ota_wire::rules::{RuleDeviceFilter, RuleDeviceQuery, RuleDeviceView};
 
 use super::find_rule;
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read};
 use crate::devices::{DeviceRecord, mac_search};
 use crate::error::{DomainError, Result};
 use crate::paging::PageRequest;
@@ -24,14 +24,23 @@ type Joined = diesel::dsl::IntoBoxed<
     crate::db::MultiBackend,
 >;
 
-fn filtered(rule_id: i64, filter: RuleDeviceFilter, mac: &Option<String>) -> Joined {
+fn filtered(rule_id: i64, filter: RuleDeviceFilter, mac: &Option<String>, wave: Option<u32>) -> Joined {
     let mut q = upgrades::table.inner_join(devices::table).filter(upgrades::rule_id.eq(Some(rule_id))).into_boxed();
     let ok = Stored(UpgradeStage::Succeeded);
+    let on_the_way =
+        [UpgradeStage::Notified, UpgradeStage::Checked, UpgradeStage::Downloading, UpgradeStage::Downloaded]
+            .map(Stored);
     q = match filter {
         RuleDeviceFilter::All => q,
         RuleDeviceFilter::Succeeded => q.filter(upgrades::stage.eq(ok)),
         RuleDeviceFilter::NotSucceeded => q.filter(upgrades::stage.ne(ok)),
+        RuleDeviceFilter::Failed => q.filter(upgrades::stage.eq(Stored(UpgradeStage::Failed))),
+        RuleDeviceFilter::InFlight => q.filter(upgrades::stage.eq_any(on_the_way)),
+        RuleDeviceFilter::Excluded => q.filter(upgrades::stage.eq(Stored(UpgradeStage::Excluded))),
     };
+    if let Some(w) = wave {
+        q = q.filter(upgrades::wave.eq(i64::from(w)));
+    }
     if let Some(mac) = mac {
         q = if mac.len() == 12 {
             q.filter(devices::mac.eq(mac.clone()))
@@ -54,6 +63,8 @@ fn view(r: &UpgradeRecord, d: &DeviceRecord) -> Result<RuleDeviceView> {
         failure: r.failure_view(),
         attempt: r.attempt,
         attempts: r.attempts_view()?,
+        wave: u32::try_from(r.wave).unwrap_or(0),
+        time_zone: r.zone.clone(),
         online: d.online,
     })
 }
@@ -100,18 +111,23 @@ pub fn csv_row(v: &RuleDeviceView) -> String {
 
 impl Domain {
     /// `GET /rules/{id}/devices`: every target with its stage, newest record last.
-    pub async fn rule_devices(&self, who: &Principal, id: i64, q: RuleDeviceQuery) -> Result<Page<RuleDeviceView>> {
-        who.require(Scope::Read)?;
+    pub async fn rule_devices(
+        &self,
+        who: &Authorized<Read>,
+        id: i64,
+        q: RuleDeviceQuery,
+    ) -> Result<Page<RuleDeviceView>> {
         let page = PageRequest::new(q.page, q.per_page)?;
         let mac = mac_search(q.mac.as_deref())?;
         let filter = q.filter.unwrap_or_default();
-        let tenant_id = who.tenant_id;
+        let wave = q.wave;
+        let tenant_id = who.tenant_id();
         let (rows, total) = self
             .db
             .run(move |c| {
                 let (rule, _, _) = find_rule(c, tenant_id, id)?;
-                let total: i64 = filtered(rule.id, filter, &mac).count().get_result(c)?;
-                let rows: Vec<(UpgradeRecord, DeviceRecord)> = filtered(rule.id, filter, &mac)
+                let total: i64 = filtered(rule.id, filter, &mac, wave).count().get_result(c)?;
+                let rows: Vec<(UpgradeRecord, DeviceRecord)> = filtered(rule.id, filter, &mac, wave)
                     .order(upgrades::id)
                     .limit(page.limit())
                     .offset(page.offset())
@@ -125,10 +141,14 @@ impl Domain {
     }
 
     /// Checks the export's parameters before the response starts streaming.
-    pub async fn check_rule_export(&self, who: &Principal, id: i64, mac: Option<&str>) -> Result<Option<String>> {
-        who.require(Scope::Read)?;
+    pub async fn check_rule_export(
+        &self,
+        who: &Authorized<Read>,
+        id: i64,
+        mac: Option<&str>,
+    ) -> Result<Option<String>> {
         let mac = mac_search(mac)?;
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         self.db.run(move |c| find_rule(c, tenant_id, id).map(|_| ())).await?;
         Ok(mac)
     }
@@ -136,20 +156,20 @@ impl Domain {
     /// Keyset pages of an export: rows after record `after`, and the last record id.
     pub async fn rule_export_page(
         &self,
-        who: &Principal,
+        who: &Authorized<Read>,
         id: i64,
         filter: RuleDeviceFilter,
         mac: Option<String>,
+        wave: Option<u32>,
         after: i64,
         limit: i64,
     ) -> Result<(Vec<RuleDeviceView>, Option<i64>)> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+        let tenant_id = who.tenant_id();
         let rows = self
             .db
             .run(move |c| {
                 let (rule, _, _) = find_rule(c, tenant_id, id)?;
-                let rows: Vec<(UpgradeRecord, DeviceRecord)> = filtered(rule.id, filter, &mac)
+                let rows: Vec<(UpgradeRecord, DeviceRecord)> = filtered(rule.id, filter, &mac, wave)
                     .filter(upgrades::id.gt(after))
                     .order(upgrades::id)
                     .limit(limit)
@@ -163,9 +183,8 @@ impl Domain {
     }
 
     /// The rule's MAC list id, for its download.
-    pub async fn rule_mac_list(&self, who: &Principal, id: i64) -> Result<i64> {
-        who.require(Scope::Read)?;
-        let tenant_id = who.tenant_id;
+    pub async fn rule_mac_list(&self, who: &Authorized<Read>, id: i64) -> Result<i64> {
+        let tenant_id = who.tenant_id();
         self.db
             .run(move |c| {
                 let (rule, _, _) = find_rule(c, tenant_id, id)?;
@@ -205,6 +224,8 @@ mod tests {
             }),
             attempt: 2,
             attempts: Vec::new(),
+            wave: 1,
+            time_zone: None,
             online: false,
         };
         assert_eq!(

@@ -14,16 +14,18 @@ use std::collections::BTreeMap;
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use ota_wire::ErrorCode;
-use ota_wire::dto::{FirmwareType, PushMethod, Region, Scope};
+use ota_wire::dto::{FirmwareType, PushMethod, Region};
+use ota_wire::rollout::{Preflight, WavePreflight};
 use ota_wire::rules::{OldVersion, RuleBody, RulePreview, RuleStatus, TargetKind};
 
 use super::{MacSource, RuleRecord, RuleSpec, find_rule};
 use crate::Domain;
-use crate::auth::Principal;
+use crate::access::{Authorized, Read};
 use crate::db::{DbConn, MultiBackend};
 use crate::error::{DomainError, Result};
 use crate::firmware::{FirmwareRecord, find_firmware};
 use crate::schema::{devices, firmware, mac_list_entries, rules, upgrades};
+use crate::stored::Stored;
 use crate::upgrade::{SeriesRules, Versions, is_newer};
 
 pub(crate) type DeviceQuery<'a> = devices::BoxedQuery<'a, MultiBackend>;
@@ -199,17 +201,18 @@ fn v1v3_fids(c: &mut DbConn, fw: &FirmwareRecord, names: &[String]) -> Result<Ve
     Ok(fids.into_iter().flatten().collect())
 }
 
-/// Firmware of other pushing rules of the product whose series is this firmware's.
+/// Other live rules (pushing, paused, halted) of the product whose series is this firmware's.
 fn same_series_rules(
     c: &mut DbConn,
     fw: &FirmwareRecord,
     exclude: Option<i64>,
     rules_cfg: SeriesRules,
 ) -> Result<Vec<i64>> {
+    let live = [RuleStatus::Pushing, RuleStatus::Paused, RuleStatus::Halted].map(Stored);
     let rows: Vec<(i64, FirmwareRecord)> = rules::table
         .inner_join(firmware::table)
         .filter(rules::product_id.eq(fw.product_id))
-        .filter(rules::status.eq(RuleStatus::Pushing.as_str()))
+        .filter(rules::status.eq_any(live))
         .filter(rules::id.ne(exclude.unwrap_or(-1)))
         .select((rules::id, FirmwareRecord::as_select()))
         .load(c)?;
@@ -315,6 +318,81 @@ pub(crate) fn preview(
         0
     };
     Ok(RulePreview { targets, online, already_on_target, in_other_rules, other_rule_ids, unknown_macs })
+}
+
+/// What a rule would do if it started now, per wave (the waves its start would make, from
+/// the same seeded split).
+pub(crate) fn preflight(
+    c: &mut DbConn,
+    fw: &FirmwareRecord,
+    rule: &RuleRecord,
+    rules_cfg: SeriesRules,
+    offline_days: u32,
+    now: i64,
+) -> Result<Preflight> {
+    let spec = RuleSpec::from_record(rule)?;
+    let preview = preview(c, fw, &spec, Some(rule.id), rules_cfg)?;
+    let f = TargetFilter::new(c, fw, &spec)?;
+    let selected: i64 = in_targets(
+        devices::table.filter(devices::product_id.eq(fw.product_id)).into_boxed(),
+        f.kind,
+        &f.regions,
+        &f.macs,
+    )
+    .select(count_star())
+    .get_result(c)?;
+    let rows: Vec<(i64, Option<String>, bool, Option<i64>)> = f
+        .targets()
+        .order(devices::id)
+        .select((devices::id, devices::mac, devices::online, devices::last_seen_at))
+        .load(c)?;
+    let plan_rows: Vec<(i64, i64, Option<String>, bool)> = rows.iter().map(|r| (r.0, r.0, r.1.clone(), r.2)).collect();
+    let plan = super::rollout::plan_waves(&rule.policy()?, rule.id, &plan_rows)?;
+    let others = same_series_rules(c, fw, Some(rule.id), rules_cfg)?;
+    let busy: Vec<(i64, i64)> = upgrades::table
+        .filter(upgrades::rule_id.eq_any(others))
+        .filter(upgrades::active.eq(true))
+        .select((upgrades::device_id, upgrades::rule_id.assume_not_null()))
+        .load(c)?;
+    let busy: std::collections::HashMap<i64, i64> = busy.into_iter().collect();
+    let info: std::collections::HashMap<i64, (bool, Option<i64>)> = rows.iter().map(|r| (r.0, (r.2, r.3))).collect();
+    let stale_before = now - i64::from(offline_days) * 86_400_000;
+    let mut waves = Vec::new();
+    for (wave, members) in plan.members.iter().enumerate() {
+        if wave == 0 && members.is_empty() {
+            continue;
+        }
+        let mut w = WavePreflight {
+            wave: u32::try_from(wave).unwrap_or(0),
+            targets: members.len() as i64,
+            online: 0,
+            in_other_rules: 0,
+            other_rule_ids: Vec::new(),
+            offline_over_days: 0,
+        };
+        for id in members {
+            let (online, seen) = info.get(id).copied().unwrap_or((false, None));
+            w.online += i64::from(online);
+            if !online && seen.is_none_or(|t| t < stale_before) {
+                w.offline_over_days += 1;
+            }
+            if let Some(other) = busy.get(id) {
+                w.in_other_rules += 1;
+                if !w.other_rule_ids.contains(other) {
+                    w.other_rule_ids.push(*other);
+                }
+            }
+        }
+        w.other_rule_ids.sort_unstable();
+        waves.push(w);
+    }
+    Ok(Preflight {
+        targets: preview.targets,
+        already_on_target: preview.already_on_target,
+        incompatible: (selected - preview.targets - preview.already_on_target).max(0),
+        unknown_macs: preview.unknown_macs,
+        waves,
+    })
 }
 
 /// The overlap that refuses a start: other pushing rules of the series on the same devices.
@@ -432,10 +510,9 @@ pub(crate) fn check_old_versions(
 impl Domain {
     /// What a draft rule for this firmware would push to. Inline MACs are matched as given
     /// and not stored.
-    pub async fn preview_draft(&self, who: &Principal, firmware_id: i64, body: RuleBody) -> Result<RulePreview> {
-        who.require(Scope::Read)?;
+    pub async fn preview_draft(&self, who: &Authorized<Read>, firmware_id: i64, body: RuleBody) -> Result<RulePreview> {
         let spec = RuleSpec::from_body(body)?;
-        let (tenant_id, cfg) = (who.tenant_id, self.settings.series_rules);
+        let (tenant_id, cfg) = (who.tenant_id(), self.settings.series_rules);
         self.db
             .run(move |c| {
                 let (fw, _) = find_firmware(c, tenant_id, firmware_id)?;
@@ -449,9 +526,8 @@ impl Domain {
     }
 
     /// What a saved rule pushes to (or would, if started now).
-    pub async fn preview_rule(&self, who: &Principal, id: i64) -> Result<RulePreview> {
-        who.require(Scope::Read)?;
-        let (tenant_id, cfg) = (who.tenant_id, self.settings.series_rules);
+    pub async fn preview_rule(&self, who: &Authorized<Read>, id: i64) -> Result<RulePreview> {
+        let (tenant_id, cfg) = (who.tenant_id(), self.settings.series_rules);
         self.db
             .run(move |c| {
                 let (rule, fw, _) = find_rule(c, tenant_id, id)?;
@@ -461,9 +537,8 @@ impl Domain {
     }
 
     /// `GET /firmware/{id}/old-versions`.
-    pub async fn rule_old_versions(&self, who: &Principal, firmware_id: i64) -> Result<Vec<OldVersion>> {
-        who.require(Scope::Read)?;
-        let (tenant_id, cfg) = (who.tenant_id, self.settings.series_rules);
+    pub async fn rule_old_versions(&self, who: &Authorized<Read>, firmware_id: i64) -> Result<Vec<OldVersion>> {
+        let (tenant_id, cfg) = (who.tenant_id(), self.settings.series_rules);
         self.db
             .run(move |c| {
                 let (fw, _) = find_firmware(c, tenant_id, firmware_id)?;

@@ -56,6 +56,8 @@ pub struct Check {
     pub soft: Option<String>,
     pub fid: Option<i64>,
     pub ip: Option<String>,
+    /// The gateway node answering (its downloads count against its cap).
+    pub node: Option<String>,
 }
 
 /// The image a device is offered.
@@ -91,18 +93,46 @@ pub(crate) fn open_records(c: &mut DbConn, device_id: i64) -> Result<Vec<(Loaded
 }
 
 /// Whether an open record may be offered now (a pure read of the time): a verification
-/// before its deadline, a rule's target while the rule pushes inside its period and window.
-/// A rule's failed attempt stays offerable: a device that asks by itself is answered.
+/// before its deadline; a rule's target while the rule pushes its wave inside its period and
+/// window (in the device's time zone); while the rule is paused or halted, only a target on
+/// its way (notified … downloaded), which is left to finish. A rule's failed attempt stays
+/// offerable: a device that asks by itself is answered.
 pub(crate) fn offerable(item: &Loaded, now: i64) -> bool {
+    use ota_wire::rules::RuleStatus;
     let r = &item.record;
     if !r.active {
         return false;
     }
     match (r.kind(), &item.rule) {
-        (RecordKind::Rule, Some(rule)) => r.stage() != UpgradeStage::Succeeded && rule.opening(now).is_some(),
+        (RecordKind::Rule, Some(rule)) => {
+            let open = rule.window_opening(r.zone.as_deref(), now).is_some();
+            match rule.status() {
+                RuleStatus::Pushing => {
+                    open && r.stage() != UpgradeStage::Succeeded && r.wave <= rule.current_wave.unwrap_or(i64::MAX)
+                }
+                RuleStatus::Paused | RuleStatus::Halted => open && crate::lifecycle::in_flight(r.stage()),
+                _ => false,
+            }
+        }
         (RecordKind::Verification, _) => !r.stage().is_final() && r.deadline_at.is_none_or(|d| d > now),
         (RecordKind::Rule, None) => false,
     }
+}
+
+/// Download slots a gateway node holds: rule targets offered by it (checked) or downloading
+/// from it. Serialised per node on PostgreSQL, so two checks cannot both take the last slot.
+fn downloads_held(c: &mut DbConn, node: &str) -> Result<i64> {
+    if let DbConn::Pg(pg) = c {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind::<diesel::sql_types::Text, _>(format!("downloads:{node}"))
+            .execute(pg)?;
+    }
+    Ok(upgrades::table
+        .filter(upgrades::download_node.eq(node))
+        .filter(upgrades::stage.eq_any([Stored(UpgradeStage::Checked), Stored(UpgradeStage::Downloading)]))
+        .filter(upgrades::active.eq(true))
+        .count()
+        .get_result(c)?)
 }
 
 /// Stores the versions of a check on the device row; an MCU echo's version is not stored.
@@ -166,76 +196,94 @@ fn track_boot(c: &mut DbConn, device_id: i64, check: &Check, now: i64) -> Result
     Ok(echo)
 }
 
+/// The check itself, in the caller's transaction. Also run as a dry run (rolled back) by
+/// `crate::security` to answer an untrusted `target_fid` from the stored state.
+pub(crate) fn check_in(
+    c: &mut DbConn,
+    check: &Check,
+    now: i64,
+    rules: crate::upgrade::SeriesRules,
+    delivery: i64,
+    download_cap: Option<u32>,
+) -> Result<std::result::Result<Offer, NoOffer>> {
+    let (device, product) = match &check.auth {
+        CheckAuth::Passcode(p) => crate::adoption::authenticate_check(c, &check.did, p, check.ip.as_deref(), now)?,
+        CheckAuth::ProductKey(pk) => {
+            let (d, p) = find_by_did(c, &check.did)?;
+            if &p.product_key != pk {
+                return Err(device_not_found());
+            }
+            (d, p)
+        }
+        CheckAuth::Session => find_by_did(c, &check.did)?,
+    };
+    let echo = track_boot(c, device.id, check, now)?;
+    let device = store_report(c, &device, check, echo, now)?;
+    crate::rules::schedule::join_pushing_rules(c, &device, check.method, check.fw_type, now, rules)?;
+    // What the device runs, as far as the server trusts it, and what it claims
+    // (they differ only for an echo): success is decided on the first, the offer
+    // on the second, since the device compares the offer with its claim.
+    let trusted = report_of(&device, check.method, check.fw_type);
+    let claimed = Report {
+        method: check.method,
+        fw_type: check.fw_type,
+        hard: check.hard.as_deref(),
+        soft: check.soft.as_deref(),
+        fid: check.fid,
+    };
+    let reported = super::device_version_label(&device, check.method, check.fw_type);
+    let open = open_records(c, device.id)?;
+    let mut offers: Vec<Candidate<'_>> = Vec::new();
+    let mut in_effect = 0;
+    for (item, fw) in &open {
+        let cand = candidate(fw, item.record.id);
+        if !echo && rules.concerns(&trusted, &cand) {
+            if rules.reached(&trusted, &cand) {
+                let event = Event::Reported { reached: true, version: reported.clone() };
+                apply(c, item, &event, now, delivery)?;
+                continue;
+            }
+            if item.record.stage() == UpgradeStage::Downloaded {
+                let event = Event::Reported { reached: false, version: reported.clone() };
+                apply(c, item, &event, now, delivery)?;
+            }
+        }
+        if offerable(item, now) {
+            in_effect += 1;
+            offers.push(cand);
+        }
+    }
+    if in_effect == 0 {
+        return Ok(Err(NoOffer::NoRule));
+    }
+    let Some(chosen) = rules.choose(&claimed, &offers).map(|c| c.key) else {
+        return Ok(Err(NoOffer::NotInEffect));
+    };
+    let Some((item, fw)) = open.into_iter().find(|(i, _)| i.record.id == chosen) else {
+        return Ok(Err(NoOffer::NotInEffect));
+    };
+    // A rule's target over the gateway's download cap is answered "no update" and pushed
+    // again later: GAgent never retries a download, so the cap holds before the offer, never
+    // by cutting one.
+    if item.record.kind() == RecordKind::Rule
+        && let (Some(node), Some(cap)) = (&check.node, download_cap)
+        && downloads_held(c, node)? >= i64::from(cap)
+    {
+        apply(c, &item, &Event::Deferred, now, delivery)?;
+        return Ok(Err(NoOffer::NotInEffect));
+    }
+    apply(c, &item, &Event::Offered { node: check.node.clone() }, now, delivery)?;
+    Ok(Ok(Offer { upgrade_id: item.record.id, firmware: fw, product_key: product.product_key }))
+}
+
 impl Domain {
     /// A device check: `update_and_check` (V4.1), `target_fid` (V4) or 0x0205 (V1V3).
     pub async fn device_check(&self, check: Check) -> Result<std::result::Result<Offer, NoOffer>> {
         let now = self.clock.now_ms();
         let rules = self.settings.series_rules;
         let delivery = self.settings.delivery_timeout_ms;
-        self.db
-            .write(move |c| {
-                let (device, product) = match &check.auth {
-                    CheckAuth::Passcode(p) => {
-                        crate::adoption::authenticate_check(c, &check.did, p, check.ip.as_deref(), now)?
-                    }
-                    CheckAuth::ProductKey(pk) => {
-                        let (d, p) = find_by_did(c, &check.did)?;
-                        if &p.product_key != pk {
-                            return Err(device_not_found());
-                        }
-                        (d, p)
-                    }
-                    CheckAuth::Session => find_by_did(c, &check.did)?,
-                };
-                let echo = track_boot(c, device.id, &check, now)?;
-                let device = store_report(c, &device, &check, echo, now)?;
-                crate::rules::schedule::join_pushing_rules(c, &device, check.method, check.fw_type, now, rules)?;
-                // What the device runs, as far as the server trusts it, and what it claims
-                // (they differ only for an echo): success is decided on the first, the offer
-                // on the second, since the device compares the offer with its claim.
-                let trusted = report_of(&device, check.method, check.fw_type);
-                let claimed = Report {
-                    method: check.method,
-                    fw_type: check.fw_type,
-                    hard: check.hard.as_deref(),
-                    soft: check.soft.as_deref(),
-                    fid: check.fid,
-                };
-                let reported = super::device_version_label(&device, check.method, check.fw_type);
-                let open = open_records(c, device.id)?;
-                let mut offers: Vec<Candidate<'_>> = Vec::new();
-                let mut in_effect = 0;
-                for (item, fw) in &open {
-                    let cand = candidate(fw, item.record.id);
-                    if !echo && rules.concerns(&trusted, &cand) {
-                        if rules.reached(&trusted, &cand) {
-                            let event = Event::Reported { reached: true, version: reported.clone() };
-                            apply(c, item, &event, now, delivery)?;
-                            continue;
-                        }
-                        if item.record.stage() == UpgradeStage::Downloaded {
-                            let event = Event::Reported { reached: false, version: reported.clone() };
-                            apply(c, item, &event, now, delivery)?;
-                        }
-                    }
-                    if offerable(item, now) {
-                        in_effect += 1;
-                        offers.push(cand);
-                    }
-                }
-                if in_effect == 0 {
-                    return Ok(Err(NoOffer::NoRule));
-                }
-                let Some(chosen) = rules.choose(&claimed, &offers).map(|c| c.key) else {
-                    return Ok(Err(NoOffer::NotInEffect));
-                };
-                let Some((item, fw)) = open.into_iter().find(|(i, _)| i.record.id == chosen) else {
-                    return Ok(Err(NoOffer::NotInEffect));
-                };
-                apply(c, &item, &Event::Offered, now, delivery)?;
-                Ok(Ok(Offer { upgrade_id: item.record.id, firmware: fw, product_key: product.product_key }))
-            })
-            .await
+        let cap = self.settings.download_cap;
+        self.db.write(move |c| check_in(c, &check, now, rules, delivery, cap)).await
     }
 
     /// V1V3 0x0207: the device asks for the image with this firmware id. Answered only when

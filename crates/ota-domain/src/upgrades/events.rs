@@ -184,3 +184,32 @@ pub(crate) fn end_rule_period(c: &mut DbConn, rule_id: i64, ctx: &Context<'_>, d
     }
     Ok(n)
 }
+
+/// A rule is cancelled: its targets not succeeded end `cancelled` (those on their way one by
+/// one, their attempt ending; the rest in one statement per stage).
+pub(crate) fn cancel_rule_targets(
+    c: &mut DbConn,
+    rule_id: i64,
+    by: &str,
+    ctx: &Context<'_>,
+    delivery: i64,
+) -> Result<usize> {
+    let event = Event::Cancelled { by: by.to_owned() };
+    let in_flight =
+        [UpgradeStage::Notified, UpgradeStage::Checked, UpgradeStage::Downloading, UpgradeStage::Downloaded]
+            .map(Stored);
+    let ids: Vec<i64> = upgrades::table
+        .filter(upgrades::rule_id.eq(rule_id))
+        .filter(upgrades::active.eq(true))
+        .filter(upgrades::stage.eq_any(in_flight))
+        .select(upgrades::id)
+        .load(c)?;
+    let events: Vec<RecordEvent> = ids.iter().map(|id| RecordEvent { upgrade_id: *id, event: event.clone() }).collect();
+    let mut n = apply_events(c, &events, ctx.now, delivery)?;
+    for stage in [UpgradeStage::Pending, UpgradeStage::Failed] {
+        for attempted in [false, true] {
+            n += apply_to_class(c, rule_id, stage, attempted, &event, ctx)?;
+        }
+    }
+    Ok(n)
+}

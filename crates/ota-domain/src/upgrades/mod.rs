@@ -71,6 +71,10 @@ pub struct UpgradeRecord {
     pub download_node: Option<String>,
     pub history: String,
     pub rev: i64,
+    /// A rule's wave (0 the canary).
+    pub wave: i64,
+    /// The time zone the rule's window runs in for this device (`None`: UTC).
+    pub zone: Option<String>,
 }
 
 impl UpgradeRecord {
@@ -147,7 +151,11 @@ impl Loaded {
             now,
             fw_type: self.fw_type,
             policy: &self.policy,
-            opening: self.rule.as_ref().and_then(|r| r.opening(now)).map(|o| o.start_ms),
+            opening: self
+                .rule
+                .as_ref()
+                .and_then(|r| r.window_opening(self.record.zone.as_deref(), now))
+                .map(|o| o.start_ms),
             delivery_timeout_ms,
         }
     }

@@ -1,0 +1,10 @@
+DROP TABLE device_settings;
+DROP TABLE region_zones;
+DROP TABLE rule_waves;
+ALTER TABLE rules DROP COLUMN cancelled_at;
+ALTER TABLE rules DROP COLUMN paused_at;
+ALTER TABLE rules DROP COLUMN halt;
+ALTER TABLE rules DROP COLUMN current_wave;
+DROP INDEX upgrades_rule_wave;
+ALTER TABLE upgrades DROP COLUMN zone;
+ALTER TABLE upgrades DROP COLUMN wave;
