@@ -42,11 +42,15 @@ fn mac(i: usize) -> String {
     format!("5CCF7F{i:06X}")
 }
 
-/// The chosen 5 %: one device in 20 after the canary, alternately a cut download and a bad
-/// image.
+/// The chosen 5 %: a bad production batch, a run of consecutive MACs in the middle of the
+/// first wave (waves dealt in MAC order), alternately a cut download and a bad image.
 fn failing(n: usize) -> BTreeMap<String, Faults> {
-    (10..n)
-        .filter(|i| (i - 10) % 20 == 7)
+    let bad = (n / 20).max(2);
+    let rest = n.saturating_sub(10);
+    // Wave 1 holds the first 10 % of the non-canary targets, in MAC order.
+    let wave1 = (rest / 10).max(bad);
+    let first = 10 + (wave1 - bad) / 2;
+    (first..first + bad)
         .enumerate()
         .map(|(k, i)| {
             let cut = k % 2 == 1;
@@ -108,10 +112,13 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
 
     let canary: Vec<String> = (0..10).map(mac).collect();
     let policy = serde_json::json!({
-        "retry": { "attempts": 1 },
-        "timeouts": { "downloaded_wifi_s": 10 },
+        // Short stage timeouts and retries: a simulated device that lost its push in a shared
+        // read (as GAgent would) is pushed again after 10 s instead of 120 s.
+        "retry": { "attempts": 3, "backoff_s": 5 },
+        "timeouts": { "notified_s": 10, "checked_s": 10, "downloaded_wifi_s": 10 },
         "canary": { "macs": canary.join(" ") },
         "waves": [{ "percent": 10 }, { "percent": 50 }, { "percent": 100 }],
+        "wave_order": "mac",
         "halt": { "failure_ratio": 0.05, "min_finished": 20 },
         "max_in_flight": 200,
     });
@@ -153,20 +160,21 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
         if v.counts.in_progress == 0 {
             break v;
         }
-        anyhow::ensure!(Instant::now() < deadline, "devices in flight at the halt never finished");
+        if Instant::now() >= deadline {
+            dump_unfinished(&s, id, &devices).await?;
+            anyhow::bail!("devices in flight at the halt never finished");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let pushed_outside = devices
         .iter()
         .filter(|(m, d)| waves.get(*m).is_some_and(|w| *w > halt.wave) && d.snapshot().counters.pushes > 0)
         .count();
-    let pushed_by_wave: BTreeMap<u32, usize> = devices.iter().filter(|(_, d)| d.snapshot().counters.pushes > 0).fold(
-        BTreeMap::new(),
-        |mut acc, (m, _)| {
+    let pushed_by_wave: BTreeMap<u32, usize> =
+        devices.iter().filter(|(_, d)| d.snapshot().counters.pushes > 0).fold(BTreeMap::new(), |mut acc, (m, _)| {
             *acc.entry(waves.get(m).copied().unwrap_or(u32::MAX)).or_default() += 1;
             acc
-        },
-    );
+        });
 
     // Take the failing devices out and resume.
     let macs: Vec<&str> = failing.keys().map(String::as_str).collect();
@@ -189,17 +197,7 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
             break v;
         }
         if Instant::now() >= deadline {
-            let q = RuleDeviceQuery {
-                filter: Some(ota_wire::rules::RuleDeviceFilter::NotSucceeded),
-                per_page: Some(200),
-                ..Default::default()
-            };
-            for d in s.domain.rule_devices(&s.who()?, id, q).await?.items {
-                if d.stage != ota_wire::dto::UpgradeStage::Excluded {
-                    let snap = d.mac.as_ref().and_then(|m| devices.get(m)).map(|h| h.snapshot());
-                    eprintln!("\nnot finished: {d:?}\n  simulator: {snap:?}");
-                }
-            }
+            dump_unfinished(&s, id, &devices).await?;
             anyhow::bail!("the resumed rule did not finish in time");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -207,7 +205,11 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
     eprintln!();
     let to_complete = t1.elapsed();
     let upgraded = devices.values().filter(|d| d.snapshot().wifi_sw == "04020021").count() as i64;
-    let pushed_twice = devices.values().filter(|d| d.snapshot().counters.pushes > 1).count();
+    // Healthy devices pushed more than once: a retry after a lost push or a stage timeout
+    // (the simulator counts pushes received; a push lost in a shared read is not one).
+    let pushed_twice =
+        devices.iter().filter(|(m, d)| !failing.contains_key(*m) && d.snapshot().counters.pushes > 1).count();
+    let lost = devices.values().filter(|d| d.snapshot().counters.lost_packets > 0).count();
 
     let by_kind: Vec<String> = halt.by_kind.iter().map(|k| format!("{} {:?}", k.count, k.kind)).collect();
     println!(
@@ -240,16 +242,38 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
         "| final counts | {} targets: {} succeeded, {} excluded, {} failed, {} pending |",
         done.counts.targets, done.counts.succeeded, done.counts.excluded, done.counts.failed, done.counts.pending
     );
-    println!("| simulator | {upgraded} upgraded, {pushed_twice} pushed more than once |");
+    println!(
+        "| simulator | {upgraded} upgraded; {pushed_twice} healthy devices pushed more than once; {lost} lost a packet in a shared read |"
+    );
     let ok = pushed_outside == 0
         && done.status == RuleStatus::Completed
         && done.counts.succeeded == upgraded
-        && done.counts.succeeded + done.counts.excluded == done.counts.targets
-        && pushed_twice == 0;
+        && done.counts.succeeded + done.counts.excluded == done.counts.targets;
     if !ok {
         println!("FAILED: the figures above break an invariant");
     }
     Ok(ok)
+}
+
+/// Prints the targets that did not succeed (and are not excluded) with the simulator's view
+/// of each, so a run that does not finish says why.
+async fn dump_unfinished(
+    s: &crate::rules::Setup,
+    id: i64,
+    devices: &BTreeMap<String, DeviceHandle>,
+) -> anyhow::Result<()> {
+    let q = RuleDeviceQuery {
+        filter: Some(ota_wire::rules::RuleDeviceFilter::NotSucceeded),
+        per_page: Some(200),
+        ..Default::default()
+    };
+    for d in s.domain.rule_devices(&s.who()?, id, q).await?.items {
+        if d.stage != ota_wire::dto::UpgradeStage::Excluded && d.stage != ota_wire::dto::UpgradeStage::Failed {
+            let snap = d.mac.as_ref().and_then(|m| devices.get(m)).map(|h| h.snapshot());
+            eprintln!("\nnot finished: {d:?}\n  simulator: {snap:?}");
+        }
+    }
+    Ok(())
 }
 
 /// MAC → wave of every target, from the rule's device list.
