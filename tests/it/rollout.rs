@@ -146,6 +146,12 @@ async fn a_canary_then_waves_advance_on_the_success_ratio() {
     for k in 0..=2 {
         assert_eq!(wave(&done, k)["succeeded"], wave(&done, k)["members"], "{done:#}");
     }
+    // The rule ended during its last wave: no wave shows as still being pushed.
+    assert_eq!(
+        (wave(&done, 1)["state"].as_str(), wave(&done, 2)["state"].as_str()),
+        (Some("passed"), Some("ended")),
+        "{done:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

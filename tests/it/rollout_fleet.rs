@@ -331,6 +331,9 @@ async fn a_halted_rule_cancelled_ends_with_exact_counts() {
         [&json!(40), &json!(17), &json!(23), &json!(0), &json!(0)],
         "{cancelled:#}"
     );
+    let states: Vec<&str> =
+        cancelled["waves"].as_array().unwrap().iter().map(|w| w["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["ended", "never_started"], "{cancelled:#}");
     round(&f.p).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for m in &w2 {

@@ -141,6 +141,10 @@ pub enum WaveState {
     Active,
     /// The next wave started after it.
     Passed,
+    /// The rule ended (completed or cancelled) while this wave was being pushed.
+    Ended,
+    /// The rule ended (cancelled, or its period over) before this wave started.
+    NeverStarted,
 }
 
 /// One wave of a started rule: wave 0 is the canary.

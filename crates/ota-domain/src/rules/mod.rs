@@ -435,9 +435,12 @@ fn view_parts(c: &mut DbConn, rule: &RuleRecord, now: i64) -> Result<ViewParts> 
         .into_iter()
         .map(|(wave, started_at, passed_at)| {
             let n = per_wave.get(&wave).cloned().unwrap_or_default();
+            let ended = rule.status().is_final();
             let state = match (started_at, passed_at) {
                 (_, Some(_)) => WaveState::Passed,
+                (Some(_), None) if ended => WaveState::Ended,
                 (Some(_), None) => WaveState::Active,
+                (None, None) if ended => WaveState::NeverStarted,
                 (None, None) => WaveState::Waiting,
             };
             WaveView {
