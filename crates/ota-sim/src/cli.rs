@@ -241,6 +241,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         std::fs::write(path, report.devices_csv()).with_context(|| format!("writing {}", path.display()))?;
         println!("per-device report: {}", path.display());
     }
+    // A run that reached no server is a failure, so a script notices a wrong address.
+    anyhow::ensure!(
+        report.registered > 0,
+        "no device registered or provisioned at {}: is the device HTTP of a gateway listening there?",
+        args.http
+    );
     Ok(())
 }
 
@@ -302,8 +308,13 @@ mod tests {
         let out = fail_chosen(specs.clone(), &["5CCF7F000003".into()], "md5").unwrap();
         assert!(out[2].faults.corrupt_byte && !out[0].faults.corrupt_byte);
         let out = fail_chosen(specs.clone(), &["5CCF7F000003".into(), "5CCF7F000001".into()], "mixed").unwrap();
-        let faults: Vec<(bool, bool)> = out.iter().map(|s| (s.faults.corrupt_byte, s.faults.drop_mid_download)).collect();
-        assert_eq!(faults, [(false, true), (false, false), (true, false)], "md5 for the first named, cut for the second");
+        let faults: Vec<(bool, bool)> =
+            out.iter().map(|s| (s.faults.corrupt_byte, s.faults.drop_mid_download)).collect();
+        assert_eq!(
+            faults,
+            [(false, true), (false, false), (true, false)],
+            "md5 for the first named, cut for the second"
+        );
         assert!(fail_chosen(specs, &["AABBCCDDEEFF".into()], "md5").is_err(), "a MAC not in the fleet");
     }
 }
