@@ -281,7 +281,9 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
         None => {}
     }
     if let Some((_, base)) = &base {
-        println!("Log in:  curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\");
+        println!(
+            "Log in:  curl -sS --fail-with-body -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\"
+        );
         println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
     }
     if let Some(node) = &gateway.node {
