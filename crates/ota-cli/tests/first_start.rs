@@ -62,17 +62,21 @@ fn every_taken_port_is_reported_at_once_and_no_admin_is_created() {
     let (_api, api) = taken();
     let (_http, http) = taken();
     let (_mqtt, mqtt) = taken();
+    let (_broker, broker) = taken();
     let out = ota(dir.path())
         .arg("up")
         .env("OTA_API_BIND", &api)
         .env("OTA_DEVICE_HTTP_BIND", &http)
         .env("OTA_DEVICE_MQTT_BIND", &mqtt)
+        .env("OTA_BROKER_LISTEN", &broker)
         .output()
         .unwrap();
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("3 listeners cannot start"), "{all}");
-    for (addr, key) in [(&api, "api_bind"), (&http, "device_http_bind"), (&mqtt, "device_mqtt_bind")] {
+    assert!(all.contains("4 listeners cannot start"), "{all}");
+    let each =
+        [(&api, "api_bind"), (&http, "device_http_bind"), (&mqtt, "device_mqtt_bind"), (&broker, "broker_listen")];
+    for (addr, key) in each {
         let env = format!("OTA_{}", key.to_ascii_uppercase());
         let line = all.lines().find(|l| l.contains(addr.as_str())).unwrap_or_else(|| panic!("{addr} not named: {all}"));
         assert!(line.contains(&format!("`{key}`")) && line.contains(&env), "{line}");
