@@ -271,7 +271,11 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
             config.device_mqtt_port.unwrap_or(mqtt_addr.port())
         );
     }
-    println!("  broker         {}", gateway.broker);
+    if gateway.devices.is_some() {
+        println!("  broker         {}", gateway.broker);
+    } else {
+        println!("  broker         {}   (pushes decided here go out through it)", gateway.broker);
+    }
     match first_login {
         Some((user, Some(password))) => {
             println!("  first admin    `{user}` with generated password: {password}");
@@ -289,7 +293,11 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
     if let Some(node) = &gateway.node {
         println!("  node id        {node}");
     }
-    println!("Stop with Ctrl-C (or SIGTERM): sessions close and this node's devices show offline.");
+    if config.role.serves_devices() {
+        println!("Stop with Ctrl-C (or SIGTERM): sessions close and this node's devices show offline.");
+    } else {
+        println!("Stop with Ctrl-C (or SIGTERM).");
+    }
     match server {
         Some(server) => {
             let handle = server.handle();
