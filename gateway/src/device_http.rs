@@ -99,6 +99,10 @@ impl DeviceHttp {
             ("GET", ["dev", "ota", "download", _pk, _ty, _hw, _sw, id, _file]) => {
                 return self.download_offer(id, PushMethod::V4).await;
             }
+            // For load balancers and container health checks on a gateway-only node (which
+            // has no management API): the process is up / the database answers within 0.8 s.
+            ("GET", ["healthz"]) => return health_reply(true),
+            ("GET", ["readyz"]) => return health_reply(self.domain.db.ping(READY_WITHIN).await),
             _ => Err(DomainError::new(ErrorCode::RouteNotFound, "no such device endpoint")),
         };
         match result {
@@ -358,6 +362,19 @@ fn download_reply(
 
 fn not_found_download() -> DomainError {
     DomainError::new(ErrorCode::FirmwareNotFound, "no such download")
+}
+
+/// How long `/readyz` waits for the database before it answers 503.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// `{"status":"ok"}` (200) or `{"status":"database_unavailable"}` (503).
+fn health_reply(ready: bool) -> Reply {
+    let (status, body) =
+        if ready { (200, r#"{"status":"ok"}"#) } else { (503, r#"{"status":"database_unavailable"}"#) };
+    match api_reply(status, "application/json", body.as_bytes()) {
+        Ok(bytes) => Reply::Bytes(bytes),
+        Err(_) => json_reply(500, 0, "health reply cannot be built"),
+    }
 }
 
 fn ok(status: u16, body: &[u8]) -> Result<Reply, DomainError> {

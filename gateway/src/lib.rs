@@ -157,6 +157,21 @@ pub enum GatewayError {
     Database(ota_domain::DomainError),
 }
 
+/// For a node that serves the management API but no devices: a broker connection that
+/// subscribes to nothing, attached to the domain as its notifier, so a push decided here
+/// (a verification's, say) reaches the gateway holding the device's session.
+pub async fn attach_push_link(domain: &Domain, bus: BusConfig, public_host: String) -> Result<Bus, GatewayError> {
+    let (bus, mut inbound) = Bus::start(bus, &[]).await?;
+    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    domain.attach_notifier(Arc::new(notifier::BusNotifier {
+        bus: bus.clone(),
+        public_host,
+        clock: domain.clock.clone(),
+        delivery_timeout_ms: domain.settings.delivery_timeout_ms,
+    }));
+    Ok(bus)
+}
+
 /// A running gateway. Dropping it stops its tasks.
 pub struct Gateway {
     pub http_addr: SocketAddr,
@@ -174,33 +189,67 @@ pub struct Gateway {
     tasks: Vec<JoinHandle<()>>,
 }
 
-async fn bind(setting: &'static str, addr: SocketAddr) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(addr).await.map_err(|cause| GatewayError::Bind { setting, addr, cause })
-}
-
 /// Send buffer of device HTTP sockets (accepted sockets inherit it from the listener). Small
 /// on purpose: a download then tracks what the device actually took, so a device that drops
 /// the connection halfway shows as a failed download instead of vanishing into kernel
 /// buffers, and 10,000 concurrent downloads do not pin gigabytes of socket memory.
 pub const DEVICE_HTTP_SEND_BUFFER: u32 = 64 * 1024;
 
-fn bind_http(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+/// The two device-facing listeners, bound before anything else happens (so `ota up` can
+/// report every taken port at once, before it changes the database).
+pub struct DeviceListeners {
+    pub http: std::net::TcpListener,
+    pub mqtt: std::net::TcpListener,
+}
+
+impl DeviceListeners {
+    /// Binds both; every failure is returned (not just the first), each naming its setting.
+    pub fn bind(http: SocketAddr, mqtt: SocketAddr) -> Result<DeviceListeners, Vec<GatewayError>> {
+        let http = bind_http(http);
+        let mqtt = std::net::TcpListener::bind(mqtt)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|cause| GatewayError::Bind { setting: "device_mqtt_bind", addr: mqtt, cause });
+        match (http, mqtt) {
+            (Ok(http), Ok(mqtt)) => Ok(DeviceListeners { http, mqtt }),
+            (http, mqtt) => Err([http.err(), mqtt.err()].into_iter().flatten().collect()),
+        }
+    }
+}
+
+fn bind_http(addr: SocketAddr) -> Result<std::net::TcpListener, GatewayError> {
+    use socket2::{Domain, Socket, Type};
     let setting = "device_http_bind";
     let err = |cause| GatewayError::Bind { setting, addr, cause };
-    let socket =
-        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.set_send_buffer_size(DEVICE_HTTP_SEND_BUFFER).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    socket.listen(1024).map_err(err)
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_send_buffer_size(DEVICE_HTTP_SEND_BUFFER as usize).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket.into())
 }
 
 impl Gateway {
     /// Binds both listeners, cleans up after an earlier run of this node, connects the broker,
     /// and attaches itself to the domain as the way pushes reach devices.
     pub async fn start(domain: Domain, settings: GatewaySettings) -> Result<Gateway, GatewayError> {
-        let http_listener = bind_http(settings.http_bind)?;
-        let mqtt_listener = bind("device_mqtt_bind", settings.mqtt_bind).await?;
+        let listeners = DeviceListeners::bind(settings.http_bind, settings.mqtt_bind)
+            .map_err(|mut errors| errors.swap_remove(0))?;
+        Gateway::start_on(domain, settings, listeners).await
+    }
+
+    /// [`Gateway::start`] on listeners bound beforehand (`settings`' binds only name them in
+    /// errors).
+    pub async fn start_on(
+        domain: Domain,
+        settings: GatewaySettings,
+        listeners: DeviceListeners,
+    ) -> Result<Gateway, GatewayError> {
+        let listener = |setting: &'static str, addr: SocketAddr, l: std::net::TcpListener| {
+            TcpListener::from_std(l).map_err(|cause| GatewayError::Bind { setting, addr, cause })
+        };
+        let http_listener = listener("device_http_bind", settings.http_bind, listeners.http)?;
+        let mqtt_listener = listener("device_mqtt_bind", settings.mqtt_bind, listeners.mqtt)?;
         let http_addr = http_listener.local_addr().map_err(|cause| GatewayError::Bind {
             setting: "device_http_bind",
             addr: settings.http_bind,

@@ -358,3 +358,18 @@ async fn a_cut_download_fails_and_a_silent_device_expires() {
     )
     .await;
 }
+
+/// A gateway-only node has no management API: load balancers and container health checks
+/// ask its device HTTP (`/healthz`: the process; `/readyz`: the database answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_http_answers_health_checks() {
+    let p = Plane::start().await;
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let r = client.get(format!("http://{}{path}", p.gw.http_addr)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({ "status": "ok" }), "{path}");
+    }
+    let r = client.get(format!("http://{}/livez", p.gw.http_addr)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

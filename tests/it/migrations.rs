@@ -72,3 +72,31 @@ fn tests_run_on_the_backend_requested() {
     };
     assert_eq!(pool.backend(), expected);
 }
+
+/// Nodes started together (compose, several gateways) migrate the same fresh PostgreSQL at
+/// once: one applies the migrations, the others wait for it and find nothing left to do.
+#[test]
+fn nodes_migrating_one_postgresql_at_once_all_start() {
+    let db = match TestDatabase::postgres() {
+        Ok(db) => db,
+        Err(e) if !in_ci() => {
+            eprintln!("SKIPPED nodes_migrating_one_postgresql_at_once_all_start: PostgreSQL unreachable ({e})");
+            return;
+        }
+        Err(e) => panic!("PostgreSQL unreachable in CI: {e}"),
+    };
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (db.url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let pool = Db::connect(&url, 1).unwrap();
+                barrier.wait();
+                pool.migrate().map(|applied| applied.len()).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut applied: Vec<usize> = runs.into_iter().map(|r| r.join().unwrap().unwrap()).collect();
+    applied.sort();
+    assert_eq!(applied, vec![0, 0, 0, names("sqlite").len()]);
+}

@@ -1,5 +1,9 @@
 //! Configuration: defaults → file (`--config`, `OTA_CONFIG`, or `./ota.toml` when present) →
 //! environment (`OTA_<KEY>`, e.g. `OTA_DATABASE_URL`). See `ota.example.toml`.
+//!
+//! A key the file does not know is an error naming it (a typo would otherwise be a setting
+//! silently not applied); an `OTA_*` environment variable that is no key is a warning (the
+//! environment is shared with other tools), except the names in [`RESERVED_ENV`].
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +11,47 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// What `ota up` runs: everything, only the management API, or only the device side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Management API, device HTTP, MQTT edge and scheduler in one process.
+    All,
+    /// The management API only (it reaches devices through the broker).
+    Api,
+    /// Device HTTP, MQTT edge (with its broker link) and the scheduler; no management API.
+    Gateway,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    pub fn serves_devices(self) -> bool {
+        matches!(self, Role::All | Role::Gateway)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+/// `OTA_*` names that are not configuration keys but are read by something else: the
+/// configuration file path, the log filter, the `ota` client (`OTA_URL`, `OTA_TOKEN`), and the
+/// tests, simulator, benchmarks and fault harness (prefixes ending in `_`).
+pub const RESERVED_ENV: &[&str] =
+    &["OTA_CONFIG", "OTA_LOG", "OTA_URL", "OTA_TOKEN", "OTA_TEST_", "OTA_SIM_", "OTA_BENCH_", "OTA_FAULTS_"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
+    /// What this node runs (`ota up --role` wins over it).
+    pub role: Role,
     /// Where the SQLite database, firmware files and the generated JWT secret live.
     pub data_dir: PathBuf,
     /// `sqlite:<path>`, a plain path, or `postgres://…`; default `sqlite:<data_dir>/ota.db`.
@@ -94,6 +136,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            role: Role::All,
             data_dir: PathBuf::from("data"),
             database_url: None,
             database_max_connections: 10,
@@ -135,21 +178,38 @@ impl Default for Config {
 impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match file {
+        let file = match file {
             Some(path) => {
                 if !path.is_file() {
                     anyhow::bail!("configuration file {} does not exist", path.display());
                 }
-                figment = figment.merge(Toml::file(path));
+                Some(path)
             }
-            None if Path::new("ota.toml").is_file() => figment = figment.merge(Toml::file("ota.toml")),
-            None => {}
+            None if Path::new("ota.toml").is_file() => Some(Path::new("ota.toml")),
+            None => None,
+        };
+        if let Some(path) = file {
+            check_file_keys(path)?;
+            figment = figment.merge(Toml::file(path));
         }
-        let config: Config = figment
-            .merge(Env::prefixed("OTA_").ignore(&["CONFIG", "TEST_DATABASE", "TEST_PG_URL"]))
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let keys = Config::keys();
+        let env = Env::prefixed("OTA_").filter(move |k| keys.iter().any(|key| k == key.as_str()));
+        let config: Config = figment.merge(env).extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(config)
+    }
+
+    /// Every configuration key, from the struct itself (so the file check, the environment
+    /// filter, the example file test and the compose test cannot drift from it).
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The environment variable that sets `key`.
+    pub fn env_name(key: &str) -> String {
+        format!("OTA_{}", key.to_ascii_uppercase())
     }
 
     pub fn database_url(&self) -> String {
@@ -216,11 +276,75 @@ impl Config {
     }
 }
 
+/// Refuses a configuration file with a key `Config` does not have, naming the key (and the
+/// closest real one).
+fn check_file_keys(path: &Path) -> anyhow::Result<()> {
+    use figment::Provider;
+    let data =
+        Toml::file(path).data().map_err(|e| anyhow::anyhow!("invalid configuration in {}: {e}", path.display()))?;
+    let keys = Config::keys();
+    let mut unknown: Vec<String> = data
+        .values()
+        .flat_map(|dict| dict.keys())
+        .filter(|k| !keys.contains(k))
+        .map(|k| match closest(k, &keys) {
+            Some(near) => format!("`{k}` (did you mean `{near}`?)"),
+            None => format!("`{k}`"),
+        })
+        .collect();
+    unknown.sort();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown configuration key{} in {}: {}; every key is listed in ota.example.toml",
+        if unknown.len() == 1 { "" } else { "s" },
+        path.display(),
+        unknown.join(", ")
+    );
+    Ok(())
+}
+
+fn closest<'a>(word: &str, keys: &'a [String]) -> Option<&'a str> {
+    keys.iter()
+        .map(|k| (strsim::levenshtein(word, k), k))
+        .filter(|(d, _)| *d <= (word.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Warnings for `OTA_*` variables in `vars` that set no key and are not reserved for
+/// something else (a misspelt `OTA_API_BIDN` would otherwise do nothing, silently).
+pub fn unknown_environment(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let keys = Config::keys();
+    let mut out: Vec<String> = vars
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("OTA_"))
+        .filter(|name| !keys.iter().any(|k| Config::env_name(k) == *name))
+        .filter(|name| !RESERVED_ENV.iter().any(|r| if r.ends_with('_') { name.starts_with(r) } else { name == r }))
+        .map(|name| {
+            let key = name["OTA_".len()..].to_ascii_lowercase();
+            match closest(&key, &keys) {
+                Some(near) => format!(
+                    "{name} is no configuration setting and is ignored (did you mean {}?)",
+                    Config::env_name(near)
+                ),
+                None => format!("{name} is no configuration setting and is ignored"),
+            }
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn check_node_id(id: &str) -> anyhow::Result<&str> {
     let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     anyhow::ensure!(ok, "node_id `{id}` must be 1–64 letters, digits, `.`, `_` or `-`");
     Ok(id)
 }
+
+#[cfg(test)]
+#[path = "compose_tests.rs"]
+mod compose_tests;
 
 #[cfg(test)]
 mod tests {
@@ -252,6 +376,151 @@ mod tests {
             assert_eq!(c.geoip_database.as_deref(), Some(Path::new("/var/lib/GeoIP/GeoLite2-City.mmdb")));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "api_bindd = \"127.0.0.1:9000\"\nbogus = 1\npush_rate = 3\n")?;
+            let err = Config::load(Some(Path::new("typo.toml"))).expect_err("refused").to_string();
+            assert!(err.contains("`api_bindd` (did you mean `api_bind`?)"), "{err}");
+            assert!(err.contains("`bogus`") && !err.contains("`bogus` (did you mean"), "{err}");
+            assert!(err.contains("typo.toml"), "{err}");
+            // ./ota.toml, read without --config, is checked the same way.
+            jail.create_file("ota.toml", "device_http_bnd = \"0.0.0.0:80\"\n")?;
+            let err = Config::load(None).expect_err("refused").to_string();
+            assert!(err.contains("`device_http_bnd` (did you mean `device_http_bind`?)"), "{err}");
+            jail.create_file("ota.toml", "role = \"gateway\"\n")?;
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.role, Role::Gateway);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_role_comes_from_the_file_or_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.role, Role::All);
+            jail.set_env("OTA_ROLE", "api");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.role, Role::Api);
+            jail.set_env("OTA_ROLE", "everything");
+            let err = Config::load(None).expect_err("refused").to_string();
+            assert!(err.contains("everything"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn unknown_ota_variables_warn_and_reserved_ones_do_not() {
+        let vars = |names: &[&str]| names.iter().map(|n| ((*n).to_owned(), "x".to_owned())).collect::<Vec<_>>();
+        let warnings = unknown_environment(vars(&[
+            "OTA_API_BIDN",
+            "OTA_API_BIND",
+            "OTA_ROLE",
+            "OTA_URL",
+            "OTA_TOKEN",
+            "OTA_CONFIG",
+            "OTA_LOG",
+            "OTA_TEST_DATABASE",
+            "OTA_TEST_PG_URL",
+            "OTA_SIM_HTTP",
+            "OTA_BENCH_LOG",
+            "OTA_FAULTS_KEEP",
+            "OTA_NONSENSE",
+            "PATH",
+        ]));
+        assert_eq!(
+            warnings,
+            vec![
+                "OTA_API_BIDN is no configuration setting and is ignored (did you mean OTA_API_BIND?)",
+                "OTA_NONSENSE is no configuration setting and is ignored",
+            ]
+        );
+        // An unknown variable does not stop the start (the environment is shared).
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OTA_NONSENSE", "1");
+            jail.set_env("OTA_URL", "http://127.0.0.1:8080");
+            jail.set_env("OTA_TOKEN", "t");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.api_bind, "0.0.0.0:8080");
+            Ok(())
+        });
+    }
+
+    /// Every `OTA_*` name the code, tests and docs use is a configuration key or reserved
+    /// (so none of them is warned about).
+    #[test]
+    fn every_ota_name_in_the_repository_is_a_key_or_reserved() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut names = std::collections::BTreeSet::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !["target", ".git", "data", "node_modules"].contains(&name.as_str()) {
+                        stack.push(path);
+                    }
+                    continue;
+                }
+                let wanted =
+                    ["rs", "md", "toml", "yml", "yaml", "sh"].iter().any(|e| path.extension().is_some_and(|x| x == *e))
+                        || ["Dockerfile", "run", "schemathesis"].contains(&name.as_str());
+                let Ok(text) = std::fs::read_to_string(&path) else { continue };
+                if !wanted {
+                    continue;
+                }
+                let bytes = text.as_bytes();
+                for (i, _) in text.match_indices("OTA_") {
+                    if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+                        continue;
+                    }
+                    let end = text[i..]
+                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                        .map_or(text.len(), |n| i + n);
+                    let name = &text[i..end];
+                    // `OTA_<KEY>`-style placeholders and constants of the device protocol.
+                    if name.len() > 4 && !name.ends_with('_') && !name.starts_with("OTA_PUSH_V") {
+                        names.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+        assert!(names.contains("OTA_DATABASE_URL") && names.contains("OTA_FAULTS_KEEP"), "{names:?}");
+        // Misspelt on purpose: the warning's tests and its example in the README.
+        for deliberate in ["OTA_API_BIDN", "OTA_NONSENSE", "OTA_PUSH_RAET"] {
+            names.remove(deliberate);
+        }
+        let vars = names.iter().map(|n| (n.clone(), String::new()));
+        assert_eq!(unknown_environment(vars), Vec::<String>::new());
+    }
+
+    /// `ota.example.toml` lists every key, and only keys; what it sets uncommented is the
+    /// default.
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ota.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut listed = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    listed.insert(key.to_owned());
+                }
+            }
+        }
+        let keys: std::collections::BTreeSet<String> = Config::keys().into_iter().collect();
+        assert_eq!(listed, keys, "ota.example.toml and the Config struct differ");
+        let loaded = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(Config::default()).unwrap(),
+            "a value set in ota.example.toml is not the default"
+        );
     }
 
     #[test]

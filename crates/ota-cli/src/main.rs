@@ -14,7 +14,7 @@ use ota_domain::geoip::MaxMindRegions;
 use ota_domain::store::FsBlobStore;
 use ota_domain::{Db, Domain, DomainSettings, SystemClock};
 
-use config::Config;
+use config::{Config, Role};
 
 #[derive(Parser)]
 #[command(name = "ota", version, about = "Self-hosted OTA firmware rollout server for Gizwits GAgent devices")]
@@ -29,7 +29,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the configured database (SQLite in ./data by default).
-    Up,
+    Up {
+        /// What this node runs: `all`, `api` (management API only) or `gateway` (device HTTP,
+        /// MQTT edge and scheduler); default the `role` setting (OTA_ROLE), else `all`.
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         /// Revert every migration instead (destroys all data).
@@ -78,6 +83,9 @@ fn main() {
     }
     let outcome = Config::load(cli.config.as_deref()).and_then(|config| {
         init_logging(&config);
+        for warning in config::unknown_environment(std::env::vars()) {
+            tracing::warn!("{warning}");
+        }
         actix_rt::System::new().block_on(run(cli.command, config))
     });
     if let Err(e) = outcome {
@@ -95,10 +103,7 @@ fn init_logging(config: &Config) {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&ota_api::openapi())?);
-            Ok(())
-        }
+        Command::Openapi => print_quietly(&serde_json::to_string_pretty(&ota_api::openapi())?),
         Command::Migrate { revert_all } => {
             let db = open_db(&config)?;
             let names = if revert_all { db.revert_all()? } else { db.migrate()? };
@@ -127,8 +132,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("created admin `{}` in tenant `{}`", created.username, created.tenant);
             Ok(())
         }
-        Command::Up => up(config).await,
+        Command::Up { role } => up(config, role).await,
         Command::Sim(_) => anyhow::bail!("`ota sim` runs before the configuration is loaded"),
+    }
+}
+
+/// Writes `text` and a newline to standard output; a reader that went away
+/// (`ota openapi | head`) ends the command quietly instead of with a panic.
+fn print_quietly(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 
@@ -204,43 +219,63 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
-async fn up(config: Config) -> anyhow::Result<()> {
+async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
+    if let Some(role) = role {
+        config.role = role;
+    }
+    check_role(&config)?;
+    // Every port first, then the database: a taken port changes nothing (in particular it
+    // creates no first admin whose generated password would never be shown).
+    let listeners = bind_all(&config)?;
     let domain = open_domain(&config)?;
-    let first_login = bootstrap_admin(&domain, &config).await?;
-    let listener = TcpListener::bind(&config.api_bind).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {} for the API ({e}); set `api_bind` in the configuration file or OTA_API_BIND, e.g. OTA_API_BIND=0.0.0.0:8081",
-            config.api_bind
-        )
-    })?;
-    let addr = listener.local_addr()?;
-    let jwt = JwtKeys::new(&jwt_secret(&config)?, chrono::Duration::minutes(config.session_ttl_minutes.max(1)));
-    let settings = ApiSettings {
-        cors_allowed_origins: config.cors_origins(),
-        max_json_bytes: config.max_json_bytes,
-        workers: config.api_workers,
-        trusted_proxies: config.trusted_proxy_addrs()?,
+    let api = match listeners.api {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let jwt = JwtKeys::new(&jwt_secret(&config)?, chrono::Duration::minutes(config.session_ttl_minutes.max(1)));
+            let settings = ApiSettings {
+                cors_allowed_origins: config.cors_origins(),
+                max_json_bytes: config.max_json_bytes,
+                workers: config.api_workers,
+                trusted_proxies: config.trusted_proxy_addrs()?,
+            };
+            Some((addr, listener, jwt, settings))
+        }
+        None => None,
     };
-    let gateway = start_gateway(&config, domain.clone())?;
-    let server = ota_api::serve(listener, domain, jwt, settings)?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    let base = format!("http://{host}:{}", addr.port());
-    println!("OTA server is up.");
+    let gateway = start_gateway(&config, domain.clone(), listeners.devices)?;
+    let (server, base) = match api {
+        Some((addr, listener, jwt, settings)) => {
+            let server = ota_api::serve(listener, domain.clone(), jwt, settings)?;
+            let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+            (Some(server), Some((addr, format!("http://{host}:{}", addr.port()))))
+        }
+        None => (None, None),
+    };
+    // Only now, with everything listening, the first admin (on nodes that serve the API).
+    let first_login = if config.role.serves_api() { bootstrap_admin(&domain, &config).await? } else { None };
+    println!("OTA server is up (role {}).", config.role.name());
     println!("  database       {}", ota_domain::db::redact_password(&config.database_url()));
     println!("  data directory {}", config.data_dir.display());
-    println!("  management API {base}/api/v1   (listening on {addr})");
-    println!("  API docs       {base}/docs   (OpenAPI: {base}/api-docs/openapi.json)");
-    println!(
-        "  device HTTP    {}   (GAgent calls port 80 of `{}`; see the README)",
-        gateway.http_addr, config.device_public_host
-    );
-    println!(
-        "  device MQTT    {}   (provision hands out {}:{})",
-        gateway.mqtt_addr,
-        config.device_mqtt_host.as_deref().unwrap_or(&config.device_public_host),
-        config.device_mqtt_port.unwrap_or(gateway.mqtt_addr.port())
-    );
-    println!("  broker         {}", gateway.broker);
+    if let Some((addr, base)) = &base {
+        println!("  management API {base}/api/v1   (listening on {addr})");
+        println!("  API docs       {base}/docs   (OpenAPI: {base}/api-docs/openapi.json)");
+    }
+    if let Some((http_addr, mqtt_addr)) = gateway.devices {
+        println!(
+            "  device HTTP    {http_addr}   (GAgent calls port 80 of `{}`; see the README)",
+            config.device_public_host
+        );
+        println!(
+            "  device MQTT    {mqtt_addr}   (provision hands out {}:{})",
+            config.device_mqtt_host.as_deref().unwrap_or(&config.device_public_host),
+            config.device_mqtt_port.unwrap_or(mqtt_addr.port())
+        );
+    }
+    if gateway.devices.is_some() {
+        println!("  broker         {}", gateway.broker);
+    } else {
+        println!("  broker         {}   (pushes decided here go out through it)", gateway.broker);
+    }
     match first_login {
         Some((user, Some(password))) => {
             println!("  first admin    `{user}` with generated password: {password}");
@@ -249,20 +284,145 @@ async fn up(config: Config) -> anyhow::Result<()> {
         Some((user, None)) => println!("  first admin    `{user}` (password from OTA_ADMIN_PASSWORD)"),
         None => {}
     }
-    println!("Log in:  curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\");
-    println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
-    println!("  node id        {}", gateway.node);
-    println!("Stop with Ctrl-C (or SIGTERM): sessions close and this node's devices show offline.");
-    let handle = server.handle();
-    let stop = async move {
-        shutdown_signal().await;
-        println!("stopping…");
-        gateway.stop().await;
-        handle.stop(true).await;
-    };
-    actix_rt::spawn(stop);
-    server.await?;
+    if let Some((_, base)) = &base {
+        println!(
+            "Log in:  curl -sS --fail-with-body -X POST {base}/api/v1/auth/login -H 'content-type: application/json' \\"
+        );
+        println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
+    }
+    if let Some(node) = &gateway.node {
+        println!("  node id        {node}");
+    }
+    if config.role.serves_devices() {
+        println!("Stop with Ctrl-C (or SIGTERM): sessions close and this node's devices show offline.");
+    } else {
+        println!("Stop with Ctrl-C (or SIGTERM).");
+    }
+    match server {
+        Some(server) => {
+            let handle = server.handle();
+            actix_rt::spawn(async move {
+                shutdown_signal().await;
+                println!("stopping…");
+                gateway.stop().await;
+                handle.stop(true).await;
+            });
+            server.await?;
+        }
+        None => {
+            shutdown_signal().await;
+            println!("stopping…");
+            gateway.stop().await;
+        }
+    }
     Ok(())
+}
+
+/// A node that does not run everything shares the work with others through a broker they
+/// all reach; an embedded broker nobody else can connect to would cut it off.
+fn check_role(config: &Config) -> anyhow::Result<()> {
+    if config.role != Role::All && config.broker.trim() == "embedded" && config.broker_listen.is_none() {
+        anyhow::bail!(
+            "role `{}` works with other nodes through a shared broker, and `broker` is `embedded` with no listener: \
+             set `broker` (OTA_BROKER) to mqtt://host:port of a broker every node uses \
+             (or give one node `broker_listen` and point the others' `broker` at it)",
+            config.role.name()
+        );
+    }
+    Ok(())
+}
+
+/// What each listener is for, in error messages.
+fn purpose(setting: &str) -> &'static str {
+    match setting {
+        "api_bind" => "the management API",
+        "device_http_bind" => "the device HTTP",
+        "device_mqtt_bind" => "the device MQTT edge",
+        "broker_listen" => "the embedded broker's listener",
+        _ => "a listener",
+    }
+}
+
+/// One port that cannot be used, with the setting that moves it.
+fn bind_problem(setting: &str, addr: &str, cause: &dyn std::fmt::Display) -> String {
+    format!(
+        "cannot listen on {addr} for {} ({cause}): change `{setting}` in the configuration file or {}",
+        purpose(setting),
+        Config::env_name(setting)
+    )
+}
+
+fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, String> {
+    value.parse().map_err(|e| {
+        format!("`{setting}` = `{value}` is not an address ({e}): set `{setting}` or {}", Config::env_name(setting))
+    })
+}
+
+/// The listeners this node's role needs, bound before anything else.
+struct Listeners {
+    api: Option<TcpListener>,
+    devices: Option<ota_gateway::DeviceListeners>,
+}
+
+/// Binds every port the role needs, and reports every one that cannot be used at once.
+fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
+    let mut problems = Vec::new();
+    let api = if config.role.serves_api() {
+        TcpListener::bind(&config.api_bind)
+            .map_err(|e| problems.push(bind_problem("api_bind", &config.api_bind, &e)))
+            .ok()
+    } else {
+        None
+    };
+    let devices = if config.role.serves_devices() {
+        let http = parse_addr("device_http_bind", &config.device_http_bind);
+        let mqtt = parse_addr("device_mqtt_bind", &config.device_mqtt_bind);
+        match (http, mqtt) {
+            (Ok(http), Ok(mqtt)) => match ota_gateway::DeviceListeners::bind(http, mqtt) {
+                Ok(listeners) => Some(listeners),
+                Err(errors) => {
+                    for e in errors {
+                        problems.push(match e {
+                            ota_gateway::GatewayError::Bind { setting, addr, cause } => {
+                                bind_problem(setting, &addr.to_string(), &cause)
+                            }
+                            other => other.to_string(),
+                        });
+                    }
+                    None
+                }
+            },
+            (http, mqtt) => {
+                problems.extend([http.err(), mqtt.err()].into_iter().flatten());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // rumqttd binds its listener itself, later: check now that the port is free.
+    if config.broker.trim() == "embedded"
+        && let Some(listen) = &config.broker_listen
+    {
+        match parse_addr("broker_listen", listen) {
+            Ok(addr) if addr.port() != 0 => {
+                if let Err(e) = TcpListener::bind(addr) {
+                    problems.push(bind_problem("broker_listen", listen, &e));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(e),
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} listener{} cannot start, so nothing was started or changed:\n  - {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("\n  - ")
+        );
+    }
+    Ok(Listeners { api, devices })
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and systemd send).
@@ -288,12 +448,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// The running gateway, as `up` sees it.
+/// The device side of this node, as `up` sees it: a gateway (role `all` or `gateway`), or
+/// only the broker link pushes go out through (role `api`).
 struct GatewayInfo {
-    http_addr: std::net::SocketAddr,
-    mqtt_addr: std::net::SocketAddr,
+    /// Device HTTP and MQTT edge addresses, when this node serves devices.
+    devices: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     broker: String,
-    node: String,
+    /// The node id, when this node serves devices.
+    node: Option<String>,
     /// Asks the gateway thread to stop gracefully; it answers when done.
     stop: tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>,
 }
@@ -308,22 +470,61 @@ impl GatewayInfo {
     }
 }
 
-/// Starts the device gateway on its own multi-threaded runtime (the API has actix's) and
-/// keeps it running for the life of the process.
-fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo> {
-    let node = config.node_id()?;
-    let parse = |setting: &str, env: &str, value: &str| -> anyhow::Result<std::net::SocketAddr> {
-        value
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{setting} `{value}` is not an address ({e}); set `{setting}` or {env}"))
+type Started = anyhow::Result<Option<(std::net::SocketAddr, std::net::SocketAddr)>>;
+
+/// Starts the device gateway on `listeners` (or, without them, only the broker link the API
+/// pushes through) on its own multi-threaded runtime (the API has actix's), kept running for
+/// the life of the process.
+fn start_gateway(
+    config: &Config,
+    domain: Domain,
+    listeners: Option<ota_gateway::DeviceListeners>,
+) -> anyhow::Result<GatewayInfo> {
+    let bus = config.bus()?;
+    let broker = match &bus {
+        ota_gateway::BusConfig::Embedded { .. } => "embedded (rumqttd in this process)".to_owned(),
+        ota_gateway::BusConfig::External { host, port, .. } => format!("external mqtt://{host}:{port}"),
     };
+    let (tx, rx) = std::sync::mpsc::channel::<Started>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
+    let Some(listeners) = listeners else {
+        let public_host = config.device_public_host.clone();
+        std::thread::Builder::new().name("push-link".into()).spawn(move || {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("cannot start the broker link's runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match ota_gateway::attach_push_link(&domain, bus, public_host).await {
+                    Ok(_bus) => {
+                        let _ = tx.send(Ok(None));
+                        if let Ok(done) = stop_rx.await {
+                            let _ = done.send(());
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("{e}; check `broker` / OTA_BROKER")));
+                    }
+                }
+            });
+        })?;
+        rx.recv().map_err(|_| anyhow::anyhow!("the broker link thread ended"))??;
+        return Ok(GatewayInfo { devices: None, broker, node: None, stop });
+    };
+    let node = config.node_id()?;
+    let addr = |setting: &str, value: &str| parse_addr(setting, value).map_err(anyhow::Error::msg);
     let settings = ota_gateway::GatewaySettings {
-        http_bind: parse("device_http_bind", "OTA_DEVICE_HTTP_BIND", &config.device_http_bind)?,
-        mqtt_bind: parse("device_mqtt_bind", "OTA_DEVICE_MQTT_BIND", &config.device_mqtt_bind)?,
+        http_bind: addr("device_http_bind", &config.device_http_bind)?,
+        mqtt_bind: addr("device_mqtt_bind", &config.device_mqtt_bind)?,
         public_host: config.device_public_host.clone(),
         mqtt_public_host: config.device_mqtt_host.clone().unwrap_or_else(|| config.device_public_host.clone()),
         mqtt_public_port: config.device_mqtt_port,
-        bus: config.bus()?,
+        bus,
         edge: ota_gateway::EdgeSettings {
             gateway_id: node.clone(),
             pace: std::time::Duration::from_millis(config.mqtt_pace_ms),
@@ -334,13 +535,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
         throttle: Default::default(),
         liveness: ota_gateway::LivenessSettings { lease: std::time::Duration::from_secs(config.gateway_lease_secs) },
     };
-    let broker = match &settings.bus {
-        ota_gateway::BusConfig::Embedded { .. } => "embedded (rumqttd in this process)".to_owned(),
-        ota_gateway::BusConfig::External { host, port, .. } => format!("external mqtt://{host}:{port}"),
-    };
     anyhow::ensure!(config.gateway_lease_secs >= 3, "gateway_lease_secs must be at least 3");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stop_rx) = tokio::sync::oneshot::channel::<tokio::sync::oneshot::Sender<()>>();
     std::thread::Builder::new().name("gateway".into()).spawn(move || {
         let runtime = match tokio::runtime::Runtime::new() {
             Ok(rt) => rt,
@@ -350,9 +545,9 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
             }
         };
         runtime.block_on(async move {
-            match ota_gateway::Gateway::start(domain, settings).await {
+            match ota_gateway::Gateway::start_on(domain, settings, listeners).await {
                 Ok(gateway) => {
-                    let _ = tx.send(Ok((gateway.http_addr, gateway.mqtt_addr)));
+                    let _ = tx.send(Ok(Some((gateway.http_addr, gateway.mqtt_addr))));
                     if let Ok(done) = stop_rx.await {
                         gateway.shutdown().await;
                         let _ = done.send(());
@@ -363,7 +558,7 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
                 Err(e) => {
                     let hint = match &e {
                         ota_gateway::GatewayError::Bind { setting, .. } => {
-                            format!("; set `{setting}` or OTA_{}", setting.to_ascii_uppercase())
+                            format!("; set `{setting}` or {}", Config::env_name(setting))
                         }
                         ota_gateway::GatewayError::Bus(_) => "; check `broker` / OTA_BROKER".to_owned(),
                         ota_gateway::GatewayError::Database(_) => "; check `database_url`".to_owned(),
@@ -373,8 +568,8 @@ fn start_gateway(config: &Config, domain: Domain) -> anyhow::Result<GatewayInfo>
             }
         });
     })?;
-    let (http_addr, mqtt_addr) = rx.recv().map_err(|_| anyhow::anyhow!("the gateway thread ended"))??;
-    Ok(GatewayInfo { http_addr, mqtt_addr, broker, node, stop })
+    let devices = rx.recv().map_err(|_| anyhow::anyhow!("the gateway thread ended"))??;
+    Ok(GatewayInfo { devices, broker, node: Some(node), stop })
 }
 
 /// On a database without users, creates the first admin: from configuration

@@ -161,7 +161,17 @@ impl Db {
         let mut conn = self.pool.get().map_err(|e| DbSetupError::Migration(e.to_string()))?;
         let applied = match &mut *conn {
             DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
-            DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names),
+            DbConn::Pg(c) => {
+                // Nodes started together would race to create the same tables: one migrates
+                // at a time, and the others then find nothing left to do.
+                c.batch_execute(MIGRATION_LOCK).map_err(|e| DbSetupError::Migration(e.to_string()))?;
+                let applied = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names);
+                let unlocked = c.batch_execute(MIGRATION_UNLOCK);
+                if let Err(e) = unlocked {
+                    tracing::warn!(error = %e, "could not release the migration lock; it goes with the connection");
+                }
+                applied
+            }
         };
         applied.map_err(|e| DbSetupError::Migration(e.to_string()))
     }
@@ -283,6 +293,10 @@ fn get(pool: &Pool<Manager>) -> Result<PooledConnection<Manager>> {
         DomainError::new(ota_wire::ErrorCode::DatabaseUnavailable, "the database is unavailable")
     })
 }
+
+/// A PostgreSQL advisory lock held while migrating (any fixed number the project owns).
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(4111465)";
+const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(4111465)";
 
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
     versions.into_iter().map(|v| v.to_string()).collect()

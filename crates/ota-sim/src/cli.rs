@@ -241,6 +241,12 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         std::fs::write(path, report.devices_csv()).with_context(|| format!("writing {}", path.display()))?;
         println!("per-device report: {}", path.display());
     }
+    // A run that reached no server is a failure, so a script notices a wrong address.
+    anyhow::ensure!(
+        report.registered > 0,
+        "no device registered or provisioned at {}: is the device HTTP of a gateway listening there?",
+        args.http
+    );
     Ok(())
 }
 

@@ -280,6 +280,9 @@ pub struct FleetReport {
     pub planned: usize,
     /// Devices started.
     pub started: usize,
+    /// Devices that registered, or started with a did and provisioned: 0 means the fleet
+    /// reached no server.
+    pub registered: u64,
     /// Devices with a did at the end.
     pub with_did: usize,
     /// Online when stopped.
@@ -345,6 +348,7 @@ impl FleetReport {
         let mut report = FleetReport {
             planned,
             started: snapshots.len(),
+            registered: tally.registered.load(Ordering::Relaxed),
             upgrades: tally.upgraded.load(Ordering::Relaxed),
             failed: tally.failed.load(Ordering::Relaxed),
             refused: tally.refused.load(Ordering::Relaxed),

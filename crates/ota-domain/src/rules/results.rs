@@ -154,6 +154,7 @@ impl Domain {
     }
 
     /// Keyset pages of an export: rows after record `after`, and the last record id.
+    #[allow(clippy::too_many_arguments)] // the filters of one export, each its own column
     pub async fn rule_export_page(
         &self,
         who: &Authorized<Read>,

@@ -53,8 +53,12 @@ pub struct ClusterConfig {
 }
 
 /// One `ota up` process. Its ports and data directory (so its node id) survive a restart.
+/// A listener its role does not run (the API of a gateway-only node, the device side of an
+/// API-only one) shows as [`Node::NONE`].
 pub struct Node {
     pub name: String,
+    /// `all`, `api` or `gateway` (`ota up --role`).
+    pub role: &'static str,
     pub api: SocketAddr,
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
@@ -71,12 +75,19 @@ fn addr_after(line: &str, label: &str) -> Option<SocketAddr> {
 }
 
 impl Node {
+    /// The address of a listener the node's role does not run.
+    pub const NONE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
     pub fn start(config: &ClusterConfig, name: &str) -> Node {
-        let ports = (0, 0, 0);
-        Node::spawn(config, name, ports)
+        Node::start_role(config, name, "all")
     }
 
-    fn spawn(config: &ClusterConfig, name: &str, (api, http, mqtt): (u16, u16, u16)) -> Node {
+    /// A node that runs only `role` (`api` or `gateway`; `all` is [`Node::start`]).
+    pub fn start_role(config: &ClusterConfig, name: &str, role: &'static str) -> Node {
+        Node::spawn(config, name, role, (0, 0, 0))
+    }
+
+    fn spawn(config: &ClusterConfig, name: &str, role: &'static str, (api, http, mqtt): (u16, u16, u16)) -> Node {
         // One data directory for all nodes: it holds the firmware files every node serves
         // (as a shared volume would in production); node ids are explicit, so they do not
         // share one through it.
@@ -86,7 +97,7 @@ impl Node {
         std::fs::create_dir_all(&own).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(own.join("node.log")).unwrap();
         let mut child = Command::new(&config.ota)
-            .arg("up")
+            .args(["up", "--role", role])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("OTA_LOG", "info,rumqttd=warn,ota_gateway::edge=warn")
@@ -133,12 +144,27 @@ impl Node {
             }
         });
         let (a, h, m) = rx.recv_timeout(Duration::from_secs(60)).unwrap_or((None, None, None));
-        let (Some(api), Some(http), Some(mqtt)) = (a, h, m) else {
+        // Each role's banner names exactly the listeners it runs.
+        let serves_api = role != "gateway";
+        let serves_devices = role != "api";
+        let complete = a.is_some() == serves_api && h.is_some() == serves_devices && m.is_some() == serves_devices;
+        if !complete {
             let _ = child.kill();
             let log = std::fs::read_to_string(own.join("node.log")).unwrap_or_default();
-            panic!("node {name} did not come up:\n{log}");
-        };
-        Node { name: name.to_owned(), api, http, mqtt, child: Some(child), config: config.clone() }
+            panic!(
+                "node {name} (role {role}) did not come up as its role says (api {a:?}, http {h:?}, mqtt {m:?}):\n{log}"
+            );
+        }
+        let none = Node::NONE;
+        Node {
+            name: name.to_owned(),
+            role,
+            api: a.unwrap_or(none),
+            http: h.unwrap_or(none),
+            mqtt: m.unwrap_or(none),
+            child: Some(child),
+            config: config.clone(),
+        }
     }
 
     pub fn api_url(&self) -> String {
@@ -164,7 +190,8 @@ impl Node {
     /// Starts again on the same ports and data directory.
     pub fn restart(&mut self) {
         self.kill9();
-        let again = Node::spawn(&self.config, &self.name, (self.api.port(), self.http.port(), self.mqtt.port()));
+        let again =
+            Node::spawn(&self.config, &self.name, self.role, (self.api.port(), self.http.port(), self.mqtt.port()));
         *self = again;
     }
 

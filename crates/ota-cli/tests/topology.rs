@@ -1,0 +1,91 @@
+//! The scaled-out topology of `docker-compose.yml`, run natively: one API-only node and two
+//! gateway-only nodes (`ota up --role api|gateway`) on PostgreSQL and Mosquitto. A product
+//! and firmware are created through the API node, simulated devices log in to the gateways,
+//! a verification started on the API node reaches its device through the broker, and a rule
+//! completes on every device. In CI (`CI` set) PostgreSQL and Mosquitto must be there; elsewhere
+//! the test skips loudly without them.
+
+use std::time::Duration;
+
+use ota_sim::Timing;
+use ota_testkit::cluster::fleet::{Fleet, TARGET, fast_policy};
+use ota_testkit::cluster::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
+    if !(require("PostgreSQL on 127.0.0.1:5432", port_open("127.0.0.1:5432"))
+        && require("Mosquitto on 127.0.0.1:1883", port_open("127.0.0.1:1883")))
+    {
+        return;
+    }
+    let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        ota: env!("CARGO_BIN_EXE_ota").into(),
+        timing: Timing::fast(),
+        database_url: db.url.clone(),
+        broker: "mqtt://127.0.0.1:1883".into(),
+        lease_secs: 3,
+        delivery_secs: 2,
+        push_rate: 20,
+        dir: dir.path().to_owned(),
+    };
+    let api_node = Node::start_role(&config, "api-1", "api");
+    let g1 = Node::start_role(&config, "gw-1", "gateway");
+    let g2 = Node::start_role(&config, "gw-2", "gateway");
+
+    // Each node runs what its role says, and nothing else.
+    assert_eq!((api_node.http, api_node.mqtt), (Node::NONE, Node::NONE));
+    assert_eq!((g1.api, g2.api), (Node::NONE, Node::NONE));
+    let client = reqwest::Client::new();
+    for g in [&g1, &g2] {
+        for path in ["/healthz", "/readyz"] {
+            let r = client.get(format!("http://{}{path}", g.http)).send().await.unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK, "{} {path}", g.name);
+        }
+        // The gateway's device HTTP is no management API.
+        let r = client.get(format!("http://{}/api/v1/products", g.http)).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::NOT_FOUND, "{}", g.name);
+    }
+
+    let api = Api::login(&[&api_node]).await;
+    let fleet = Fleet::boot(&api, &[&g1, &g2], 20, &config.timing).await;
+    // The test device, on the second gateway.
+    let verifier_mac = "5CAA00FFFF01";
+    let verifier = device(&g2, &fleet.pk, verifier_mac, &config.timing);
+    api.wait(&format!("/api/v1/devices/{verifier_mac}"), "online", Duration::from_secs(30), |v| v["online"] == true)
+        .await;
+
+    // Firmware through the API node, verified on the test device: the API node has no
+    // gateway, so the push goes out through the broker to the gateway holding the device.
+    let fw = api.upload_wifi(&fleet.pk, TARGET, 32 * 1024).await;
+    let started = api.post(&format!("/api/v1/firmware/{fw}/verification"), json!({ "mac": verifier_mac })).await;
+    assert_eq!(started.unwrap()["state"], "pushing");
+    let done = api
+        .wait(&format!("/api/v1/firmware/{fw}/verification"), "awaiting confirmation", Duration::from_secs(60), |v| {
+            v["state"] == "awaiting_confirmation" || v["state"] == "failed"
+        })
+        .await;
+    assert_eq!(done["state"], "awaiting_confirmation", "{done:#}");
+    let confirmed = api.post(&format!("/api/v1/firmware/{fw}/verification/confirm"), json!({ "stable": true })).await;
+    assert_eq!(confirmed.unwrap()["state"], "verified");
+
+    // A rule for the fleet (the test device already runs the new version), started on the API
+    // node, pushed by the gateways' schedulers.
+    let rule = api.post(&format!("/api/v1/firmware/{fw}/rules"), rule_body(fast_policy())).await.unwrap();
+    let id = rule["request_id"].as_i64().unwrap();
+    let started: Value = api
+        .post(&format!("/api/v1/rules/{id}/start"), json!({ "confirm_stable": true, "accept_terms": true }))
+        .await
+        .unwrap();
+    assert_eq!(started["target_devices"].as_u64(), Some(20), "{started:#}");
+    let done = fleet.wait_completed(&api, id, Duration::from_secs(90)).await;
+    // Fleet::boot spread the devices over both gateways.
+    assert_eq!((fleet.on_node(0), fleet.on_node(1)), (10, 10));
+    let outcome = fleet.check_exactly_once(&api, id, &done).await.unwrap();
+    eprintln!("api + 2 gateways: {outcome}");
+    let v = verifier.stop().await;
+    assert_eq!(v.wifi_sw, TARGET);
+    assert!(api_node.log().lines().all(|l| !l.contains("ERROR")), "{}", api_node.log());
+}
