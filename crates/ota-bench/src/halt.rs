@@ -160,13 +160,11 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
         .iter()
         .filter(|(m, d)| waves.get(*m).is_some_and(|w| *w > halt.wave) && d.snapshot().counters.pushes > 0)
         .count();
-    let pushed_by_wave: BTreeMap<u32, usize> = devices.iter().filter(|(_, d)| d.snapshot().counters.pushes > 0).fold(
-        BTreeMap::new(),
-        |mut acc, (m, _)| {
+    let pushed_by_wave: BTreeMap<u32, usize> =
+        devices.iter().filter(|(_, d)| d.snapshot().counters.pushes > 0).fold(BTreeMap::new(), |mut acc, (m, _)| {
             *acc.entry(waves.get(m).copied().unwrap_or(u32::MAX)).or_default() += 1;
             acc
-        },
-    );
+        });
 
     // Take the failing devices out and resume.
     let macs: Vec<&str> = failing.keys().map(String::as_str).collect();

@@ -302,8 +302,13 @@ mod tests {
         let out = fail_chosen(specs.clone(), &["5CCF7F000003".into()], "md5").unwrap();
         assert!(out[2].faults.corrupt_byte && !out[0].faults.corrupt_byte);
         let out = fail_chosen(specs.clone(), &["5CCF7F000003".into(), "5CCF7F000001".into()], "mixed").unwrap();
-        let faults: Vec<(bool, bool)> = out.iter().map(|s| (s.faults.corrupt_byte, s.faults.drop_mid_download)).collect();
-        assert_eq!(faults, [(false, true), (false, false), (true, false)], "md5 for the first named, cut for the second");
+        let faults: Vec<(bool, bool)> =
+            out.iter().map(|s| (s.faults.corrupt_byte, s.faults.drop_mid_download)).collect();
+        assert_eq!(
+            faults,
+            [(false, true), (false, false), (true, false)],
+            "md5 for the first named, cut for the second"
+        );
         assert!(fail_chosen(specs, &["AABBCCDDEEFF".into()], "md5").is_err(), "a MAC not in the fleet");
     }
 }
