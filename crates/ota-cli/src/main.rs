@@ -1,5 +1,6 @@
 //! `ota`: run the OTA server and administer it.
 
+mod client;
 mod config;
 
 use std::io::{BufRead, Write};
@@ -45,6 +46,9 @@ enum Command {
     Openapi,
     /// Run simulated GAgent devices against a gateway (see `ota sim --help`).
     Sim(Box<ota_sim::SimArgs>),
+    /// The client commands for pipelines and operators (README: "`ota` in pipelines").
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +70,10 @@ enum AdminCommand {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        // A client of a server somewhere: the server's configuration is not read.
+        std::process::exit(client::main(command));
+    }
     if let Command::Sim(args) = cli.command {
         // The simulator needs no configuration and wants every core.
         let outcome =
@@ -129,6 +137,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Up => up(config).await,
         Command::Sim(_) => anyhow::bail!("`ota sim` runs before the configuration is loaded"),
+        Command::Client(_) => anyhow::bail!("the client commands run before the configuration is loaded"),
     }
 }
 
