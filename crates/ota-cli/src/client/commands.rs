@@ -75,24 +75,25 @@ struct PageQuery {
     per_page: Option<u32>,
 }
 
-/// One page, or every page with `--all` (as one list).
+/// One page, or every page with `--all` (as one list). `filters` is a query string without `?`.
 async fn pages<T: DeserializeOwned + Serialize>(
     api: &Api,
     path: &str,
     filters: &str,
     page: &PageArgs,
 ) -> CliResult<Page<T>> {
-    let sep = |q: &str| if q.is_empty() { String::new() } else { format!("&{}", q.trim_start_matches('?')) };
+    let url = |page: Option<u32>, per_page: Option<u32>| {
+        let paging = query(&PageQuery { page, per_page }).trim_start_matches('?').to_owned();
+        let q: Vec<&str> = [paging.as_str(), filters].into_iter().filter(|s| !s.is_empty()).collect();
+        if q.is_empty() { path.to_owned() } else { format!("{path}?{}", q.join("&")) }
+    };
     if !page.all {
-        let q = query(&PageQuery { page: page.page, per_page: page.per_page });
-        let q = if q.is_empty() { filters.to_owned() } else { format!("{q}{}", sep(filters)) };
-        return api.get(&format!("{path}{q}")).await;
+        return api.get(&url(page.page, page.per_page)).await;
     }
     let per_page = page.per_page.unwrap_or(200);
     let mut all: Page<T> = Page { items: Vec::new(), total: 0, page: 1, per_page };
     for n in 1.. {
-        let q = query(&PageQuery { page: Some(n), per_page: Some(per_page) });
-        let one: Page<T> = api.get(&format!("{path}{q}{}", sep(filters))).await?;
+        let one: Page<T> = api.get(&url(Some(n), Some(per_page))).await?;
         let done = one.items.len() < per_page as usize;
         all.total = one.total;
         all.items.extend(one.items);
@@ -143,7 +144,7 @@ async fn login(args: LoginArgs) -> CliResult<()> {
         (None, None) => read_stdin_line("token")?,
     };
     let api = Api::new(&url, &token)?;
-    let me: WhoAmI = api.get("/auth/whoami").await?;
+    let me: WhoAmI = api.get("/auth/me").await?;
     let path = credentials::save(&credentials::Stored { url: api.base().to_owned(), token })?;
     emit(opts, &me, &me.username, || {
         format!(
