@@ -84,7 +84,7 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
     let t = Instant::now();
     let mut devices: BTreeMap<String, DeviceHandle> = BTreeMap::new();
     for i in 0..args.devices {
-        let mut spec = DeviceSpec::new(s.product_key.clone(), &mac(i), Method::V41);
+        let mut spec = DeviceSpec::new(s.product_key.clone(), mac(i), Method::V41);
         spec.faults = failing.get(&mac(i)).copied().unwrap_or_default();
         let config = DeviceConfig { timing: Timing::fast(), ..DeviceConfig::new(gateway.http_addr) };
         devices.insert(mac(i), Device::new(spec, config)?.spawn());

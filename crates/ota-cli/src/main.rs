@@ -48,7 +48,7 @@ enum Command {
     Sim(Box<ota_sim::SimArgs>),
     /// The client commands for pipelines and operators (README: "`ota` in pipelines").
     #[command(flatten)]
-    Client(client::ClientCommand),
+    Client(Box<client::ClientCommand>),
 }
 
 #[derive(Subcommand)]
@@ -72,7 +72,7 @@ fn main() {
     let cli = Cli::parse();
     if let Command::Client(command) = cli.command {
         // A client of a server somewhere: the server's configuration is not read.
-        std::process::exit(client::main(command));
+        std::process::exit(client::main(*command));
     }
     if let Command::Sim(args) = cli.command {
         // The simulator needs no configuration and wants every core.

@@ -154,6 +154,7 @@ impl Domain {
     }
 
     /// Keyset pages of an export: rows after record `after`, and the last record id.
+    #[allow(clippy::too_many_arguments)] // the export's filters, as the list takes them
     pub async fn rule_export_page(
         &self,
         who: &Authorized<Read>,

@@ -160,6 +160,7 @@ impl Domain {
                         region_zones::time_zone,
                     ))
                     .load(c)?;
+                #[allow(clippy::type_complexity)] // one row: country, province, city, devices
                 let seen: Vec<(Option<String>, Option<String>, Option<String>, i64)> = devices::table
                     .filter(devices::tenant_id.eq(tenant_id))
                     .group_by((devices::country, devices::province, devices::city))
