@@ -149,3 +149,56 @@ async fn a_rule_create_rerun_under_its_key_answers_the_first_rule() {
     expect_status(s.post(&path, body).await, StatusCode::CREATED).await;
     assert_eq!(expect_status(s.get(&path).await, StatusCode::OK).await.as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test]
+async fn a_key_still_running_answers_in_progress_until_its_request_dies_and_old_keys_are_forgotten() {
+    use ota_domain::access::{Authorized, Write};
+    use ota_domain::idempotency::{KEEP_MS, PENDING_TAKEOVER_MS, Reservation};
+    let mut s = Session::start().await;
+    s.use_api_token().await;
+    let domain = &s.api.t.domain;
+    let who = Authorized::<Write>::check(domain.token_principal(&s.token).await.unwrap()).unwrap();
+    let print = ota_domain::idempotency::fingerprint("POST", "/x", b"1");
+
+    assert_eq!(domain.idempotency_reserve(&who, "k", &print).await.unwrap(), Reservation::Run);
+    // The first request is still running: a second is told to retry, not run twice.
+    let e = domain.idempotency_reserve(&who, "k", &print).await.unwrap_err();
+    assert_eq!(e.code(), ota_wire::ErrorCode::IdempotencyKeyInProgress);
+    // Over HTTP: 409 with Retry-After while the first is running.
+    let pk = s.create_product("lamp").await;
+    let path = format!("/api/v1/products/{pk}/devices/import");
+    let csv = "mac\n5CCF7F000001\n";
+    let content = [&[0u8][..], csv.as_bytes()].concat();
+    let running = ota_domain::idempotency::fingerprint("POST", &path, &content);
+    assert_eq!(domain.idempotency_reserve(&who, "k2", &running).await.unwrap(), Reservation::Run);
+    let send = |key: &'static str, product: String| {
+        s.client
+            .post(s.url(&format!("/api/v1/products/{product}/devices/import")))
+            .bearer_auth(&s.token)
+            .header("Idempotency-Key", key)
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+    };
+    let r = send("k2", pk.clone()).await.unwrap();
+    assert!(r.headers().get("retry-after").is_some());
+    expect_error(r, StatusCode::CONFLICT, "idempotency_key_in_progress").await;
+    // A request that fails gives its key back: the key is free for the next one.
+    let r = send("k3", "0".repeat(32)).await.unwrap();
+    expect_error(r, StatusCode::NOT_FOUND, "product_not_found").await;
+    expect_status(send("k3", pk.clone()).await.unwrap(), StatusCode::OK).await;
+
+    // A reservation whose request died is taken over after a while.
+    s.api.t.clock.advance(chrono::Duration::milliseconds(PENDING_TAKEOVER_MS));
+    assert_eq!(domain.idempotency_reserve(&who, "k", &print).await.unwrap(), Reservation::Run);
+    domain.idempotency_finish(&who, "k", 201, "{\"id\":1}".into()).await.unwrap();
+    assert_eq!(
+        domain.idempotency_reserve(&who, "k", &print).await.unwrap(),
+        Reservation::Replay { status: 201, body: "{\"id\":1}".into() }
+    );
+    // Forgotten after a day (the maintenance task), then the key is new again.
+    assert_eq!(domain.forget_idempotency_keys().await.unwrap(), 0);
+    s.api.t.clock.advance(chrono::Duration::milliseconds(KEEP_MS));
+    assert_eq!(domain.forget_idempotency_keys().await.unwrap(), 3);
+    assert_eq!(domain.idempotency_reserve(&who, "k", &print).await.unwrap(), Reservation::Run);
+}
