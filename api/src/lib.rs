@@ -215,6 +215,7 @@ fn cors(origins: &[String]) -> Cors {
             actix_web::http::header::ETAG,
             actix_web::http::header::CONTENT_DISPOSITION,
             actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderName::from_static("idempotency-replayed"),
         ])
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {

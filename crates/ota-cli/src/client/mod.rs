@@ -38,8 +38,16 @@ pub struct Opts {
     pub quiet: bool,
 }
 
+/// The exit codes, in every client command's `--help` (and the README).
+const EXIT_CODES: &str = "Exit codes: 0 done (or already done); 1 local (file, checksum); 2 usage (command line, \
+no URL or credentials); 3 authentication or permission (401/403); 4 not found (404); 5 refused in the \
+current state (409; the server's code is printed); 6 invalid request (400/413/415); 7 server or \
+network (5xx, 429, unreachable); 8 what was waited for ended badly (rule halted/stopped/cancelled, \
+verification failed/expired/cancelled); 9 --timeout passed.";
+
 /// The client commands (`ota products …`, `ota rules …`, …).
 #[derive(Subcommand, Debug)]
+#[command(after_long_help = EXIT_CODES)]
 pub enum ClientCommand {
     /// Store a server URL and credentials for the client commands (0600 file in the user's
     /// config directory).
@@ -50,6 +58,7 @@ pub enum ClientCommand {
         opts: Opts,
     },
     /// Products: create, list, show.
+    #[command(after_long_help = EXIT_CODES)]
     Products {
         #[command(flatten)]
         opts: Opts,
@@ -57,6 +66,7 @@ pub enum ClientCommand {
         command: ProductCommand,
     },
     /// Firmware: upload, list, show, download, delete.
+    #[command(after_long_help = EXIT_CODES)]
     Firmware {
         #[command(flatten)]
         opts: Opts,
@@ -64,6 +74,7 @@ pub enum ClientCommand {
         command: FirmwareCommand,
     },
     /// Verify firmware on one test device: start, wait, confirm.
+    #[command(after_long_help = EXIT_CODES)]
     Verification {
         #[command(flatten)]
         opts: Opts,
@@ -71,6 +82,7 @@ pub enum ClientCommand {
         command: VerificationCommand,
     },
     /// Push rules: create, preview, start, watch, rollout control, results.
+    #[command(after_long_help = EXIT_CODES)]
     Rules {
         #[command(flatten)]
         opts: Opts,
@@ -78,6 +90,7 @@ pub enum ClientCommand {
         command: RuleCommand,
     },
     /// Devices: list, import.
+    #[command(after_long_help = EXIT_CODES)]
     Devices {
         #[command(flatten)]
         opts: Opts,
