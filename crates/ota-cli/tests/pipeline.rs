@@ -282,6 +282,18 @@ async fn the_other_commands_products_devices_firmware_and_rollout_control() {
     ]);
     let rule = rule["request_id"].as_i64().unwrap().to_string();
     assert_eq!(env.ota_json(&["rules", "preview", &rule])["targets"], 3);
+    // The same rule as the API's JSON body in a file: a rerun answers the first rule.
+    let body = serde_json::json!({
+        "name": "from a file", "target": "macs", "macs": macs[2], "old_versions": ["04020006"],
+        "period": { "start": "2026-01-01", "end": "2099-12-31" },
+        "daily_window": { "start_hour": (hour + 2) % 24, "end_hour": (hour + 3) % 24 },
+    });
+    std::fs::write(env.dir.join("rule.json"), body.to_string()).unwrap();
+    let filed = env.ota_json(&["rules", "create", &id, "--file", "rule.json"]);
+    assert_eq!(filed["mac_count"], 1, "{filed}");
+    assert_eq!(env.ota_json(&["rules", "create", &id, "--file", "rule.json"])["request_id"], filed["request_id"]);
+    std::fs::write(env.dir.join("bad.json"), "{\"name\": 1}").unwrap();
+    assert_eq!(env.ota(&["rules", "create", &id, "--file", "bad.json"]).status.code(), Some(2));
     assert_eq!(env.ota_json(&["rules", "preflight", &rule])["targets"], 3);
     let draft = env.ota_json(&[
         "rules",

@@ -28,13 +28,12 @@ pub async fn run(command: ClientCommand) -> CliResult<()> {
     match command {
         ClientCommand::Login(args) => login(args).await,
         ClientCommand::Logout { opts } => {
-            match credentials::remove()? {
-                Some(path) if !opts.quiet => println!("removed {}", path.display()),
-                Some(_) => {}
-                None if !opts.quiet => println!("nothing stored"),
-                None => {}
-            }
-            Ok(())
+            let removed = credentials::remove()?;
+            let shown = removed.as_ref().map(|p| p.display().to_string());
+            emit(&opts, &serde_json::json!({ "removed": shown }), shown.clone().unwrap_or_default(), || match &shown {
+                Some(path) => format!("removed {path}"),
+                None => "nothing stored".to_owned(),
+            })
         }
         ClientCommand::Products { opts, command } => products(&connect(&opts)?, &opts, command).await,
         ClientCommand::Firmware { opts, command } => firmware(&connect(&opts)?, &opts, command).await,
