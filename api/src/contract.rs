@@ -9,6 +9,8 @@
 //! - query parameters: 400 `invalid_query`;
 //! - a JSON body: 400 (`invalid_json`, `missing_field`, `invalid_field`), 413, 415; other
 //!   bodies: 413 and 415;
+//! - an `Idempotency-Key` header: 400 `invalid_field`, 409 `idempotency_key_reused` and
+//!   `idempotency_key_in_progress`;
 //! - every route but `/healthz`: 503 `database_unavailable`.
 //!
 //! Every error response carries the `ErrorBody` schema. [`RouteTable`] answers requests that
@@ -96,6 +98,10 @@ pub fn complete(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             let int_path = has_param(op, "path", true);
             let any_path = has_param(op, "path", false);
             let query = has_param(op, "query", false);
+            let idempotent = op
+                .get("parameters")
+                .and_then(Value::as_array)
+                .is_some_and(|ps| ps.iter().any(|p| p["in"] == "header" && p["name"] == crate::idempotency::HEADER));
             let body_types: Vec<String> =
                 op["requestBody"]["content"].as_object().map(|c| c.keys().cloned().collect()).unwrap_or_default();
             let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
@@ -123,6 +129,10 @@ pub fn complete(api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
             if !body_types.is_empty() {
                 add(responses, "413", "`payload_too_large`");
                 add(responses, "415", "`unsupported_media_type`");
+            }
+            if idempotent {
+                add(responses, "400", "`invalid_field` (`details.field`: `Idempotency-Key`)");
+                add(responses, "409", "`idempotency_key_reused`, `idempotency_key_in_progress`");
             }
             if let Some(need) = need {
                 add(

@@ -7,6 +7,7 @@ pub mod body;
 pub mod contract;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod routes;
 pub mod upload;
 
@@ -208,11 +209,13 @@ fn cors(origins: &[String]) -> Cors {
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
             actix_web::http::header::IF_NONE_MATCH,
+            actix_web::http::header::HeaderName::from_static("idempotency-key"),
         ])
         .expose_headers([
             actix_web::http::header::ETAG,
             actix_web::http::header::CONTENT_DISPOSITION,
             actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderName::from_static("idempotency-replayed"),
         ])
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {
@@ -255,7 +258,8 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
 
 /// The maintenance task of the API, once a minute (time-driven changes, so not inside a
 /// request): login failure counters without a failure for 15 minutes, held `target_fid`
-/// reports past their time and unknown-did refusals not seen for 30 days are deleted.
+/// reports past their time, unknown-did refusals not seen for 30 days and idempotency keys
+/// older than a day are deleted.
 async fn maintenance(domain: Domain) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
@@ -265,6 +269,9 @@ async fn maintenance(domain: Domain) {
         }
         if let Err(e) = domain.forget_old_device_records().await {
             tracing::warn!(error = %e, "could not forget old device records");
+        }
+        if let Err(e) = domain.forget_idempotency_keys().await {
+            tracing::warn!(error = %e, "could not forget old idempotency keys");
         }
     }
 }

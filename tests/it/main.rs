@@ -13,6 +13,7 @@ mod device_edge;
 mod device_plane;
 mod devices;
 mod firmware;
+mod idempotency;
 mod lifecycle;
 mod login_flood;
 mod migrations;

@@ -129,9 +129,9 @@ async fn a_canary_then_waves_advance_on_the_success_ratio() {
     succeed_all(&f, &devs, &members[0]).await;
 
     // Each wave in turn: pushed exactly when the one before passed.
-    for (k, wave_members) in members.iter().enumerate().take(3).skip(1) {
+    for (k, wave_members) in members.iter().enumerate().skip(1) {
         round_on(f.domain()).await;
-        assert_eq!(pushed(&rec), *wave_members, "wave {k}");
+        assert_eq!(&pushed(&rec), wave_members, "wave {k}");
         let v = f.rule(id).await;
         assert_eq!(v["current_wave"], k as u64, "{v:#}");
         assert_eq!(wave(&v, k as u64 - 1)["state"], "passed", "{v:#}");

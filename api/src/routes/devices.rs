@@ -1,5 +1,6 @@
 //! The device registry, as operators see it.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use ota_domain::access::{Read, Write};
 use ota_wire::dto::*;
@@ -10,6 +11,7 @@ use crate::auth::Auth;
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
+use crate::idempotency::{IdempotencyHeader, IdempotencyKey};
 
 /// Largest CSV accepted by the device import (about a million lines).
 pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
@@ -62,7 +64,7 @@ pub async fn version_distribution(
 /// rejected with its line number and a stable code.
 #[utoipa::path(
     tag = "devices",
-    params(("product_key" = String, Path)),
+    params(("product_key" = String, Path), IdempotencyHeader),
     request_body(content(
         (String = "text/csv"),
         (DeviceImportRequest = "application/json"),
@@ -79,6 +81,7 @@ pub async fn version_distribution(
 pub async fn import_devices(
     st: web::Data<AppState>,
     who: Auth<Write>,
+    idempotency: IdempotencyKey,
     key: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
@@ -107,7 +110,14 @@ pub async fn import_devices(
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|b| matches!(b, b'[' | b'{'))
     });
-    Ok(HttpResponse::Ok().json(st.domain.import_devices(&who, &key, body, json).await?))
+    let mut content = vec![u8::from(json)];
+    content.extend_from_slice(&body);
+    let (domain, who) = (&st.domain, &*who);
+    idempotency
+        .run(domain, who, &content, async move || {
+            Ok((StatusCode::OK, domain.import_devices(who, &key, body, json).await?))
+        })
+        .await
 }
 
 /// Get one device by did or MAC.

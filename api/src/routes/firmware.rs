@@ -1,6 +1,6 @@
 //! The firmware registry.
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
 use ota_domain::access::{Read, Write};
 use ota_wire::ErrorBody;
@@ -9,6 +9,7 @@ use ota_wire::dto::*;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
+use crate::idempotency::{IdempotencyHeader, IdempotencyKey};
 use crate::{AppState, upload};
 
 /// Upload firmware (multipart form).
@@ -19,7 +20,7 @@ use crate::{AppState, upload};
 /// `GAgent_<hw8>_<sw8>_<YYMMDDHH>.bin` file name.
 #[utoipa::path(
     tag = "firmware",
-    params(("product_key" = String, Path)),
+    params(("product_key" = String, Path), IdempotencyHeader),
     request_body(content = FirmwareUploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, body = FirmwareView),
@@ -35,13 +36,28 @@ use crate::{AppState, upload};
 pub async fn create_firmware(
     st: web::Data<AppState>,
     who: Auth<Write>,
+    idempotency: IdempotencyKey,
     key: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let form = upload::read_form(&st, &req, payload).await?;
-    let firmware = st.domain.create_firmware(&who, &key, form).await?;
-    Ok(HttpResponse::Created().json(firmware))
+    // The multipart boundary changes on every send: the fingerprint is the form's meaning.
+    let content = serde_json::to_vec(&serde_json::json!({
+        "name": form.name,
+        "type": form.fw_type,
+        "push_method": form.push_method,
+        "hard_version": form.hard_version,
+        "soft_version": form.soft_version,
+        "file": form.file.as_ref().map(|f| (&f.file_name, &f.sha256, f.size)),
+    }))
+    .map_err(|e| ApiError(anyhow::Error::from(e).into()))?;
+    let (domain, who) = (&st.domain, &*who);
+    idempotency
+        .run(domain, who, &content, async move || {
+            Ok((StatusCode::CREATED, domain.create_firmware(who, &key, form).await?))
+        })
+        .await
 }
 
 /// List a product's firmware, newest first.

@@ -1,6 +1,6 @@
 //! Push rules: targets, preview, start and stop, per-device results and exports.
 
-use actix_web::http::header;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use bytes::Bytes;
 use futures_util::stream;
@@ -15,6 +15,7 @@ use crate::auth::Auth;
 use crate::body::read_limited;
 use crate::error::ApiError;
 use crate::extract::{Json, Query};
+use crate::idempotency::{IdempotencyHeader, IdempotencyKey};
 
 /// Largest MAC list upload: a million MACs with separators and some slack.
 pub const MAX_MAC_LIST_BYTES: usize = 32 * 1024 * 1024;
@@ -25,7 +26,7 @@ const EXPORT_BATCH: i64 = 2000;
 /// rules; only verified firmware can start. A rule with zero targets is refused.
 #[utoipa::path(
     tag = "rules",
-    params(("id" = i64, Path, description = "firmware id")),
+    params(("id" = i64, Path, description = "firmware id"), IdempotencyHeader),
     request_body = RuleBody,
     responses(
         (status = 201, body = RuleView),
@@ -39,10 +40,18 @@ const EXPORT_BATCH: i64 = 2000;
 pub async fn create_rule(
     st: web::Data<AppState>,
     who: Auth<Write>,
+    idempotency: IdempotencyKey,
     id: web::Path<i64>,
     body: Json<RuleBody>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Created().json(st.domain.create_rule(&who, id.into_inner(), body.into_inner()).await?))
+    let body = body.into_inner();
+    let content = serde_json::to_vec(&body).map_err(|e| ApiError(anyhow::Error::from(e).into()))?;
+    let (domain, who) = (&st.domain, &*who);
+    idempotency
+        .run(domain, who, &content, async move || {
+            Ok((StatusCode::CREATED, domain.create_rule(who, id.into_inner(), body).await?))
+        })
+        .await
 }
 
 /// The firmware's rules, newest first.

@@ -1,5 +1,6 @@
 //! Firmware verification: one online test device, then the operator's confirmation.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, delete, get, post, web};
 use ota_domain::access::{Push, Read};
 use ota_wire::ErrorBody;
@@ -9,6 +10,7 @@ use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::idempotency::{IdempotencyHeader, IdempotencyKey};
 
 /// Start verifying firmware on the online device with this MAC; the push goes out at once.
 ///
@@ -16,7 +18,7 @@ use crate::extract::Json;
 /// type, and run an older version of its series (`device_not_eligible` says which rule failed).
 #[utoipa::path(
     tag = "verification",
-    params(("id" = i64, Path)),
+    params(("id" = i64, Path), IdempotencyHeader),
     request_body = StartVerificationRequest,
     responses(
         (status = 201, body = VerificationView),
@@ -31,11 +33,17 @@ use crate::extract::Json;
 pub async fn start_verification(
     st: web::Data<AppState>,
     who: Auth<Push>,
+    idempotency: IdempotencyKey,
     id: web::Path<i64>,
     body: Json<StartVerificationRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = st.domain.start_verification(&who, id.into_inner(), &body.mac).await?;
-    Ok(HttpResponse::Created().json(view))
+    let content = serde_json::to_vec(&*body).map_err(|e| ApiError(anyhow::Error::from(e).into()))?;
+    let (domain, who) = (&st.domain, &*who);
+    idempotency
+        .run(domain, who, &content, async || {
+            Ok((StatusCode::CREATED, domain.start_verification(who, id.into_inner(), &body.mac).await?))
+        })
+        .await
 }
 
 /// The firmware's latest verification: state, stage times and the countdown.

@@ -537,4 +537,17 @@ mod tests {
         std::fs::write(dir.path().join("node-id"), "no good\n").unwrap();
         assert!(config.node_id().unwrap_err().to_string().contains("delete the file"));
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn the_clients_environment_is_not_server_configuration() {
+        // `ota up` in a CI job that also sets the client's OTA_URL / OTA_TOKEN.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OTA_URL", "http://ota.example:8080");
+            jail.set_env("OTA_TOKEN", "ota_secret");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.api_bind, Config::default().api_bind);
+            Ok(())
+        });
+    }
 }

@@ -1,5 +1,6 @@
 //! `ota`: run the OTA server and administer it.
 
+mod client;
 mod config;
 
 use std::io::{BufRead, Write};
@@ -50,6 +51,9 @@ enum Command {
     Openapi,
     /// Run simulated GAgent devices against a gateway (see `ota sim --help`).
     Sim(Box<ota_sim::SimArgs>),
+    /// The client commands for pipelines and operators (README: "`ota` in pipelines").
+    #[command(flatten)]
+    Client(Box<client::ClientCommand>),
 }
 
 #[derive(Subcommand)]
@@ -71,6 +75,10 @@ enum AdminCommand {
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        // A client of a server somewhere: the server's configuration is not read.
+        std::process::exit(client::main(*command));
+    }
     if let Command::Sim(args) = cli.command {
         // The simulator needs no configuration and wants every core.
         let outcome =
@@ -134,6 +142,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Up { role } => up(config, role).await,
         Command::Sim(_) => anyhow::bail!("`ota sim` runs before the configuration is loaded"),
+        Command::Client(_) => anyhow::bail!("the client commands run before the configuration is loaded"),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod devices;
 pub mod error;
 pub mod firmware;
 pub mod geoip;
+pub mod idempotency;
 pub mod lifecycle;
 pub mod liveness;
 pub mod login;

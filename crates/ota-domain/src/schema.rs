@@ -309,7 +309,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    idempotency_keys (tenant_id, key) {
+        tenant_id -> BigInt,
+        key -> Text,
+        fingerprint -> Text,
+        status -> Nullable<BigInt>,
+        body -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(idempotency_keys -> tenants (tenant_id));
 diesel::joinable!(registration_policies -> products (product_id));
 diesel::joinable!(held_reports -> devices (device_id));
 diesel::joinable!(adoption_policies -> products (product_id));
@@ -350,5 +362,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     login_failures,
     registration_policies,
     unknown_device_refusals,
-    held_reports
+    held_reports,
+    idempotency_keys
 );

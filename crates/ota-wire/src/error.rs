@@ -170,6 +170,12 @@ error_codes! {
     /// The `.hex` file is not valid Intel HEX; `details.line` gives the first bad line.
     InvalidIntelHex = ("invalid_intel_hex", 400),
 
+    // --- reruns ---
+    /// This `Idempotency-Key` was already used with a different request (another method, path or content); use a new key for a new request.
+    IdempotencyKeyReused = ("idempotency_key_reused", 409),
+    /// A request with this `Idempotency-Key` is still running; retry after `details.retry_after_seconds` to get its answer.
+    IdempotencyKeyInProgress = ("idempotency_key_in_progress", 409),
+
     // --- server side ---
     /// The database cannot be reached.
     DatabaseUnavailable = ("database_unavailable", 503),
