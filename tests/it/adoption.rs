@@ -368,8 +368,14 @@ async fn adopted_devices_are_verified_by_mac_like_native_ones() {
         let confirmed =
             p.s.post(&format!("/api/v1/firmware/{fw}/verification/confirm"), json!({ "stable": true })).await;
         assert_eq!(expect_status(confirmed, StatusCode::OK).await["state"], "verified");
-        let device = p.wait_device(&mac(n), "on the new version", |d| d["wifi"]["soft_version"] == sw).await;
-        assert_eq!(device["online"], true);
+        // After the reboot the device reports its version over HTTP before its MQTT login:
+        // wait for both, it ends online on the new version.
+        let device = p
+            .wait_device(&mac(n), "online on the new version", |d| {
+                d["wifi"]["soft_version"] == sw && d["online"] == true
+            })
+            .await;
+        assert_eq!(device["wifi"]["soft_version"], sw);
     }
 }
 
