@@ -1,5 +1,6 @@
 pub mod account;
 pub mod adoption;
+pub mod audit_log;
 pub mod devices;
 pub mod firmware;
 pub mod health;
