@@ -56,6 +56,8 @@ pub struct AppState {
     pub trusted_proxies: Vec<IpAddr>,
     /// Where the audit middleware sends its entries.
     pub audit: audit::AuditSink,
+    /// Rule event streams open per tenant (see `routes::events`).
+    pub streams: std::sync::Arc<routes::events::StreamSlots>,
 }
 
 #[derive(OpenApi)]
@@ -170,6 +172,7 @@ macro_rules! app_with_routes {
                     .service(rules::start_rule)
                     .service(rules::stop_rule)
                     .service(rules::rule_devices)
+                    .service(events::rule_events)
                     .service(rules::export_rule_devices)
                     .service(rules::rule_macs)
                     .service(rules::upload_mac_list)
@@ -235,7 +238,13 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
     let routes = web::Data::new(contract::RouteTable::from_openapi(&document));
     let operations = web::Data::new(audit::Operations::from_openapi(&document));
     let audit = audit::AuditSink::start(domain.clone());
-    let state = web::Data::new(AppState { domain, jwt, trusted_proxies: settings.trusted_proxies.clone(), audit });
+    let state = web::Data::new(AppState {
+        domain,
+        jwt,
+        trusted_proxies: settings.trusted_proxies.clone(),
+        audit,
+        streams: Default::default(),
+    });
     let settings_for_app = settings.clone();
     let mut server = HttpServer::new(move || {
         let (app, api) = app_with_routes!(
