@@ -2,7 +2,7 @@
 //! does not depend on a call each handler must remember.
 //!
 //! [`record`] writes an entry for every request that is not a GET (nor HEAD or OPTIONS) and
-//! that matched a route, after its answer: refused ones (401, 403, 4xx) included. Who comes
+//! that reached one of its operations, after its answer: refused ones (401, 403, 4xx) included. Who comes
 //! from the credentials [`crate::auth::resolve_credentials`] resolved (a login names its user
 //! through [`LoginName`]); what is the route's operation id; the object is the route's last
 //! path parameter with the segment before it as its kind, or, for a creation (201), the id in
@@ -202,10 +202,11 @@ pub async fn record(
     }
     let who = principal(&http_req);
     let login = http_req.extensions().get::<LoginName>().map(|l| l.0.clone());
+    // A method the route does not have (405) reached no handler: not an action.
     let operations = http_req.app_data::<web::Data<Operations>>();
-    let action = operations
-        .and_then(|o| o.0.get(&(method.clone(), pattern.clone())).cloned())
-        .unwrap_or_else(|| format!("{method} {pattern}"));
+    let Some(action) = operations.and_then(|o| o.0.get(&(method.clone(), pattern.clone())).cloned()) else {
+        return Ok(res);
+    };
     state.audit.send(AuditRecord {
         tenant_id: who.as_ref().map(|p| p.tenant_id()),
         at_ms,
