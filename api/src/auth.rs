@@ -156,6 +156,15 @@ impl<C: Capability> FromRequest for Auth<C> {
     }
 }
 
+/// The principal the request's credentials resolved to, if they were valid (for the audit
+/// log, which records refused requests too).
+pub fn principal(req: &HttpRequest) -> Option<Principal> {
+    match req.extensions().get::<Resolved>() {
+        Some(Resolved::Principal(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 /// The client address a request came from: the peer, or, when the peer is a configured
 /// trusted proxy, the last address of its `X-Forwarded-For` (the one that proxy saw).
 pub fn client_address(req: &HttpRequest, trusted_proxies: &[IpAddr]) -> String {

@@ -2,6 +2,7 @@
 //! from the routes themselves, for third-party frontends and CI scripts.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod contract;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub domain: Domain,
     pub jwt: JwtKeys,
     pub trusted_proxies: Vec<IpAddr>,
+    /// Where the audit middleware sends its entries.
+    pub audit: audit::AuditSink,
+    /// Rule event streams open per tenant (see `routes::events`).
+    pub streams: std::sync::Arc<routes::events::StreamSlots>,
 }
 
 #[derive(OpenApi)]
@@ -84,6 +89,7 @@ pub struct AppState {
         (name = "rules", description = "Push rules: targets, preview, start and stop, results"),
         (name = "adoption", description = "Take over devices provisioned by the hosted cloud"),
         (name = "security", description = "Device-side abuse: re-registration policy, wrong passcodes, unknown dids"),
+        (name = "audit", description = "The audit log of operator actions (admins)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -118,6 +124,7 @@ macro_rules! app_with_routes {
     ($app:expr) => {{
         use routes::*;
         $app.wrap(actix_web::middleware::from_fn(auth::resolve_credentials))
+            .wrap(actix_web::middleware::from_fn(audit::record))
             .into_utoipa_app()
             .openapi(ApiDoc::openapi())
             .service(health::healthz)
@@ -166,6 +173,7 @@ macro_rules! app_with_routes {
                     .service(rules::start_rule)
                     .service(rules::stop_rule)
                     .service(rules::rule_devices)
+                    .service(events::rule_events)
                     .service(rules::export_rule_devices)
                     .service(rules::rule_macs)
                     .service(rules::upload_mac_list)
@@ -188,7 +196,9 @@ macro_rules! app_with_routes {
                     .service(security::get_registration_policy)
                     .service(security::set_registration_policy)
                     .service(security::device_security)
-                    .service(security::list_unknown_devices),
+                    .service(security::list_unknown_devices)
+                    .service(audit_log::list_audit)
+                    .service(audit_log::export_audit),
             )
             .split_for_parts()
     }};
@@ -227,14 +237,24 @@ fn cors(origins: &[String]) -> Cors {
 /// Starts the API on an already bound listener (bind port 0 in tests and read it back).
 pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiSettings) -> std::io::Result<Server> {
     tokio::spawn(maintenance(domain.clone()));
-    let routes = web::Data::new(contract::RouteTable::from_openapi(&openapi()));
-    let state = web::Data::new(AppState { domain, jwt, trusted_proxies: settings.trusted_proxies.clone() });
+    let document = openapi();
+    let routes = web::Data::new(contract::RouteTable::from_openapi(&document));
+    let operations = web::Data::new(audit::Operations::from_openapi(&document));
+    let audit = audit::AuditSink::start(domain.clone());
+    let state = web::Data::new(AppState {
+        domain,
+        jwt,
+        trusted_proxies: settings.trusted_proxies.clone(),
+        audit,
+        streams: Default::default(),
+    });
     let settings_for_app = settings.clone();
     let mut server = HttpServer::new(move || {
         let (app, api) = app_with_routes!(
             App::new()
                 .app_data(state.clone())
                 .app_data(routes.clone())
+                .app_data(operations.clone())
                 .app_data(
                     web::JsonConfig::default().limit(settings_for_app.max_json_bytes).error_handler(error::json_error)
                 )

@@ -4,6 +4,7 @@
 mod support;
 
 mod adoption;
+mod audit;
 mod auth;
 mod authz;
 mod contracts;

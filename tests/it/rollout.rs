@@ -751,3 +751,128 @@ async fn a_gateway_over_its_download_cap_answers_no_update_and_the_device_is_pus
     let v = f.rule(id).await;
     assert_eq!((v["counts"]["succeeded"].as_i64(), v["counts"]["in_progress"].as_i64()), (Some(1), Some(2)), "{v:#}");
 }
+
+/// A reader of a server-sent event stream: `(id, event, data)` frames, keep-alive comments
+/// skipped; `None` when the stream ended.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(f: &Fleet, id: i64, last_event_id: Option<i64>) -> Events {
+        let mut request = f.s.client.get(f.s.url(&format!("/api/v1/rules/{id}/events"))).bearer_auth(&f.s.token);
+        if let Some(last) = last_event_id {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Events { response, buffer: String::new() }
+    }
+
+    async fn next(&mut self) -> Option<(i64, String, Value)> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, None);
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.parse::<i64>().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        event = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let (Some(id), Some(event), Some(data)) = (id, event, data) {
+                    return Some((id, event, data));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.response.chunk())
+                .await
+                .expect("no event within 10 s")
+                .unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Events until one whose rule view satisfies `done`; returns it and the ids seen.
+    async fn until(&mut self, ids: &mut Vec<i64>, done: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let (id, event, view) = self.next().await.expect("the stream ended early");
+            assert_eq!(event, "rule");
+            assert!(ids.last().is_none_or(|last| id > *last), "ids grow: {ids:?} then {id}");
+            ids.push(id);
+            if done(&view) {
+                return view;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_events_follow_counts_and_status_changes_to_the_end_and_resume() {
+    let (f, rec, _devs, fw) = fleet("31", 4).await;
+    let id = started(&f, fw, json!({ "max_in_flight": 2 })).await;
+    let mut events = Events::open(&f, id, None).await;
+    let mut ids = Vec::new();
+    // At once: the current state.
+    let first = events.until(&mut ids, |_| true).await;
+    assert_eq!(first["status"], "pushing");
+    assert_eq!(first["request_id"], id);
+    assert_eq!(first, f.rule(id).await);
+
+    // A scheduler round pushes two devices: the counts change.
+    round_on(f.domain()).await;
+    assert_eq!(pushed(&rec).len(), 2);
+    let pushed_view = events.until(&mut ids, |v| v["counts"] != first["counts"]).await;
+    assert_eq!(pushed_view["status"], "pushing");
+
+    // Status changes: paused, resumed, cancelled; the stream ends after the final event.
+    expect_status(f.s.post(&format!("/api/v1/rules/{id}/pause"), json!({})).await, StatusCode::OK).await;
+    events.until(&mut ids, |v| v["status"] == "paused").await;
+    expect_status(f.s.post(&format!("/api/v1/rules/{id}/resume"), json!({})).await, StatusCode::OK).await;
+    events.until(&mut ids, |v| v["status"] == "pushing").await;
+    expect_status(f.s.post(&format!("/api/v1/rules/{id}/cancel"), json!({})).await, StatusCode::OK).await;
+    let last = events.until(&mut ids, |v| v["status"] == "cancelled").await;
+    assert_eq!(last["counts"]["cancelled"], 4, "{last:#}");
+    assert!(events.next().await.is_none(), "the stream ends after the final event");
+
+    // A finished rule, resumed: its final state at once, with a later id, and the end.
+    let last_id = *ids.last().unwrap();
+    let started_at = std::time::Instant::now();
+    let mut again = Events::open(&f, id, Some(last_id)).await;
+    let (resumed_id, event, view) = again.next().await.unwrap();
+    assert!(resumed_id > last_id);
+    assert_eq!((event.as_str(), &view), ("rule", &last));
+    assert!(again.next().await.is_none());
+    assert!(started_at.elapsed() < Duration::from_secs(2), "a finished rule's stream ends at once");
+
+    // Resuming a live rule: ids continue above the Last-Event-ID given.
+    let other = rule_with(&f, fw, json!({})).await;
+    let mut live = Events::open(&f, other, Some(i64::MAX / 2)).await;
+    let (live_id, _, view) = live.next().await.unwrap();
+    assert!(live_id > i64::MAX / 2);
+    assert_eq!(view["status"], "not_started");
+
+    // Unknown rules are 404 before any stream starts.
+    let r = f.s.get("/api/v1/rules/999999/events").await;
+    expect_error(r, StatusCode::NOT_FOUND, "rule_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_event_streams_are_bounded_per_tenant() {
+    let (f, _rec, _devs, fw) = fleet("32", 1).await;
+    let id = rule_with(&f, fw, json!({})).await;
+    let mut open = Vec::new();
+    for _ in 0..ota_api::routes::events::MAX_STREAMS_PER_TENANT {
+        let mut events = Events::open(&f, id, None).await;
+        events.next().await.unwrap();
+        open.push(events);
+    }
+    let r = f.s.get(&format!("/api/v1/rules/{id}/events")).await;
+    assert_eq!(r.headers()["retry-after"], "5");
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "too_many_event_streams").await;
+}

@@ -1,6 +1,6 @@
 //! Login, the current principal, password change, users of the tenant, API tokens.
 
-use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, delete, get, patch, post, web};
 use ota_wire::ErrorBody;
 use ota_wire::dto::*;
 
@@ -37,6 +37,8 @@ pub async fn login(
     body: Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let source = client_address(&req, &st.trusted_proxies);
+    // The audit entry's only identity (see `crate::audit`).
+    req.extensions_mut().insert(crate::audit::LoginName(body.username.clone()));
     let user = st.domain.login(&body.username, &body.password, &source).await?;
     let (token, expires_at) = st.jwt.issue(user.id, st.domain.clock.now())?;
     Ok(HttpResponse::Ok().json(LoginResponse { token, token_type: "Bearer".into(), expires_at }))

@@ -1,6 +1,8 @@
 pub mod account;
 pub mod adoption;
+pub mod audit_log;
 pub mod devices;
+pub mod events;
 pub mod firmware;
 pub mod health;
 pub mod products;

@@ -246,7 +246,7 @@ pub async fn rule_devices(
 
 /// A streamed download: `first`, then the pages `next(cursor)` returns, read from the
 /// database as the client reads; a page without a next cursor ends it.
-fn streamed<C, F, Fut>(
+pub(crate) fn streamed<C, F, Fut>(
     first: String,
     start: C,
     next: F,

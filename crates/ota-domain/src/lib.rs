@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod adoption;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod db;

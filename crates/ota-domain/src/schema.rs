@@ -334,6 +334,25 @@ diesel::joinable!(products -> tenants (tenant_id));
 diesel::joinable!(firmware -> products (product_id));
 
 diesel::joinable!(upgrades -> rules (rule_id));
+diesel::table! {
+    audit_log (id) {
+        id -> BigInt,
+        tenant_id -> Nullable<BigInt>,
+        at -> BigInt,
+        user_id -> Nullable<BigInt>,
+        username -> Nullable<Text>,
+        credential -> Nullable<Text>,
+        token_id -> Nullable<BigInt>,
+        action -> Text,
+        route -> Text,
+        object_kind -> Nullable<Text>,
+        object_id -> Nullable<Text>,
+        source -> Text,
+        status -> Integer,
+        error_code -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(rules -> firmware (firmware_id));
 diesel::joinable!(rules -> products (product_id));
 diesel::joinable!(mac_list_entries -> mac_lists (list_id));
@@ -363,5 +382,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     registration_policies,
     unknown_device_refusals,
     held_reports,
-    idempotency_keys
+    idempotency_keys,
+    audit_log,
 );

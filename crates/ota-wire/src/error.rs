@@ -79,6 +79,8 @@ error_codes! {
     TooManyLoginAttempts = ("too_many_login_attempts", 429),
     /// Every password check slot stayed busy past the queue deadline; retry after `Retry-After` (`details.retry_after_seconds`).
     PasswordChecksBusy = ("password_checks_busy", 503),
+    /// The tenant already has as many rule event streams open as the server allows; retry after `Retry-After` (`details.retry_after_seconds`).
+    TooManyEventStreams = ("too_many_event_streams", 503),
     /// The credentials lack the scope this endpoint needs; `details.required_scope` names it.
     InsufficientScope = ("insufficient_scope", 403),
     /// The action needs the tenant admin role.

@@ -2,6 +2,7 @@
 //! catalogue of stable error codes. Depends on nothing internal, so API clients, the server and
 //! the CLI share one definition.
 
+pub mod audit;
 pub mod dto;
 pub mod error;
 pub mod rollout;
