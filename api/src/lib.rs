@@ -8,6 +8,7 @@ pub mod contract;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod observe;
 pub mod routes;
 pub mod upload;
 
@@ -240,7 +241,10 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
                 )
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .wrap(cors(&settings_for_app.cors_allowed_origins))
-                .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("ota_api::access"))
+                .wrap(
+                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms request_id=%{x-request-id}o")
+                        .log_target("ota_api::access")
+                )
         );
         app.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", contract::complete(api)))
             .route(
@@ -248,6 +252,7 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
                 web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }),
             )
             .default_service(web::to(contract::no_route))
+            .wrap(actix_web::middleware::from_fn(observe::request_context))
     })
     .listen(listener)?;
     if settings.workers > 0 {
