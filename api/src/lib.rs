@@ -242,7 +242,7 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .wrap(cors(&settings_for_app.cors_allowed_origins))
                 .wrap(
-                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms request_id=%{x-request-id}o")
+                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms request_id=%{x-request-id}i")
                         .log_target("ota_api::access")
                 )
         );

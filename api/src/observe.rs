@@ -24,7 +24,7 @@ fn fresh_request_id() -> String {
 
 /// The middleware (mounted outermost, so every answer has the id, errors included).
 pub async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = req
@@ -33,6 +33,11 @@ pub async fn request_context(
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane_request_id(v))
         .map_or_else(fresh_request_id, str::to_owned);
+    // The request carries the id chosen, so inner layers (the access log's `%{x-request-id}i`)
+    // see it.
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, value);
+    }
     let method = req.method().to_string();
     let span = tracing::info_span!("api", request_id = %id, %method, path = %req.path());
     let started = std::time::Instant::now();

@@ -17,7 +17,7 @@ pub const DEVICE_LOGINS: &str = "ota_device_logins_total";
 pub const DEVICE_LOGIN_REFUSALS: &str = "ota_device_login_refusals_total";
 /// Device MQTT sessions open on this node (gauge).
 pub const MQTT_SESSIONS: &str = "ota_mqtt_sessions";
-/// Device checks by push `method` (`v4`, `v4.1`, `v1v3`).
+/// Device checks by push `method` (`V4`, `V4.1`, `V1V3`, as in the API).
 pub const DEVICE_CHECKS: &str = "ota_device_checks_total";
 /// Checks answered with an image, by push `method`.
 pub const OFFERS: &str = "ota_offers_total";

@@ -210,6 +210,12 @@ async fn serve_connection<H: Handler>(
                     }
                 }
             };
+            let status = match &reply {
+                Reply::Bytes(bytes) => reply_status(bytes),
+                Reply::Download { .. } => "200",
+            };
+            // The path only: a query string may carry a passcode.
+            tracing::debug!(target: "ota_gateway::access", %method, %path, status, "device request");
             send_reply(&mut write_half, reply, peer, settings).await;
             // Released before the FIN, so a peer that has seen the end of its reply can count
             // on the slot being free again.
