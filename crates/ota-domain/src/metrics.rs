@@ -66,6 +66,37 @@ pub const API_REQUEST_SECONDS: &str = "ota_api_request_seconds";
 /// Device HTTP requests by `status`.
 pub const DEVICE_HTTP_REQUESTS: &str = "ota_device_http_requests_total";
 
+/// Every name above (the README's table lists each; a test checks).
+pub const ALL: &[&str] = &[
+    DEVICE_LOGINS,
+    DEVICE_LOGIN_REFUSALS,
+    MQTT_SESSIONS,
+    DEVICE_CHECKS,
+    OFFERS,
+    PUSHES_SENT,
+    PUSHES_REFUSED,
+    PUSHES_DELIVERED,
+    STAGE_CHANGES,
+    DOWNLOADS_STARTED,
+    DOWNLOADS_COMPLETED,
+    DOWNLOADS_CUT,
+    DOWNLOAD_BYTES,
+    PUSH_DELIVERY_SECONDS,
+    OFFER_TO_DOWNLOAD_SECONDS,
+    DOWNLOAD_SECONDS,
+    DOWNLOADED_TO_SUCCEEDED_SECONDS,
+    RULE_TARGETS,
+    RULE_SUCCEEDED,
+    RULE_FAILED,
+    RULE_IN_PROGRESS,
+    DB_CONNECTIONS,
+    DB_CONNECTIONS_MAX,
+    SCHEDULER_ROUND_SECONDS,
+    API_REQUESTS,
+    API_REQUEST_SECONDS,
+    DEVICE_HTTP_REQUESTS,
+];
+
 /// Every histogram above (they get the latency buckets of [`LATENCY_BUCKETS`]).
 pub const HISTOGRAMS: &[&str] = &[
     PUSH_DELIVERY_SECONDS,
