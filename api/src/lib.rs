@@ -211,12 +211,14 @@ fn cors(origins: &[String]) -> Cors {
             actix_web::http::header::CONTENT_TYPE,
             actix_web::http::header::IF_NONE_MATCH,
             actix_web::http::header::HeaderName::from_static("idempotency-key"),
+            observe::REQUEST_ID,
         ])
         .expose_headers([
             actix_web::http::header::ETAG,
             actix_web::http::header::CONTENT_DISPOSITION,
             actix_web::http::header::RETRY_AFTER,
             actix_web::http::header::HeaderName::from_static("idempotency-replayed"),
+            observe::REQUEST_ID,
         ])
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {
