@@ -80,7 +80,7 @@ impl Default for PushSettings {
     }
 }
 
-/// The rule gauges are refreshed every this many scheduler rounds.
+/// The rule gauges are refreshed at least every this many scheduler rounds.
 const RULE_GAUGE_EVERY: u64 = 5;
 
 /// Runs scheduler rounds for ever: each notifies at most a round's share of the rate, spread
@@ -97,8 +97,10 @@ async fn run_scheduler(domain: Domain, push: PushSettings) {
         let started = std::time::Instant::now();
         let outcome = domain.push_round(limit, spacing).await;
         metrics::histogram!(ota_domain::metrics::SCHEDULER_ROUND_SECONDS).record(started.elapsed().as_secs_f64());
-        // Rule gauges and the pool: every few rounds (a count per live rule is not free).
-        if rounds.is_multiple_of(RULE_GAUGE_EVERY) {
+        // Rule gauges and the pool: after a round that did work (a rollout under way), else
+        // every few rounds (a count per live rule is not free).
+        let busy = outcome.as_ref().is_ok_and(|r| r.claimed > 0 || r.due > 0);
+        if busy || rounds.is_multiple_of(RULE_GAUGE_EVERY) {
             if let Err(e) = domain.record_rule_progress().await {
                 tracing::debug!(error = %e, "rule gauges not refreshed");
             }
