@@ -9,6 +9,7 @@ pub mod contract;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod observe;
 pub mod routes;
 pub mod upload;
 
@@ -220,12 +221,14 @@ fn cors(origins: &[String]) -> Cors {
             actix_web::http::header::CONTENT_TYPE,
             actix_web::http::header::IF_NONE_MATCH,
             actix_web::http::header::HeaderName::from_static("idempotency-key"),
+            observe::REQUEST_ID,
         ])
         .expose_headers([
             actix_web::http::header::ETAG,
             actix_web::http::header::CONTENT_DISPOSITION,
             actix_web::http::header::RETRY_AFTER,
             actix_web::http::header::HeaderName::from_static("idempotency-replayed"),
+            observe::REQUEST_ID,
         ])
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {
@@ -260,7 +263,10 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
                 )
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .wrap(cors(&settings_for_app.cors_allowed_origins))
-                .wrap(actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("ota_api::access"))
+                .wrap(
+                    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms request_id=%{x-request-id}i")
+                        .log_target("ota_api::access")
+                )
         );
         app.service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", contract::complete(api)))
             .route(
@@ -268,6 +274,7 @@ pub fn serve(listener: TcpListener, domain: Domain, jwt: JwtKeys, settings: ApiS
                 web::get().to(|| async { HttpResponse::Found().insert_header(("Location", "/docs/")).finish() }),
             )
             .default_service(web::to(contract::no_route))
+            .wrap(actix_web::middleware::from_fn(observe::request_context))
     })
     .listen(listener)?;
     if settings.workers > 0 {

@@ -71,10 +71,12 @@ impl DeviceHttp {
         F: Future<Output = Result<T, DomainError>>,
     {
         let Some(attempt) = self.throttle.begin(peer.ip()) else {
+            http_refused("throttled");
             return Err(DomainError::new(ErrorCode::InvalidCredentials, "unknown did or wrong passcode"));
         };
         let result = call.await;
         if let Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) = &result {
+            http_refused("wrong_passcode");
             tokio::time::sleep(self.throttle.wrong(&attempt, did).min(MAX_HTTP_WAIT)).await;
         }
         result
@@ -284,7 +286,9 @@ impl DeviceHttp {
         let (fw, stream) = opened;
         let total = fw.size.max(0) as u64;
         let events = self.events.clone();
+        let counted = download_started("offer");
         let on_done: crate::http::server::DoneHook = Box::new(move |result: std::io::Result<u64>| {
+            counted.ended(&result, total);
             let (sent, error) = match result {
                 Ok(n) => (n, None),
                 Err(e) => (0, Some(e.to_string())),
@@ -299,7 +303,13 @@ impl DeviceHttp {
             return domain_error_reply(&not_found_download());
         };
         match self.domain.open_firmware_download(firmware_id).await {
-            Ok(Some((fw, stream))) => download_reply(&fw, stream, PushMethod::V41, None),
+            Ok(Some((fw, stream))) => {
+                let counted = download_started("latest");
+                let total = fw.size.max(0) as u64;
+                let on_done: crate::http::server::DoneHook =
+                    Box::new(move |result: std::io::Result<u64>| counted.ended(&result, total));
+                download_reply(&fw, stream, PushMethod::V41, Some(on_done))
+            }
             Ok(None) => domain_error_reply(&not_found_download()),
             Err(e) => domain_error_reply(&e),
         }
@@ -358,6 +368,37 @@ fn download_reply(
         filename: fw.file_name.clone(),
     };
     Reply::Download { head, body: Box::new(StreamRead::new(stream)), on_done }
+}
+
+/// Counts a passcode call refused on the device HTTP, by reason.
+fn http_refused(reason: &'static str) {
+    metrics::counter!(ota_domain::metrics::DEVICE_LOGIN_REFUSALS, "channel" => "http", "reason" => reason).increment(1);
+}
+
+/// A download under way, for the download counters.
+struct CountedDownload;
+
+fn download_started(kind: &'static str) -> CountedDownload {
+    metrics::counter!(ota_domain::metrics::DOWNLOADS_STARTED, "kind" => kind).increment(1);
+    CountedDownload
+}
+
+impl CountedDownload {
+    /// Counts how the download ended: complete when every byte of `total` went out.
+    fn ended(self, result: &std::io::Result<u64>, total: u64) {
+        use ota_domain::metrics as m;
+        match result {
+            Ok(sent) => {
+                metrics::counter!(m::DOWNLOAD_BYTES).increment(*sent);
+                if *sent >= total {
+                    metrics::counter!(m::DOWNLOADS_COMPLETED).increment(1);
+                } else {
+                    metrics::counter!(m::DOWNLOADS_CUT).increment(1);
+                }
+            }
+            Err(_) => metrics::counter!(m::DOWNLOADS_CUT).increment(1),
+        }
+    }
 }
 
 fn not_found_download() -> DomainError {

@@ -234,4 +234,24 @@ async fn cors_allows_only_configured_origins() {
     assert_eq!(r.headers()["access-control-allow-origin"], "https://console.example");
     let r = preflight("https://evil.example").await.unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
+    // A browser frontend may read the request id (to quote it in a report) and send its own.
+    let r = client
+        .get(api.url("/healthz"))
+        .header("Origin", "https://console.example")
+        .header("X-Request-Id", "console-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "console-7");
+    let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    let r = client
+        .request(reqwest::Method::OPTIONS, api.url("/api/v1/products"))
+        .header("Origin", "https://console.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "x-request-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://console.example");
 }

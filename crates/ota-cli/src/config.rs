@@ -86,6 +86,9 @@ pub struct Config {
     pub admin_tenant: String,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// Prometheus `/metrics` on an address of its own (never the device HTTP or the API
+    /// port); unset: no metrics listener.
+    pub metrics_bind: Option<String>,
     /// Device HTTP (what GAgent calls on `api.gizwits.com:80`). Devices always use port 80:
     /// in production bind `0.0.0.0:80` or forward 80 to this port (see the README).
     pub device_http_bind: String,
@@ -154,6 +157,7 @@ impl Default for Config {
             admin_password: None,
             admin_tenant: "default".into(),
             log_format: "text".into(),
+            metrics_bind: None,
             device_http_bind: "0.0.0.0:8081".into(),
             device_mqtt_bind: "0.0.0.0:1884".into(),
             device_public_host: "api.gizwits.com".into(),

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod metrics;
 
 use std::io::{BufRead, Write};
 use std::net::TcpListener;
@@ -105,7 +106,9 @@ fn main() {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OTA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
@@ -237,6 +240,14 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
     // creates no first admin whose generated password would never be shown).
     let listeners = bind_all(&config)?;
     let domain = open_domain(&config)?;
+    let metrics = match listeners.metrics {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            actix_rt::spawn(metrics::serve(listener, domain.db.clone())?);
+            Some(addr)
+        }
+        None => None,
+    };
     let api = match listeners.api {
         Some(listener) => {
             let addr = listener.local_addr()?;
@@ -299,6 +310,9 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
         );
         println!("           -d '{{\"username\":\"<user>\",\"password\":\"<password>\"}}'");
     }
+    if let Some(addr) = metrics {
+        println!("  metrics        http://{addr}/metrics");
+    }
     if let Some(node) = &gateway.node {
         println!("  node id        {node}");
     }
@@ -348,6 +362,7 @@ fn purpose(setting: &str) -> &'static str {
         "device_http_bind" => "the device HTTP",
         "device_mqtt_bind" => "the device MQTT edge",
         "broker_listen" => "the embedded broker's listener",
+        "metrics_bind" => "the Prometheus metrics",
         _ => "a listener",
     }
 }
@@ -370,6 +385,7 @@ fn parse_addr(setting: &str, value: &str) -> Result<std::net::SocketAddr, String
 /// The listeners this node's role needs, bound before anything else.
 struct Listeners {
     api: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     devices: Option<ota_gateway::DeviceListeners>,
 }
 
@@ -409,6 +425,17 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
     } else {
         None
     };
+    // Every role: a node's metrics are its own.
+    let metrics = match config.metrics_bind.as_deref().map(str::trim).filter(|b| !b.is_empty()) {
+        Some(bind) => match parse_addr("metrics_bind", bind) {
+            Ok(addr) => TcpListener::bind(addr).map_err(|e| problems.push(bind_problem("metrics_bind", bind, &e))).ok(),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        None => None,
+    };
     // rumqttd binds its listener itself, later: check now that the port is free.
     if config.broker.trim() == "embedded"
         && let Some(listen) = &config.broker_listen
@@ -431,7 +458,7 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
             problems.join("\n  - ")
         );
     }
-    Ok(Listeners { api, devices })
+    Ok(Listeners { api, metrics, devices })
 }
 
 /// Ctrl-C or SIGTERM (what `docker stop` and systemd send).

@@ -63,19 +63,26 @@ fn every_taken_port_is_reported_at_once_and_no_admin_is_created() {
     let (_http, http) = taken();
     let (_mqtt, mqtt) = taken();
     let (_broker, broker) = taken();
+    let (_metrics, metrics) = taken();
     let out = ota(dir.path())
         .arg("up")
         .env("OTA_API_BIND", &api)
         .env("OTA_DEVICE_HTTP_BIND", &http)
         .env("OTA_DEVICE_MQTT_BIND", &mqtt)
         .env("OTA_BROKER_LISTEN", &broker)
+        .env("OTA_METRICS_BIND", &metrics)
         .output()
         .unwrap();
     let all = text(&out);
     assert!(!out.status.success(), "{all}");
-    assert!(all.contains("4 listeners cannot start"), "{all}");
-    let each =
-        [(&api, "api_bind"), (&http, "device_http_bind"), (&mqtt, "device_mqtt_bind"), (&broker, "broker_listen")];
+    assert!(all.contains("5 listeners cannot start"), "{all}");
+    let each = [
+        (&api, "api_bind"),
+        (&http, "device_http_bind"),
+        (&mqtt, "device_mqtt_bind"),
+        (&broker, "broker_listen"),
+        (&metrics, "metrics_bind"),
+    ];
     for (addr, key) in each {
         let env = format!("OTA_{}", key.to_ascii_uppercase());
         let line = all.lines().find(|l| l.contains(addr.as_str())).unwrap_or_else(|| panic!("{addr} not named: {all}"));

@@ -115,3 +115,12 @@ fn several_gateways_runs_nodes_by_role() {
     let section = section.split("\n## ").next().unwrap_or_default();
     assert!(section.contains("ota up --role api") && section.contains("ota up --role gateway"), "{section}");
 }
+
+#[test]
+fn the_metric_table_names_every_metric() {
+    let readme = read("README.md");
+    let section = readme.split("## Metrics and logs").nth(1).expect("a \"Metrics and logs\" section");
+    for name in ota_domain::metrics::ALL {
+        assert!(section.contains(&format!("`{name}`")), "README's metric table lacks `{name}`");
+    }
+}

@@ -80,6 +80,18 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
         .await
         .unwrap();
     assert_eq!(started["target_devices"].as_u64(), Some(20), "{started:#}");
+    // The live rule's progress shows on the gateways' metrics (their schedulers refresh it).
+    let series = format!("ota_rule_targets{{rule=\"{id}\"}} 20");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = String::new();
+    while tokio::time::Instant::now() < deadline {
+        seen = metrics_text(&client, &g1).await;
+        if seen.lines().any(|l| l == series) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(seen.lines().any(|l| l == series), "{series} not in:\n{seen}");
     let done = fleet.wait_completed(&api, id, Duration::from_secs(90)).await;
     // Fleet::boot spread the devices over both gateways.
     assert_eq!((fleet.on_node(0), fleet.on_node(1)), (10, 10));
@@ -88,4 +100,21 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
     let v = verifier.stop().await;
     assert_eq!(v.wifi_sw, TARGET);
     assert!(api_node.log().lines().all(|l| !l.contains("ERROR")), "{}", api_node.log());
+
+    // Each node's metrics on its own bind: the API node counts API requests, the gateways
+    // their devices' logins and downloads.
+    let text = metrics_text(&client, &api_node).await;
+    assert!(text.lines().any(|l| l.starts_with("ota_api_requests_total{")), "{text}");
+    for g in [&g1, &g2] {
+        let text = metrics_text(&client, g).await;
+        for name in ["ota_device_logins_total ", "ota_downloads_completed_total ", "ota_mqtt_sessions "] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{} lacks {name}:\n{text}", g.name);
+        }
+    }
+}
+
+async fn metrics_text(client: &reqwest::Client, node: &Node) -> String {
+    let r = client.get(format!("http://{}/metrics", node.metrics)).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK, "{}", node.name);
+    r.text().await.unwrap()
 }

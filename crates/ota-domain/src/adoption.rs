@@ -118,6 +118,11 @@ pub enum LoginDecision {
     Refused,
 }
 
+/// Counts an MQTT login the domain refuses, by reason (`crate::metrics`).
+fn refused_login(reason: &'static str) {
+    metrics::counter!(crate::metrics::DEVICE_LOGIN_REFUSALS, "channel" => "mqtt", "reason" => reason).increment(1);
+}
+
 /// Per-process rate limit of refusal and conflict writes (see the module doc).
 #[derive(Debug, Default)]
 pub struct EventThrottle {
@@ -241,6 +246,7 @@ impl Domain {
             }
             let reason = "unknown did; no product adopts";
             self.note_unknown_did(did, crate::security::Channel::Mqtt, reason, source.as_deref()).await;
+            refused_login("unknown_did");
             return Ok(LoginDecision::Refused);
         };
         // The hot path: a known passcode, nothing to write.
@@ -250,6 +256,7 @@ impl Domain {
         }
         if device.passcode.as_deref().is_some_and(|p| p != passcode) {
             self.note_conflict(device.tenant_id, device.product_id, device.id, did, source.as_deref(), now).await?;
+            refused_login("wrong_passcode");
             return Ok(LoginDecision::Refused);
         }
         let (did_owned, passcode_owned, source_owned) = (did.to_owned(), passcode.to_owned(), source.clone());
@@ -264,10 +271,12 @@ impl Domain {
             Known::Accepted(identity) => Ok(self.accept_login(identity, held, source.as_deref()).await),
             Known::Conflict { tenant_id, product_id } => {
                 self.note_conflict(tenant_id, product_id, device.id, did, source.as_deref(), now).await?;
+                refused_login("wrong_passcode");
                 Ok(LoginDecision::Refused)
             }
             Known::Refused { tenant_id, product_id, reason } => {
                 self.note_refusal(tenant_id, product_id, did, reason, source.as_deref(), now).await?;
+                refused_login("registration_policy");
                 Ok(LoginDecision::Refused)
             }
         }

@@ -156,6 +156,12 @@ impl Db {
         self.backend
     }
 
+    /// The pool now: connections open, of which idle, and the most it opens.
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections, self.pool.max_size())
+    }
+
     /// Runs every pending embedded migration of this backend; returns the names applied.
     pub fn migrate(&self) -> Result<Vec<String>, DbSetupError> {
         let mut conn = self.pool.get().map_err(|e| DbSetupError::Migration(e.to_string()))?;

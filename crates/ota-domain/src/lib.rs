@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod lifecycle;
 pub mod liveness;
 pub mod login;
+pub mod metrics;
 pub mod notify;
 pub mod paging;
 pub mod products;

@@ -137,6 +137,25 @@ pub struct EdgeStats {
     pub unserved_subscriptions: AtomicU64,
 }
 
+/// Sessions open on every edge of this process (the `ota_mqtt_sessions` gauge).
+static SESSIONS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn sessions_changed(before: usize, after: usize) {
+    let delta = after as i64 - before as i64;
+    let now = SESSIONS.fetch_add(delta, Ordering::Relaxed) + delta;
+    metrics::gauge!(ota_domain::metrics::MQTT_SESSIONS).set(now as f64);
+}
+
+/// Sets the sessions gauge again (the exporter drops gauges nobody sets for a while).
+pub fn refresh_sessions_gauge() {
+    metrics::gauge!(ota_domain::metrics::MQTT_SESSIONS).set(SESSIONS.load(Ordering::Relaxed) as f64);
+}
+
+/// Counts a login the edge refuses by itself (the domain counts its own refusals).
+fn login_refused(reason: &'static str) {
+    metrics::counter!(ota_domain::metrics::DEVICE_LOGIN_REFUSALS, "channel" => "mqtt", "reason" => reason).increment(1);
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -376,10 +395,12 @@ impl Edge {
         let connect = match read_packet(&mut reader, &mut buf, 8 * 1024, Some(self.settings.connect_timeout)).await {
             Ok(Packet::Connect(c)) => c,
             Ok(_) => {
+                login_refused("protocol");
                 self.ended(peer, None, End::Protocol("the first packet was not CONNECT"));
                 return;
             }
             Err(End::Malformed(CodecError::UnsupportedProtocol { name, level })) => {
+                login_refused("protocol");
                 tracing::info!(%peer, %name, level, "unsupported MQTT protocol");
                 let _ = tx.send(Outbound::plain(connack(ConnectReturnCode::UnacceptableProtocol))).await;
                 drop(tx);
@@ -393,7 +414,10 @@ impl Edge {
         };
         let checked = match self.throttle.begin(peer.ip()) {
             // Too many attempts in flight from this address: answered as wrong, unchecked.
-            None => Err(ConnectReturnCode::BadUsernameOrPassword),
+            None => {
+                login_refused("throttled");
+                Err(ConnectReturnCode::BadUsernameOrPassword)
+            }
             Some(attempt) => {
                 let checked = self.login(&connect, peer).await;
                 if checked.as_ref().err() == Some(&ConnectReturnCode::BadUsernameOrPassword) {
@@ -428,6 +452,7 @@ impl Edge {
                     Err(end) => {
                         if matches!(end, End::NotAdopted | End::Timeout) {
                             bump(&self.stats.refused_adoptions);
+                            login_refused("not_adopted");
                         }
                         if matches!(end, End::Timeout) {
                             let reason = "named no product within adoption_timeout";
@@ -443,12 +468,14 @@ impl Edge {
             }
         };
         bump(&self.stats.logins);
+        metrics::counter!(ota_domain::metrics::DEVICE_LOGINS).increment(1);
         let session_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let subscriptions = Arc::new(Mutex::new(carried));
         let kick = Arc::new(Notify::new());
         let session_ms = self.domain.clock.now_ms();
         let replaced = self.sessions.lock().ok().and_then(|mut s| {
-            s.insert(
+            let before = s.len();
+            let replaced = s.insert(
                 identity.did.clone(),
                 SessionEntry {
                     id: session_id,
@@ -459,7 +486,9 @@ impl Edge {
                     session_ms,
                     ip: peer.ip().to_string(),
                 },
-            )
+            );
+            sessions_changed(before, s.len());
+            replaced
         });
         if let Some(old) = replaced {
             // MQTT: a second login with the same client id takes the session over.
@@ -496,7 +525,9 @@ impl Edge {
         if let Ok(mut s) = self.sessions.lock()
             && s.get(&identity.did).is_some_and(|e| e.id == session_id)
         {
+            let before = s.len();
             s.remove(&identity.did);
+            sessions_changed(before, s.len());
         }
         self.presence.offline(&identity.did, session_ms, self.domain.clock.now_ms());
         self.ended(peer, Some(&identity.did), end);
@@ -516,22 +547,34 @@ impl Edge {
 
     async fn login(&self, c: &mqtt::Connect, peer: SocketAddr) -> Result<Admission, ConnectReturnCode> {
         let (Some(user), Some(pass)) = (&c.username, &c.password) else {
+            login_refused("no_credentials");
             return Err(ConnectReturnCode::BadUsernameOrPassword);
         };
         if &c.client_id != user {
+            login_refused("client_id_mismatch");
             return Err(ConnectReturnCode::IdentifierRejected);
         }
-        let passcode = std::str::from_utf8(pass).map_err(|_| ConnectReturnCode::BadUsernameOrPassword)?;
+        let passcode = std::str::from_utf8(pass).map_err(|_| {
+            login_refused("protocol");
+            ConnectReturnCode::BadUsernameOrPassword
+        })?;
         match self.domain.device_login(user, passcode, Some(peer.ip().to_string())).await {
             Ok(LoginDecision::Accepted(identity)) => Ok(Admission::Known(identity)),
             Ok(LoginDecision::Provisional) if is_did(user) => {
                 Ok(Admission::Provisional { did: user.clone(), passcode: passcode.to_owned() })
             }
-            Ok(LoginDecision::Provisional | LoginDecision::Refused) => Err(ConnectReturnCode::BadUsernameOrPassword),
+            Ok(LoginDecision::Provisional) => {
+                login_refused("unknown_did");
+                Err(ConnectReturnCode::BadUsernameOrPassword)
+            }
+            // Counted by the domain, with its reason.
+            Ok(LoginDecision::Refused) => Err(ConnectReturnCode::BadUsernameOrPassword),
             Err(DomainError::Expected { code: ErrorCode::InvalidCredentials, .. }) => {
+                login_refused("wrong_passcode");
                 Err(ConnectReturnCode::BadUsernameOrPassword)
             }
             Err(e) => {
+                login_refused("server_error");
                 tracing::error!(error = %e, "device login check failed");
                 Err(ConnectReturnCode::ServerUnavailable)
             }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
+use tracing::Instrument;
 
 use super::error::HttpError;
 use super::request::{Limits, Request, read_request};
@@ -161,9 +162,14 @@ pub async fn serve<H: Handler>(
         };
         let handler = Arc::clone(&handler);
         let settings = Arc::clone(&settings);
-        tokio::spawn(async move {
-            serve_connection(stream, peer, handler.as_ref(), &settings, permit).await;
-        });
+        // Every log line of this request carries its id (`request_id`), as the API's do.
+        let span = tracing::info_span!("device_http", request_id = %request_id(), %peer);
+        tokio::spawn(
+            async move {
+                serve_connection(stream, peer, handler.as_ref(), &settings, permit).await;
+            }
+            .instrument(span),
+        );
     }
 
     // All permits back means every connection has sent its reply.
@@ -204,6 +210,12 @@ async fn serve_connection<H: Handler>(
                     }
                 }
             };
+            let status = match &reply {
+                Reply::Bytes(bytes) => reply_status(bytes),
+                Reply::Download { .. } => "200",
+            };
+            // The path only: a query string may carry a passcode.
+            tracing::debug!(target: "ota_gateway::access", %method, %path, status, "device request");
             send_reply(&mut write_half, reply, peer, settings).await;
             // Released before the FIN, so a peer that has seen the end of its reply can count
             // on the slot being free again.
@@ -227,6 +239,7 @@ async fn serve_connection<H: Handler>(
         return;
     }
     if let Ok(bytes) = error_reply(&err) {
+        metrics::counter!(ota_domain::metrics::DEVICE_HTTP_REQUESTS, "status" => reply_status(&bytes)).increment(1);
         let _ = timeout(settings.write_timeout, write_half.write_all(&bytes)).await;
     }
     let _ = write_half.shutdown().await;
@@ -236,10 +249,37 @@ async fn serve_connection<H: Handler>(
     let _ = timeout(LINGER_TIME, tokio::io::copy(&mut (&mut reader).take(LINGER_BYTES), &mut sink)).await;
 }
 
+/// A fresh request id: 16 hex digits.
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The status of a prebuilt reply (`HTTP/1.1 200 ...`), for the request counter.
+fn reply_status(bytes: &[u8]) -> &'static str {
+    match bytes.get(9..12) {
+        Some(b"200") => "200",
+        Some(b"201") => "201",
+        Some(b"400") => "400",
+        Some(b"403") => "403",
+        Some(b"404") => "404",
+        Some(b"409") => "409",
+        Some(b"429") => "429",
+        Some(b"503") => "503",
+        Some(s) if s.first() == Some(&b'4') => "4xx",
+        Some(s) if s.first() == Some(&b'5') => "5xx",
+        _ => "other",
+    }
+}
+
 async fn send_reply<W>(w: &mut W, reply: Reply, peer: SocketAddr, settings: &ServerSettings)
 where
     W: tokio::io::AsyncWrite + Unpin,
 {
+    let status = match &reply {
+        Reply::Bytes(bytes) => reply_status(bytes),
+        Reply::Download { .. } => "200",
+    };
+    metrics::counter!(ota_domain::metrics::DEVICE_HTTP_REQUESTS, "status" => status).increment(1);
     match reply {
         Reply::Bytes(bytes) => match timeout(settings.write_timeout, w.write_all(&bytes)).await {
             Ok(Ok(())) => {}

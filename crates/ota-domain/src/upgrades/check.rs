@@ -283,7 +283,13 @@ impl Domain {
         let rules = self.settings.series_rules;
         let delivery = self.settings.delivery_timeout_ms;
         let cap = self.settings.download_cap;
-        self.db.write(move |c| check_in(c, &check, now, rules, delivery, cap)).await
+        let method = check.method.as_str();
+        metrics::counter!(crate::metrics::DEVICE_CHECKS, "method" => method).increment(1);
+        let answer = self.db.write(move |c| check_in(c, &check, now, rules, delivery, cap)).await;
+        if let Ok(Ok(_)) = &answer {
+            metrics::counter!(crate::metrics::OFFERS, "method" => method).increment(1);
+        }
+        answer
     }
 
     /// V1V3 0x0207: the device asks for the image with this firmware id. Answered only when

@@ -288,7 +288,9 @@ pub(crate) fn apply(
                 Ok(change) => change,
                 Err(skip) => return Ok(Applied::Skipped(skip)),
             };
+        let observed = Observed::of(&current.record, event, &change);
         if store(c, &current.record, change, now)? {
+            observed.record(&current.record, now);
             return Ok(Applied::Changed);
         }
         match load(c, &[current.record.id])?.pop() {
@@ -297,6 +299,61 @@ pub(crate) fn apply(
         }
     }
     Err(DomainError::Internal(anyhow::anyhow!("upgrade record {} kept changing under event {event:?}", item.record.id)))
+}
+
+/// What a stored change means for the metrics (`crate::metrics`): the counters of the event
+/// and the stage latencies it ends, from the record's timestamps before the change.
+struct Observed {
+    stage: Option<UpgradeStage>,
+    counter: Option<&'static str>,
+    delivered: bool,
+    download_started: bool,
+    downloaded: bool,
+    succeeded: bool,
+}
+
+impl Observed {
+    fn of(record: &UpgradeRecord, event: &Event, change: &Change) -> Observed {
+        let before = record.stage();
+        let stage = change.stage.filter(|s| *s != before);
+        Observed {
+            stage,
+            counter: match event {
+                Event::PushSent => Some(crate::metrics::PUSHES_SENT),
+                Event::PushRefused { .. } => Some(crate::metrics::PUSHES_REFUSED),
+                Event::Delivered { .. } if matches!(change.notified_at, Some(Some(_))) => {
+                    Some(crate::metrics::PUSHES_DELIVERED)
+                }
+                _ => None,
+            },
+            delivered: matches!(event, Event::Delivered { .. }) && matches!(change.notified_at, Some(Some(_))),
+            download_started: matches!(event, Event::DownloadStarted { .. }),
+            downloaded: matches!(event, Event::DownloadCompleted) && stage == Some(UpgradeStage::Downloaded),
+            succeeded: stage == Some(UpgradeStage::Succeeded),
+        }
+    }
+
+    fn record(&self, record: &UpgradeRecord, now: i64) {
+        use crate::metrics as m;
+        if let Some(stage) = self.stage {
+            metrics::counter!(m::STAGE_CHANGES, "stage" => stage.as_str()).increment(1);
+        }
+        if let Some(name) = self.counter {
+            metrics::counter!(name).increment(1);
+        }
+        if self.delivered {
+            m::observe_ms(m::PUSH_DELIVERY_SECONDS, record.pushed_at, now);
+        }
+        if self.download_started {
+            m::observe_ms(m::OFFER_TO_DOWNLOAD_SECONDS, record.checked_at, now);
+        }
+        if self.downloaded {
+            m::observe_ms(m::DOWNLOAD_SECONDS, record.download_started_at, now);
+        }
+        if self.succeeded {
+            m::observe_ms(m::DOWNLOADED_TO_SUCCEEDED_SECONDS, record.downloaded_at, now);
+        }
+    }
 }
 
 /// [`apply`] by record id.

@@ -62,6 +62,8 @@ pub struct Node {
     pub api: SocketAddr,
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// Prometheus `/metrics` (`metrics_bind`, every role).
+    pub metrics: SocketAddr,
     child: Option<Child>,
     config: ClusterConfig,
 }
@@ -118,6 +120,7 @@ impl Node {
             .env("OTA_PUSH_DELIVERY_TIMEOUT_SECS", config.delivery_secs.to_string())
             .env("OTA_PUSH_RATE", config.push_rate.to_string())
             .env("OTA_MQTT_PACE_MS", "5")
+            .env("OTA_METRICS_BIND", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -127,32 +130,34 @@ impl Node {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut a, mut h, mut m) = (None, None, None);
+            let (mut a, mut h, mut m, mut x) = (None, None, None, None);
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 a = a.or_else(|| addr_after(&line, "listening on"));
                 h = h.or_else(|| addr_after(&line, "device HTTP"));
                 m = m.or_else(|| addr_after(&line, "device MQTT"));
+                x = x.or_else(|| addr_after(&line, "  metrics "));
                 if !sent && line.starts_with("Stop with") {
-                    let _ = tx.send((a, h, m));
+                    let _ = tx.send((a, h, m, x));
                     sent = true;
                 }
             }
             if !sent {
-                let _ = tx.send((a, h, m));
+                let _ = tx.send((a, h, m, x));
             }
         });
-        let (a, h, m) = rx.recv_timeout(Duration::from_secs(60)).unwrap_or((None, None, None));
+        let (a, h, m, x) = rx.recv_timeout(Duration::from_secs(60)).unwrap_or((None, None, None, None));
         // Each role's banner names exactly the listeners it runs.
         let serves_api = role != "gateway";
         let serves_devices = role != "api";
-        let complete = a.is_some() == serves_api && h.is_some() == serves_devices && m.is_some() == serves_devices;
+        let complete =
+            a.is_some() == serves_api && h.is_some() == serves_devices && m.is_some() == serves_devices && x.is_some();
         if !complete {
             let _ = child.kill();
             let log = std::fs::read_to_string(own.join("node.log")).unwrap_or_default();
             panic!(
-                "node {name} (role {role}) did not come up as its role says (api {a:?}, http {h:?}, mqtt {m:?}):\n{log}"
+                "node {name} (role {role}) did not come up as its role says (api {a:?}, http {h:?}, mqtt {m:?}, metrics {x:?}):\n{log}"
             );
         }
         let none = Node::NONE;
@@ -162,6 +167,7 @@ impl Node {
             api: a.unwrap_or(none),
             http: h.unwrap_or(none),
             mqtt: m.unwrap_or(none),
+            metrics: x.unwrap_or(none),
             child: Some(child),
             config: config.clone(),
         }
