@@ -80,9 +80,6 @@ impl Default for PushSettings {
     }
 }
 
-/// The rule gauges are refreshed at least every this many scheduler rounds.
-const RULE_GAUGE_EVERY: u64 = 5;
-
 /// Runs scheduler rounds for ever: each notifies at most a round's share of the rate, spread
 /// evenly over the round.
 async fn run_scheduler(domain: Domain, push: PushSettings) {
@@ -91,23 +88,11 @@ async fn run_scheduler(domain: Domain, push: PushSettings) {
     let spacing = interval / u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds: u64 = 0;
     loop {
         ticks.tick().await;
         let started = std::time::Instant::now();
         let outcome = domain.push_round(limit, spacing).await;
         metrics::histogram!(ota_domain::metrics::SCHEDULER_ROUND_SECONDS).record(started.elapsed().as_secs_f64());
-        // Rule gauges and the pool: after a round that did work (a rollout under way), else
-        // every few rounds (a count per live rule is not free).
-        let busy = outcome.as_ref().is_ok_and(|r| r.claimed > 0 || r.due > 0);
-        if busy || rounds.is_multiple_of(RULE_GAUGE_EVERY) {
-            if let Err(e) = domain.record_rule_progress().await {
-                tracing::debug!(error = %e, "rule gauges not refreshed");
-            }
-            ota_domain::metrics::record_pool(&domain.db);
-            edge::refresh_sessions_gauge();
-        }
-        rounds += 1;
         match outcome {
             Ok(round) if round.claimed > 0 || round.due > 0 => {
                 tracing::info!(due = round.due, notified = round.notified, failed = round.failed, "push round");
@@ -115,6 +100,22 @@ async fn run_scheduler(domain: Domain, push: PushSettings) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "push round failed; retrying next round"),
         }
+    }
+}
+
+/// Refreshes the rule gauges (a count per live rule), the pool and the session gauges once per
+/// scheduler interval (at most once a second), in a task of its own: the push loop never waits
+/// for these counts.
+async fn run_gauges(domain: Domain, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = domain.record_rule_progress().await {
+            tracing::debug!(error = %e, "rule gauges not refreshed");
+        }
+        ota_domain::metrics::record_pool(&domain.db);
+        edge::refresh_sessions_gauge();
     }
 }
 
@@ -323,6 +324,7 @@ impl Gateway {
             clock: domain.clock.clone(),
             delivery_timeout_ms: domain.settings.delivery_timeout_ms,
         }));
+        tasks.push(tokio::spawn(run_gauges(domain.clone(), settings.push.interval)));
         tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
         tasks.push(tokio::spawn(run_liveness(
             domain.clone(),

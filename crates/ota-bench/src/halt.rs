@@ -16,7 +16,7 @@ use ota_sim::{Device, DeviceConfig, DeviceHandle, DeviceSpec, Faults, Method, Ti
 use ota_wire::rollout::ExcludeRequest;
 use ota_wire::rules::{RuleDeviceQuery, RuleStatus, RuleView, StartRuleRequest, TargetKind};
 
-use crate::rules::{body, firmware, setup};
+use crate::rules::{body, firmware, online_now, setup};
 
 #[derive(Debug, clap::Args)]
 pub struct HaltArgs {
@@ -96,11 +96,8 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let online_query =
-        || ota_wire::dto::DeviceListQuery { online: Some(true), per_page: Some(1), ..Default::default() };
     loop {
-        gateway.presence.flush().await;
-        let online = s.domain.list_devices(&s.who()?, &s.product_key, online_query()).await?.total;
+        let online = online_now(&s, &gateway).await?;
         eprint!("\rconnecting: {online}/{} online ({:.0} s)", args.devices, t.elapsed().as_secs_f64());
         if online == args.devices as i64 {
             break;

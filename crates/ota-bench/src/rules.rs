@@ -148,6 +148,13 @@ pub(crate) async fn firmware(s: &Setup, size: usize) -> anyhow::Result<i64> {
     Ok(fw.id)
 }
 
+/// The product's devices online in the database, after the gateway's pending presence writes.
+pub(crate) async fn online_now(s: &Setup, gateway: &ota_gateway::Gateway) -> anyhow::Result<i64> {
+    gateway.presence.flush().await;
+    let query = ota_wire::dto::DeviceListQuery { online: Some(true), per_page: Some(1), ..Default::default() };
+    Ok(s.domain.list_devices(&s.who()?, &s.product_key, query).await?.total)
+}
+
 pub(crate) fn body(target: TargetKind, regions: Vec<String>) -> RuleBody {
     RuleBody {
         name: None,
@@ -329,11 +336,8 @@ pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
         .spawn()
         .context("starting the simulated fleet")?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let online_query =
-        || ota_wire::dto::DeviceListQuery { online: Some(true), per_page: Some(1), ..Default::default() };
     loop {
-        gateway.presence.flush().await;
-        let online = s.domain.list_devices(&s.who()?, &s.product_key, online_query()).await?.total;
+        let online = online_now(&s, &gateway).await?;
         eprint!("\rconnecting: {online}/{} online ({:.0} s)", args.devices, t.elapsed().as_secs_f64());
         if online == args.devices as i64 {
             break;
