@@ -34,6 +34,11 @@ pub trait BlobStore: Send + Sync + 'static {
     fn open<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<BlobStream>>;
     /// Removes the bytes; removing what is not there is not an error.
     fn delete<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// A file on this node's disk that holds exactly the stored bytes, so a download can be
+    /// served from the page cache without copying (`sendfile`). The local store answers with
+    /// its own file; a remote store fills a read-through cache on this node first. The file is
+    /// never rewritten in place: content is addressed by its digest.
+    fn local_file<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<PathBuf>>;
 }
 
 /// A complete upload in a temporary file, with its digests.
@@ -159,6 +164,19 @@ impl FsBlobStore {
 }
 
 impl BlobStore for FsBlobStore {
+    fn local_file<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<PathBuf>> {
+        Box::pin(async move {
+            let path = self.path_of(sha256)?;
+            match tokio::fs::metadata(&path).await {
+                Ok(m) if m.is_file() => Ok(path),
+                Ok(_) => Err(DomainError::Internal(anyhow::anyhow!("blob {} is not a file", path.display()))),
+                Err(e) => Err(DomainError::Internal(
+                    anyhow::Error::new(e).context(format!("opening blob {}", path.display())),
+                )),
+            }
+        })
+    }
+
     fn put<'a>(&'a self, staged: &'a StagedFile) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let target = self.path_of(&staged.sha256)?;
@@ -245,11 +263,14 @@ mod tests {
         store.put(&staged).await.unwrap();
         let bytes: Vec<Bytes> = store.open(&staged.sha256).await.unwrap().try_collect().await.unwrap();
         assert_eq!(bytes.concat(), b"helloworld");
+        let local = store.local_file(&staged.sha256).await.unwrap();
+        assert_eq!(std::fs::read(local).unwrap(), b"helloworld");
         let staged_path = staged.path().to_owned();
         drop(staged);
         assert!(!staged_path.exists(), "the staged file removes itself");
         store.delete(&hex::encode(Sha256::digest(b"helloworld"))).await.unwrap();
         assert!(store.open(&hex::encode(Sha256::digest(b"helloworld"))).await.is_err());
+        assert!(store.local_file(&hex::encode(Sha256::digest(b"helloworld"))).await.is_err());
 
         let mut w = StagingWriter::create(&dir.path().join("tmp"), "big.bin", 4).await.unwrap();
         assert!(matches!(w.write(b"12345").await, Err(StageError::TooLarge { limit: 4 })));
