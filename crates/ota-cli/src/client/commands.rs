@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Class, CliError, CliResult};
 use super::http::Api;
-use super::watch::{self, Display, Poller, status_name};
+use super::watch::{self, Display, EventSource, status_name};
 use super::*;
 
 pub async fn run(command: ClientCommand) -> CliResult<()> {
@@ -684,7 +684,7 @@ async fn rules(api: &Api, opts: &Opts, command: RuleCommand) -> CliResult<()> {
         RuleCommand::Advance { rule_id } => action(api, opts, rule_id, "advance").await,
         RuleCommand::Watch { rule_id, timeout, interval } => {
             let display = Display::choose(opts.json, opts.quiet);
-            let rule = watch::watch(Poller::new(api.clone(), rule_id, interval), display, timeout).await?;
+            let rule = watch::watch(EventSource::new(api.clone(), rule_id, interval), display, timeout).await?;
             if !opts.json && !opts.quiet && std::io::stderr().is_terminal() {
                 println!("{}", rule_line(&rule));
             }

@@ -338,7 +338,9 @@ pub enum RuleCommand {
     /// Stop a rule (the console's stop; `start` again re-queues).
     Stop { rule_id: i64 },
     /// Follow a rule until it completes (exit 0) or halts, stops or is cancelled (exit 8):
-    /// a progress bar on a terminal, JSON lines otherwise.
+    /// a progress bar on a terminal, JSON lines otherwise. Progress comes from the rule's
+    /// server-sent events (resumed when cut); `--interval` is the polling period used only
+    /// when the server refuses a stream.
     Watch {
         rule_id: i64,
         #[arg(long, value_parser = parse_duration)]

@@ -393,6 +393,10 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
             Event::DownloadCompleted if state.stage == Stage::Succeeded && state.downloaded_at.is_none() => {
                 Ok(Change { downloaded_at: Some(Some(now)), ..Change::default() })
             }
+            // ...and the push's acknowledgement can come after the report: date the push.
+            Event::Delivered { .. } if state.stage == Stage::Succeeded && state.notified_at.is_none() => {
+                Ok(Change { notified_at: Some(Some(now)), ..Change::default() })
+            }
             _ => Err(Skip("the record is closed")),
         };
     }
@@ -430,9 +434,10 @@ pub fn transition(state: &RecordState, event: &Event, ctx: &Context<'_>) -> Resu
                 return Err(Skip("already delivered"));
             }
             if !matches!(state.stage, Stage::Pending | Stage::Failed | Stage::Notified) {
-                // The device reacted (checked, downloaded) before the acknowledgement came:
-                // the push was delivered all the same.
-                if state.notified_at.is_none() && state.stage != Stage::Succeeded {
+                // The device reacted (checked, downloaded, even succeeded: a V4 device can
+                // fetch and report before the push's send is written) before the
+                // acknowledgement came: the push was delivered all the same.
+                if state.notified_at.is_none() {
                     return Ok(Change { notified_at: Some(Some(now)), ..Change::default() });
                 }
                 return Err(Skip("the device is past the push"));

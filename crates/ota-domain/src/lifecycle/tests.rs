@@ -253,6 +253,16 @@ fn a_late_acknowledgement_still_dates_the_push() {
     let checked = RecordState { notified_at: None, ..state(RecordKind::Rule, Stage::Checked) };
     let d = transition(&checked, &Event::Delivered { opening: Some(OPENING) }, &c).unwrap();
     assert_eq!(d, Change { notified_at: Some(Some(NOW)), ..Change::default() });
+    // Even after the device succeeded (a closed rule record, a verification awaiting its
+    // confirmation): the stage stays, only the push is dated, once.
+    for kind in [RecordKind::Rule, RecordKind::Verification] {
+        let succeeded = RecordState { notified_at: None, ..state(kind, Stage::Succeeded) };
+        let d = transition(&succeeded, &Event::Delivered { opening: Some(OPENING) }, &c).unwrap();
+        assert_eq!(d, Change { notified_at: Some(Some(NOW)), ..Change::default() }, "{kind:?}");
+        let dated = state(kind, Stage::Succeeded);
+        assert!(dated.notified_at.is_some());
+        assert!(transition(&dated, &Event::Delivered { opening: Some(OPENING) }, &c).is_err(), "{kind:?}");
+    }
 }
 
 #[test]
