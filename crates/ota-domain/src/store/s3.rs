@@ -3,9 +3,9 @@
 //!
 //! Why these crates: requests are signed by `rusty-s3`, a sans-IO crate that only turns an
 //! action into a presigned URL (SigV4 with `hmac`/`sha2`, its `rustcrypto` feature, so neither
-//! aws-lc nor ring arrives), and are sent by the workspace's one HTTP client, `reqwest`. The
-//! official AWS SDK would bring its own HTTP stack and aws-lc; `rust-s3` brings its own client
-//! and TLS choices. See `docs/decisions.md`.
+//! aws-lc nor ring arrives), and are sent by the workspace's one HTTP client, `reqwest`, so
+//! there is no second HTTP client. The AWS SDK, `rust-s3` and `object_store` each choose an
+//! HTTP stack and TLS of their own. See `docs/decisions.md`.
 //!
 //! - **Keys**: `<s3_prefix><sha256>`. Objects are immutable and addressed by their digest.
 //! - **put** skips the upload when HEAD finds the object already; otherwise one PUT streams the
