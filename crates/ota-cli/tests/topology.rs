@@ -110,6 +110,9 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
     // from its own cache, filled by one GET from the store.
     let sha256 = api.get(&format!("/api/v1/firmware/{fw}")).await.unwrap()["sha256"].as_str().unwrap().to_owned();
     let key = format!("firmware/{sha256}");
+    // Counted before this test reads the object itself.
+    let gets = moto.requests_matching(&format!("GET /{}/{key}?", moto.bucket));
+    assert_eq!(gets, 2, "one GET per gateway, whatever the number of devices:\n{}", moto.log());
     let image = moto.get_raw(&key).expect("the image is in the bucket");
     assert_eq!(image.len(), 32 * 1024);
     for node in [&api_node, &g1, &g2] {
@@ -122,12 +125,6 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
         let cached = dir.path().join(&g.name).join("data/firmware-cache").join(&sha256[..2]).join(&sha256);
         assert_eq!(std::fs::read(&cached).ok().as_deref(), Some(&image[..]), "{} cache", g.name);
     }
-    assert_eq!(
-        moto.requests_matching(&format!("GET /{}/{key}?", moto.bucket)),
-        2,
-        "one GET per gateway, whatever the number of devices:\n{}",
-        moto.log()
-    );
 
     // Each node's metrics on its own bind: the API node counts API requests, the gateways
     // their devices' logins and downloads.
