@@ -389,6 +389,8 @@ impl BlobStore for S3BlobStore {
             let key = self.object_key(sha256);
             let url = self.bucket.put_object(Some(&self.credentials), &key).sign(SIGNED_FOR);
             let file = tokio::fs::File::open(staged.path()).await?;
+            // Streamed from the file with the length set by hand: hyper keeps a Content-Length
+            // it is given, so the body is not sent chunked (S3 refuses a plain chunked PUT).
             let response = self
                 .http
                 .put(url)
