@@ -1,7 +1,7 @@
 //! `docker-compose.yml` checked against the server it runs (no container engine runs here):
 //! the services and roles of the scaled-out topology, published device ports that match the
-//! binds and what provision hands out, health checks on the ports the nodes really serve, one
-//! firmware volume at every node's firmware directory, and only `OTA_*` names the server reads
+//! binds and what provision hands out, health checks on the ports the nodes really serve, the
+//! shared S3 store (MinIO, its bucket created before any node starts, no shared volume), and only `OTA_*` names the server reads
 //! (from [`Config::keys`], not a copied list). Each node's environment is loaded through
 //! [`Config::load`] as the server would.
 
@@ -199,9 +199,25 @@ fn the_compose_file_publishes_the_device_ports_it_binds() {
 #[test]
 fn every_service_has_a_health_check_and_the_nodes_ask_their_own_ports() {
     let doc = compose();
+    // One-shot services (waited for until they completed) have nothing to check.
+    let mut one_shot = Vec::new();
+    for (_, service) in doc["services"].as_hash().unwrap() {
+        if let Some(deps) = merged(service)["depends_on"].as_hash() {
+            for (dep, how) in deps {
+                if how["condition"].as_str() == Some("service_completed_successfully") {
+                    one_shot.push(scalar(dep));
+                }
+            }
+        }
+    }
     for (name, service) in doc["services"].as_hash().unwrap() {
+        let name = scalar(name);
+        if one_shot.contains(&name) {
+            assert_eq!(merged(service)["restart"].as_str(), Some("no"), "{name} runs once");
+            continue;
+        }
         let test = strings(&merged(service)["healthcheck"]["test"]);
-        assert!(!test.is_empty(), "{} has no health check", scalar(name));
+        assert!(!test.is_empty(), "{name} has no health check");
     }
     for n in nodes(&doc) {
         let test = strings(&n.service["healthcheck"]["test"]).join(" ");
@@ -211,8 +227,22 @@ fn every_service_has_a_health_check_and_the_nodes_ask_their_own_ports() {
     }
 }
 
+/// The services `name` waits for, directly or through the services it waits for, with the
+/// condition of the direct wait.
+fn waits_for(doc: &Yaml, name: &str, out: &mut BTreeMap<String, String>) {
+    let service = merged(&doc["services"][name]);
+    let Some(deps) = service["depends_on"].as_hash() else { return };
+    for (dep, how) in deps {
+        let dep = scalar(dep);
+        let condition = how["condition"].as_str().unwrap_or("service_started").to_owned();
+        if out.insert(dep.clone(), condition).is_none() {
+            waits_for(doc, &dep, out);
+        }
+    }
+}
+
 #[test]
-fn every_node_mounts_one_shared_firmware_volume_at_its_firmware_directory() {
+fn every_node_uses_the_shared_s3_store_and_no_shared_volume() {
     let doc = compose();
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let image_data_dir = dockerfile
@@ -221,21 +251,57 @@ fn every_node_mounts_one_shared_firmware_volume_at_its_firmware_directory() {
         .expect("the image sets OTA_DATA_DIR")
         .trim()
         .to_owned();
-    let declared: Vec<String> = doc["volumes"].as_hash().unwrap().keys().map(scalar).collect();
-    let mut volumes = Vec::new();
-    for n in nodes(&doc) {
-        let data_dir = n.env.get("OTA_DATA_DIR").cloned().unwrap_or_else(|| image_data_dir.clone());
-        let firmware_dir = format!("{data_dir}/firmware");
+    let nodes = nodes(&doc);
+    let mut stores = Vec::new();
+    for n in &nodes {
+        assert_eq!(n.config.firmware_store, super::FirmwareStore::S3, "{} does not use the shared store", n.name);
+        let s3 = n.config.s3_settings().unwrap_or_else(|e| panic!("{}: {e}", n.name));
+        // Nothing on disk is shared: no volume at all, and the cache is in the node's own data
+        // directory (the image's, `firmware-cache` under it).
         let mounts = strings(&n.service["volumes"]);
-        let volume = mounts
-            .iter()
-            .find_map(|m| m.split_once(':').filter(|(_, target)| *target == firmware_dir).map(|(v, _)| v.to_owned()))
-            .unwrap_or_else(|| panic!("{} mounts nothing at {firmware_dir}: {mounts:?}", n.name));
-        assert!(declared.contains(&volume), "{volume} is not a named volume");
-        volumes.push(volume);
+        assert!(mounts.is_empty(), "{} mounts {mounts:?}; the nodes share nothing but the bucket", n.name);
+        assert!(!n.env.contains_key("OTA_DATA_DIR"), "{}: the image's data directory ({image_data_dir})", n.name);
+        assert_eq!(n.config.firmware_cache_dir, None, "{}: the cache follows the data directory", n.name);
+        assert!(s3.cache_dir.ends_with("firmware-cache"), "{}", n.name);
+        // The node starts after the bucket exists.
+        let mut waits = BTreeMap::new();
+        waits_for(&doc, &n.name, &mut waits);
+        stores.push((s3, waits));
     }
-    volumes.dedup();
-    assert_eq!(volumes.len(), 1, "the nodes do not share one firmware volume: {volumes:?}");
+    let (first, _) = &stores[0];
+    for (s3, _) in &stores {
+        assert_eq!((&s3.endpoint, &s3.bucket, &s3.prefix), (&first.endpoint, &first.bucket, &first.prefix));
+    }
+    // The endpoint is the MinIO service of this file, with the nodes' credentials as its root
+    // user, and the init service creates the bucket the nodes name.
+    let host = first.endpoint.trim_start_matches("http://").split([':', '/']).next().unwrap().to_owned();
+    let minio = merged(&doc["services"][host.as_str()]);
+    assert!(!minio.is_badvalue(), "{}: no service `{host}`", first.endpoint);
+    assert_eq!(minio["environment"]["MINIO_ROOT_USER"].as_str(), Some(first.access_key_id.as_str()));
+    assert_eq!(minio["environment"]["MINIO_ROOT_PASSWORD"].as_str(), Some(first.secret_access_key.as_str()));
+    assert!(!strings(&minio["healthcheck"]["test"]).is_empty(), "{host} has no health check");
+    let (init, _) = doc["services"]
+        .as_hash()
+        .unwrap()
+        .iter()
+        .find(|(_, s)| {
+            strings(&s["entrypoint"]).join(" ").contains(&format!("mc mb --ignore-existing local/{}", first.bucket))
+        })
+        .unwrap_or_else(|| panic!("no service creates the bucket `{}`", first.bucket));
+    let init = scalar(init);
+    let init_cmd = strings(&doc["services"][init.as_str()]["entrypoint"]).join(" ");
+    assert!(
+        init_cmd.contains(&format!("http://{host}:9000 {} {}", first.access_key_id, first.secret_access_key)),
+        "{init} does not log in to {host} as the nodes do: {init_cmd}"
+    );
+    for ((_, waits), n) in stores.iter().zip(&nodes) {
+        assert!(waits.contains_key(&init), "{} may start before the bucket exists: {waits:?}", n.name);
+    }
+    let api = nodes.iter().find(|n| n.role == Role::Api).unwrap();
+    assert_eq!(
+        merged(&doc["services"][api.name.as_str()])["depends_on"][init.as_str()]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
 }
 
 #[test]

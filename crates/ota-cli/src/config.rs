@@ -41,6 +41,17 @@ impl Role {
     }
 }
 
+/// Where firmware files live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareStore {
+    /// `<data_dir>/firmware` on this node (one node, or nodes sharing that directory).
+    Local,
+    /// An S3-compatible object store shared by every node (`s3_*` keys), with a read-through
+    /// cache on each node.
+    S3,
+}
+
 /// `OTA_*` names that are not configuration keys but are read by something else: the
 /// configuration file path, the log filter, the `ota` client (`OTA_URL`, `OTA_TOKEN`), and the
 /// tests, simulator, benchmarks and fault harness (prefixes ending in `_`).
@@ -134,6 +145,25 @@ pub struct Config {
     /// the region of devices registering without one; a region set by an operator or an
     /// import is never overwritten. Read into memory at startup; unset = no lookup.
     pub geoip_database: Option<PathBuf>,
+    /// `local` (files under `<data_dir>/firmware`) or `s3` (an S3-compatible object store
+    /// shared by all nodes, set by the `s3_*` keys).
+    pub firmware_store: FirmwareStore,
+    /// `http://host:port` of the S3-compatible server (MinIO, Garage, Ceph RGW, AWS…).
+    pub s3_endpoint: Option<String>,
+    /// The bucket; it must exist (the server does not create it).
+    pub s3_bucket: Option<String>,
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Prepended to every object key (`firmware/` → `firmware/<sha256>`).
+    pub s3_prefix: String,
+    /// `http://host/bucket/key` URLs (MinIO, moto, IP endpoints) rather than
+    /// `http://bucket.host/key`.
+    pub s3_path_style: bool,
+    /// The node's read-through cache of the S3 store; default `<data_dir>/firmware-cache`.
+    pub firmware_cache_dir: Option<PathBuf>,
+    /// Bytes the cache may hold before the least recently used files go; 0: no limit.
+    pub firmware_cache_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -175,6 +205,16 @@ impl Default for Config {
             max_concurrent_downloads: 0,
             verification_timeout_minutes: 10,
             geoip_database: None,
+            firmware_store: FirmwareStore::Local,
+            s3_endpoint: None,
+            s3_bucket: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_prefix: String::new(),
+            s3_path_style: true,
+            firmware_cache_dir: None,
+            firmware_cache_max_bytes: 0,
         }
     }
 }
@@ -263,6 +303,27 @@ impl Config {
         std::fs::write(&path, format!("{id}\n"))
             .map_err(|e| anyhow::anyhow!("cannot keep the node id in {}: {e}", path.display()))?;
         Ok(id)
+    }
+
+    /// The S3 store's settings (`firmware_store = "s3"`); a missing key is an error naming it.
+    pub fn s3_settings(&self) -> anyhow::Result<ota_domain::store::s3::S3Settings> {
+        let required = |value: &Option<String>, key: &str| {
+            value
+                .clone()
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| anyhow::anyhow!("firmware_store = \"s3\" needs {key} (or {})", Config::env_name(key)))
+        };
+        Ok(ota_domain::store::s3::S3Settings {
+            endpoint: required(&self.s3_endpoint, "s3_endpoint")?,
+            bucket: required(&self.s3_bucket, "s3_bucket")?,
+            region: self.s3_region.clone(),
+            access_key_id: required(&self.s3_access_key_id, "s3_access_key_id")?,
+            secret_access_key: required(&self.s3_secret_access_key, "s3_secret_access_key")?,
+            prefix: self.s3_prefix.clone(),
+            path_style: self.s3_path_style,
+            cache_dir: self.firmware_cache_dir.clone().unwrap_or_else(|| self.data_dir.join("firmware-cache")),
+            cache_max_bytes: self.firmware_cache_max_bytes,
+        })
     }
 
     pub fn cors_origins(&self) -> Vec<String> {
@@ -512,7 +573,9 @@ mod tests {
             let line = line.trim_start_matches('#').trim();
             if let Some((key, _)) = line.split_once('=') {
                 let key = key.trim();
-                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                if key.starts_with(|c: char| c.is_ascii_lowercase())
+                    && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
                     listed.insert(key.to_owned());
                 }
             }
@@ -525,6 +588,37 @@ mod tests {
             serde_json::to_value(Config::default()).unwrap(),
             "a value set in ota.example.toml is not the default"
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_s3_store_is_chosen_by_configuration_and_names_what_it_lacks() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.firmware_store, FirmwareStore::Local);
+            jail.set_env("OTA_FIRMWARE_STORE", "s3");
+            jail.set_env("OTA_S3_ENDPOINT", "http://minio:9000");
+            jail.set_env("OTA_S3_BUCKET", "firmware");
+            jail.set_env("OTA_S3_ACCESS_KEY_ID", "key");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.firmware_store, FirmwareStore::S3);
+            let err = c.s3_settings().expect_err("no secret").to_string();
+            assert!(err.contains("s3_secret_access_key") && err.contains("OTA_S3_SECRET_ACCESS_KEY"), "{err}");
+            jail.set_env("OTA_S3_SECRET_ACCESS_KEY", "secret");
+            jail.set_env("OTA_FIRMWARE_CACHE_MAX_BYTES", "1000000");
+            let s = Config::load(None).map_err(|e| e.to_string())?.s3_settings().map_err(|e| e.to_string())?;
+            assert_eq!(
+                (s.endpoint.as_str(), s.bucket.as_str(), s.region.as_str()),
+                ("http://minio:9000", "firmware", "us-east-1")
+            );
+            assert!(s.path_style);
+            assert_eq!(s.cache_dir, Path::new("data/firmware-cache"));
+            assert_eq!(s.cache_max_bytes, 1_000_000);
+            jail.set_env("OTA_FIRMWARE_STORE", "nfs");
+            let err = Config::load(None).expect_err("refused").to_string();
+            assert!(err.contains("nfs"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -13,10 +13,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ota_api::{ApiSettings, JwtKeys};
 use ota_domain::geoip::MaxMindRegions;
-use ota_domain::store::FsBlobStore;
+use ota_domain::store::s3::S3BlobStore;
+use ota_domain::store::{BlobStore, FsBlobStore};
 use ota_domain::{Db, Domain, DomainSettings, SystemClock};
 
-use config::{Config, Role};
+use config::{Config, FirmwareStore, Role};
 
 #[derive(Parser)]
 #[command(name = "ota", version, about = "Self-hosted OTA firmware rollout server for Gizwits GAgent devices")]
@@ -137,7 +138,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 }
                 (None, false) => anyhow::bail!("give --password or --password-stdin"),
             };
-            let domain = open_domain(&config)?;
+            let domain = open_domain(&config).await?;
             let created =
                 domain.create_admin(&tenant, &username, &password).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created admin `{}` in tenant `{}`", created.username, created.tenant);
@@ -166,14 +167,13 @@ fn open_db(config: &Config) -> anyhow::Result<Db> {
 }
 
 /// Connects, migrates and builds the domain.
-fn open_domain(config: &Config) -> anyhow::Result<Domain> {
+async fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     let geoip = open_geoip(config)?;
     let db = open_db(config)?;
     for name in db.migrate()? {
         tracing::info!(migration = %name, "applied migration");
     }
-    let store = FsBlobStore::new(config.data_dir.join("firmware"))
-        .with_context(|| format!("creating the firmware store under {}", config.data_dir.display()))?;
+    let store = open_store(config).await?;
     let mut settings = DomainSettings::new(config.max_firmware_bytes, config.data_dir.join("staging"));
     anyhow::ensure!(config.verification_timeout_minutes >= 1, "verification_timeout_minutes must be at least 1");
     settings.verification_timeout_ms = config.verification_timeout_minutes * 60_000;
@@ -183,11 +183,31 @@ fn open_domain(config: &Config) -> anyhow::Result<Domain> {
     settings.delivery_timeout_ms =
         i64::try_from(config.push_delivery_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     settings.download_cap = (config.max_concurrent_downloads > 0).then_some(config.max_concurrent_downloads);
-    let domain = Domain::new(db, Arc::new(SystemClock), Arc::new(store), settings);
+    let domain = Domain::new(db, Arc::new(SystemClock), store, settings);
     Ok(match geoip {
         Some(regions) => domain.with_geoip(Arc::new(regions)),
         None => domain,
     })
+}
+
+/// The configured firmware store. An S3 store is checked before the node starts (the bucket
+/// is there, the credentials are accepted): a wrong setting stops the start, naming it.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    match config.firmware_store {
+        FirmwareStore::Local => {
+            let store = FsBlobStore::new(config.data_dir.join("firmware"))
+                .with_context(|| format!("creating the firmware store under {}", config.data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        FirmwareStore::S3 => {
+            let settings = config.s3_settings()?;
+            let cache = settings.cache_dir.clone();
+            let store = S3BlobStore::new(settings)?;
+            store.check().await?;
+            tracing::info!(store = ?store, cache = %cache.display(), "firmware in an S3-compatible store, cached on this node");
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// The configured GeoIP database; a file that cannot be used stops the start, rather than
@@ -239,7 +259,7 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
     // Every port first, then the database: a taken port changes nothing (in particular it
     // creates no first admin whose generated password would never be shown).
     let listeners = bind_all(&config)?;
-    let domain = open_domain(&config)?;
+    let domain = open_domain(&config).await?;
     let metrics = match listeners.metrics {
         Some(listener) => {
             let addr = listener.local_addr()?;
@@ -633,20 +653,20 @@ async fn bootstrap_admin(domain: &Domain, config: &Config) -> anyhow::Result<Opt
 mod tests {
     use super::*;
 
-    #[test]
-    fn geoip_database_that_cannot_be_used_is_a_startup_error() {
+    #[tokio::test]
+    async fn geoip_database_that_cannot_be_used_is_a_startup_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
         assert!(open_geoip(&config).unwrap().is_none());
 
         config.geoip_database = Some(dir.path().join("GeoLite2-City.mmdb"));
-        let err = open_domain(&config).err().expect("a missing database is refused").to_string();
+        let err = open_domain(&config).await.err().expect("a missing database is refused").to_string();
         assert!(err.starts_with("geoip_database: ") && err.contains("GeoLite2-City.mmdb"), "{err}");
 
         let garbage = dir.path().join("garbage.mmdb");
         std::fs::write(&garbage, b"not a database").unwrap();
         config.geoip_database = Some(garbage);
-        let err = open_domain(&config).err().expect("an invalid database is refused").to_string();
+        let err = open_domain(&config).await.err().expect("an invalid database is refused").to_string();
         assert!(err.starts_with("geoip_database: ") && err.contains("not a MaxMind DB"), "{err}");
     }
 }

@@ -1,7 +1,8 @@
 //! First start and configuration, through the `ota` binary: every taken port reported at once
 //! with its setting and nothing changed (no first admin created), unknown configuration keys
 //! refused, roles that need a shared broker refused without one, `ota openapi` into a closed
-//! pipe, and `ota sim` against an address where no server listens.
+//! pipe, `ota sim` against an address where no server listens, and an S3 firmware store that
+//! cannot be used.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -169,6 +170,60 @@ fn split_roles_need_a_broker_the_other_nodes_reach() {
     let out = ota(dir.path()).args(["up", "--role", "both"]).output().unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("'both'"), "{}", text(&out));
+}
+
+/// A shared firmware store the node cannot use stops the start, naming the setting; with a
+/// bucket that is there (moto, started by the test) the node comes up.
+#[test]
+fn an_s3_store_that_cannot_be_used_stops_the_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = |c: &mut Command, endpoint: &str, bucket: &str| {
+        c.env("OTA_API_BIND", "127.0.0.1:0")
+            .env("OTA_DEVICE_HTTP_BIND", "127.0.0.1:0")
+            .env("OTA_DEVICE_MQTT_BIND", "127.0.0.1:0")
+            .env("OTA_FIRMWARE_STORE", "s3")
+            .env("OTA_S3_ENDPOINT", endpoint)
+            .env("OTA_S3_BUCKET", bucket)
+            .env("OTA_S3_ACCESS_KEY_ID", ota_testkit::moto::ACCESS_KEY_ID)
+            .env("OTA_S3_SECRET_ACCESS_KEY", ota_testkit::moto::SECRET_ACCESS_KEY);
+    };
+    // A required key missing.
+    let out = ota(dir.path()).arg("up").env("OTA_FIRMWARE_STORE", "s3").output().unwrap();
+    let all = text(&out);
+    assert!(!out.status.success() && all.contains("needs s3_endpoint (or OTA_S3_ENDPOINT)"), "{all}");
+    // HTTPS is refused with the reason.
+    let mut c = ota(dir.path());
+    s3(&mut c, "https://s3.example.com", "fw");
+    let out = c.arg("up").output().unwrap();
+    let all = text(&out);
+    assert!(!out.status.success() && all.contains("TLS-terminating proxy"), "{all}");
+    // Nothing listens at the endpoint.
+    let (listener, addr) = taken();
+    drop(listener);
+    let mut c = ota(dir.path());
+    s3(&mut c, &format!("http://{addr}"), "fw");
+    let out = c.arg("up").output().unwrap();
+    let all = text(&out);
+    assert!(!out.status.success() && all.contains("cannot reach the S3 store") && all.contains("s3_endpoint"), "{all}");
+
+    let Some(moto) = ota_testkit::moto::Moto::start() else { return };
+    let mut c = ota(dir.path());
+    s3(&mut c, &moto.endpoint, "no-such-bucket");
+    let out = c.arg("up").output().unwrap();
+    let all = text(&out);
+    assert!(
+        !out.status.success() && all.contains("`no-such-bucket` does not exist") && all.contains("s3_bucket"),
+        "{all}"
+    );
+    let (mut child, banner) = up({
+        let mut c = ota(dir.path());
+        s3(&mut c, &moto.endpoint, &moto.bucket);
+        c
+    });
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(banner.contains("OTA server is up"), "{banner}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("data/firmware").exists(), "the s3 store keeps no local firmware directory");
 }
 
 #[test]

@@ -46,6 +46,7 @@ async fn metrics_show_the_device_flow_and_api_calls_on_their_own_bind() {
         delivery_secs: 2,
         push_rate: 20,
         dir: dir.path().to_owned(),
+        store_env: Vec::new(),
     };
     let node = Node::start(&config, "solo");
     assert_ne!(node.metrics, Node::NONE);

@@ -1,9 +1,12 @@
 //! The scaled-out topology of `docker-compose.yml`, run natively: one API-only node and two
-//! gateway-only nodes (`ota up --role api|gateway`) on PostgreSQL and Mosquitto. A product
-//! and firmware are created through the API node, simulated devices log in to the gateways,
-//! a verification started on the API node reaches its device through the broker, and a rule
-//! completes on every device. In CI (`CI` set) PostgreSQL and Mosquitto must be there; elsewhere
-//! the test skips loudly without them.
+//! gateway-only nodes (`ota up --role api|gateway`) on PostgreSQL and Mosquitto, with the
+//! firmware in a shared S3-compatible store (moto, started by the test) and no shared disk:
+//! each node has a data directory of its own. A product and firmware are created through the
+//! API node, simulated devices log in to the gateways, a verification started on the API node
+//! reaches its device through the broker, and a rule completes on every device; the gateways
+//! serve the image from their read-through caches, each having fetched it from the store once.
+//! In CI (`CI` set) PostgreSQL, Mosquitto and moto must be there; elsewhere the test skips
+//! loudly without them.
 
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
     {
         return;
     }
+    let Some(moto) = ota_testkit::moto::Moto::start() else { return };
     let db = ota_testkit::TestDatabase::postgres().expect("a test schema");
     let dir = tempfile::tempdir().unwrap();
     let config = ClusterConfig {
@@ -30,6 +34,7 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
         delivery_secs: 2,
         push_rate: 20,
         dir: dir.path().to_owned(),
+        store_env: moto.node_env(),
     };
     let api_node = Node::start_role(&config, "api-1", "api");
     let g1 = Node::start_role(&config, "gw-1", "gateway");
@@ -100,6 +105,26 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
     let v = verifier.stop().await;
     assert_eq!(v.wifi_sw, TARGET);
     assert!(api_node.log().lines().all(|l| !l.contains("ERROR")), "{}", api_node.log());
+
+    // The image lives in the bucket; no node has a firmware directory; each gateway served it
+    // from its own cache, filled by one GET from the store.
+    let sha256 = api.get(&format!("/api/v1/firmware/{fw}")).await.unwrap()["sha256"].as_str().unwrap().to_owned();
+    let key = format!("firmware/{sha256}");
+    // Counted before this test reads the object itself.
+    let gets = moto.requests_matching(&format!("GET /{}/{key}?", moto.bucket));
+    assert_eq!(gets, 2, "one GET per gateway, whatever the number of devices:\n{}", moto.log());
+    let image = moto.get_raw(&key).expect("the image is in the bucket");
+    assert_eq!(image.len(), 32 * 1024);
+    for node in [&api_node, &g1, &g2] {
+        let data = dir.path().join(&node.name).join("data");
+        assert!(data.is_dir(), "{} has its own data directory", node.name);
+        assert!(!data.join("firmware").exists(), "{} keeps no local firmware store", node.name);
+    }
+    assert!(!dir.path().join("data").exists(), "no data directory is shared");
+    for g in [&g1, &g2] {
+        let cached = dir.path().join(&g.name).join("data/firmware-cache").join(&sha256[..2]).join(&sha256);
+        assert_eq!(std::fs::read(&cached).ok().as_deref(), Some(&image[..]), "{} cache", g.name);
+    }
 
     // Each node's metrics on its own bind: the API node counts API requests, the gateways
     // their devices' logins and downloads.

@@ -6,6 +6,7 @@
 //! (default `postgres://postgres@127.0.0.1:5432/test`), dropped when the test ends.
 
 pub mod cluster;
+pub mod moto;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

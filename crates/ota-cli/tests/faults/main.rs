@@ -36,6 +36,7 @@ fn cluster(database_url: String, broker: String, push_rate: u32, dir: &tempfile:
         delivery_secs: 2,
         push_rate,
         dir: kept(dir),
+        store_env: Vec::new(),
     }
 }
 

@@ -50,6 +50,11 @@ pub struct ClusterConfig {
     pub delivery_secs: u64,
     pub push_rate: u32,
     pub dir: PathBuf,
+    /// Extra `OTA_*` settings of every node that choose its firmware store (e.g.
+    /// [`crate::moto::Moto::node_env`]). Empty: the local store, in one data directory all
+    /// nodes share (as a shared volume would); otherwise each node has a data directory of its
+    /// own, so nothing on disk is shared.
+    pub store_env: Vec<(String, String)>,
 }
 
 /// One `ota up` process. Its ports and data directory (so its node id) survive a restart.
@@ -90,11 +95,11 @@ impl Node {
     }
 
     fn spawn(config: &ClusterConfig, name: &str, role: &'static str, (api, http, mqtt): (u16, u16, u16)) -> Node {
-        // One data directory for all nodes: it holds the firmware files every node serves
-        // (as a shared volume would in production); node ids are explicit, so they do not
-        // share one through it.
-        let data = config.dir.join("data");
+        // With the local store, one data directory for all nodes: it holds the firmware files
+        // every node serves (as a shared volume would in production); node ids are explicit,
+        // so they do not share one through it. With a shared store, each node its own.
         let own = config.dir.join(name);
+        let data = if config.store_env.is_empty() { config.dir.join("data") } else { own.join("data") };
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&own).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(own.join("node.log")).unwrap();
@@ -121,6 +126,7 @@ impl Node {
             .env("OTA_PUSH_RATE", config.push_rate.to_string())
             .env("OTA_MQTT_PACE_MS", "5")
             .env("OTA_METRICS_BIND", "127.0.0.1:0")
+            .envs(config.store_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -19,13 +19,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{DomainError, Result};
 
+pub mod s3;
+
 /// A stream of file bytes, as served to clients and devices.
 pub type BlobStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// Where firmware bytes live, addressed by their SHA-256 (lowercase hex).
 ///
 /// The default keeps files under the data directory. Several nodes sharing a database need a
-/// shared store (the database itself, or an object store); such a store implements this trait.
+/// shared store: [`s3::S3BlobStore`] keeps them in an S3-compatible object store, with a
+/// read-through cache on each node.
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores the staged file under `staged.sha256`. Idempotent: storing equal content twice
     /// keeps one copy.
@@ -141,6 +144,15 @@ pub fn sanitize_file_name(name: &str) -> String {
     cleaned.chars().take(128).collect()
 }
 
+/// The key is always a digest we computed (lowercase hex SHA-256); anything else is refused
+/// rather than turned into a path or an object key.
+pub(crate) fn check_key(sha256: &str) -> Result<&str> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(DomainError::Internal(anyhow::anyhow!("bad blob key {sha256:?}")));
+    }
+    Ok(sha256)
+}
+
 /// The default store: `<root>/<first two hex digits>/<sha256>`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -155,10 +167,7 @@ impl FsBlobStore {
     }
 
     fn path_of(&self, sha256: &str) -> Result<PathBuf> {
-        // The key is always a digest we computed; refuse anything else rather than build a path from it.
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(DomainError::Internal(anyhow::anyhow!("bad blob key {sha256:?}")));
-        }
+        let sha256 = check_key(sha256)?;
         Ok(self.root.join(&sha256[..2]).join(sha256))
     }
 }
