@@ -3,75 +3,14 @@
 //! and watches a rule to completion; run again it changes nothing; and a refused step exits
 //! non-zero with the server's error code. Runs on the backend `OTA_TEST_DATABASE` selects.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::Duration;
 
+use common::{Env, OTA, image, login, readme_pipeline_runs_twice, text};
 use ota_sim::Timing;
 use ota_testkit::cluster::{ADMIN, Api, ClusterConfig, Node, PASSWORD, device};
 use serde_json::Value;
-
-const OTA: &str = env!("CARGO_BIN_EXE_ota");
-
-/// The block after the `pipeline-example` marker of the README.
-fn readme_script() -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
-    let after = readme.split_once("<!-- pipeline-example").expect("the README marks its pipeline example").1;
-    let block = after.split_once("```sh\n").unwrap().1.split_once("```").unwrap().0;
-    assert!(block.lines().count() <= 12, "about ten lines:\n{block}");
-    assert!(!block.contains("curl") && !block.contains("jq"), "only `ota`:\n{block}");
-    block.to_owned()
-}
-
-struct Env {
-    dir: PathBuf,
-    url: String,
-    token: String,
-    pk: String,
-    test_mac: String,
-}
-
-impl Env {
-    /// `ota` with the environment a CI job would have (and no other credentials).
-    fn command(&self, program: &str) -> Command {
-        let bin = Path::new(OTA).parent().unwrap();
-        let mut c = Command::new(program);
-        c.current_dir(&self.dir)
-            .env_clear()
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
-            .env("HOME", &self.dir)
-            .env("XDG_CONFIG_HOME", self.dir.join("config-unused"))
-            .env("OTA_URL", &self.url)
-            .env("OTA_TOKEN", &self.token)
-            .env("PK", &self.pk)
-            .env("TEST_MAC", &self.test_mac)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn ota(&self, args: &[&str]) -> Output {
-        self.command(OTA).args(args).output().unwrap()
-    }
-
-    fn ota_json(&self, args: &[&str]) -> Value {
-        let out = self.ota(&[args, &["--json"]].concat());
-        assert!(out.status.success(), "ota {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn script(&self, script: &str) -> Output {
-        self.command("bash").arg("-c").arg(script).output().unwrap()
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A firmware image of `size` bytes.
-fn image(size: usize, seed: u8) -> Vec<u8> {
-    (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
 
 /// A running `ota up`, a logged-in client environment, and four simulated V4.1 devices on
 /// 04020006 (the first is the test device).
@@ -103,28 +42,7 @@ async fn setup() -> Setup {
     std::fs::create_dir_all(&work).unwrap();
 
     // `ota login` with a user name: the password from standard input, an API token stored 0600.
-    let mut login = Command::new(OTA)
-        .args(["login", "--url", &node.api_url(), "--username", ADMIN])
-        .env_clear()
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(login.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    let out = login.wait_with_output().unwrap();
-    assert!(out.status.success(), "login: {}", text(&out.stderr));
-    let stored_path = dir.path().join("config/ota/client.json");
-    let stored: Value = serde_json::from_slice(&std::fs::read(&stored_path).unwrap()).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&stored_path).unwrap().permissions().mode() & 0o777, 0o600);
-    }
-    let token = stored["token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("ota_"), "an API token, not a session");
+    let token = login(&node.api_url(), &dir.path().join("config"), ADMIN, PASSWORD);
 
     let mut env = Env { dir: work.clone(), url: node.api_url(), token, pk: String::new(), test_mac: String::new() };
     let product = env.ota_json(&["products", "create", "--name", "lamp"]);
@@ -148,42 +66,7 @@ async fn setup() -> Setup {
 async fn the_readme_pipeline_runs_twice_changing_nothing_the_second_time() {
     let Setup { env, devices, macs: _, _node, _dir, _db } = setup().await;
     let work = env.dir.clone();
-    std::fs::write(work.join("GAgent_00ESP826_04020021_26120100.bin"), image(64 * 1024, 1)).unwrap();
-
-    let script = readme_script();
-    let first = env.script(&script);
-    eprintln!("first run:\n{}{}", text(&first.stdout), text(&first.stderr));
-    assert!(first.status.success(), "first run failed:\n{}\n{}", text(&first.stdout), text(&first.stderr));
-    let firmware = env.ota_json(&["firmware", "list", &env.pk]);
-    assert_eq!(firmware["total"], 1, "{firmware}");
-    let fw = firmware["items"][0]["id"].as_i64().unwrap();
-    assert_eq!(firmware["items"][0]["verified"], true);
-    let rules = env.ota_json(&["rules", "list", "--firmware-id", &fw.to_string()]);
-    assert_eq!(rules["total"], 1, "{rules}");
-    let rule = rules["items"][0]["request_id"].as_i64().unwrap();
-    let done = env.ota_json(&["rules", "show", &rule.to_string()]);
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["counts"]["targets"], 3, "the three devices still on 04020006: {done}");
-    assert_eq!(done["counts"]["succeeded"], 3);
-    // Not a terminal: `watch` printed JSON lines, the last one the completion.
-    let last = text(&first.stdout).lines().rev().find(|l| l.starts_with('{')).map(str::to_owned).unwrap();
-    let last: Value = serde_json::from_str(&last).unwrap();
-    assert_eq!((last["request_id"].as_i64(), last["status"].as_str()), (Some(rule), Some("completed")));
-
-    // The same script again: success, and nothing new or changed.
-    let second = env.script(&script);
-    let out2 = text(&second.stdout);
-    eprintln!("second run:\n{out2}{}", text(&second.stderr));
-    assert!(second.status.success(), "second run failed:\n{out2}\n{}", text(&second.stderr));
-    assert!(out2.contains("already verified"), "{out2}");
-    assert!(out2.contains("already started"), "{out2}");
-    assert_eq!(env.ota_json(&["firmware", "list", &env.pk]), firmware, "the firmware is unchanged");
-    let rules2 = env.ota_json(&["rules", "list", "--firmware-id", &fw.to_string()]);
-    assert_eq!(rules2["total"], 1);
-    let again = env.ota_json(&["rules", "show", &rule.to_string()]);
-    for field in ["status", "counts", "started_at", "completed_at", "updated_at", "waves"] {
-        assert_eq!(again[field], done[field], "{field} changed");
-    }
+    readme_pipeline_runs_twice(&env, 3);
 
     // A refused step: a rule of unverified firmware cannot start. Exit 5 and the code printed.
     std::fs::write(work.join("GAgent_00ESP826_04020022_26120200.bin"), image(64 * 1024, 2)).unwrap();

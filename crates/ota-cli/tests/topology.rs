@@ -8,7 +8,11 @@
 //! In CI (`CI` set) PostgreSQL, Mosquitto and moto must be there; elsewhere the test skips
 //! loudly without them.
 
+mod common;
+
 use std::time::Duration;
+
+use common::Env;
 
 use ota_sim::Timing;
 use ota_testkit::cluster::fleet::{Fleet, TARGET, fast_policy};
@@ -106,6 +110,8 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
     assert_eq!(v.wifi_sw, TARGET);
     assert!(api_node.log().lines().all(|l| !l.contains("ERROR")), "{}", api_node.log());
 
+    the_readme_pipeline_runs_on_the_topology(&api_node, [&g1, &g2], &api, dir.path()).await;
+
     // The image lives in the bucket; no node has a firmware directory; each gateway served it
     // from its own cache, filled by one GET from the store.
     let sha256 = api.get(&format!("/api/v1/firmware/{fw}")).await.unwrap()["sha256"].as_str().unwrap().to_owned();
@@ -135,6 +141,84 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
         for name in ["ota_device_logins_total ", "ota_downloads_completed_total ", "ota_mqtt_sessions "] {
             assert!(text.lines().any(|l| l.starts_with(name)), "{} lacks {name}:\n{text}", g.name);
         }
+    }
+}
+
+/// The README's pipeline block, as a CI job runs it, against the API node of the topology:
+/// its test device and fleet spread over both gateways, which fetch the image from the shared
+/// store. Run twice, the second changing nothing; the audit log lists what the job did, under
+/// the job's API token.
+async fn the_readme_pipeline_runs_on_the_topology(
+    api_node: &Node,
+    gateways: [&Node; 2],
+    api: &Api,
+    dir: &std::path::Path,
+) {
+    let work = dir.join("job");
+    std::fs::create_dir_all(&work).unwrap();
+    let token = common::login(&api_node.api_url(), &dir.join("job-config"), ADMIN, PASSWORD);
+    let mut env = Env { dir: work, url: api_node.api_url(), token, pk: String::new(), test_mac: String::new() };
+    env.pk = env.ota_json(&["products", "create", "--name", "lamp"])["product_key"].as_str().unwrap().to_owned();
+    let macs: Vec<String> = (1..=4).map(|i| format!("5CCF7F{:06X}", 0xB000 + i)).collect();
+    env.test_mac = macs[0].clone();
+    let timing = Timing::fast();
+    let devices: Vec<_> =
+        macs.iter().enumerate().map(|(i, mac)| device(gateways[i % 2], &env.pk, mac, &timing)).collect();
+    api.wait(
+        &format!("/api/v1/products/{}/devices?online=true&per_page=1", env.pk),
+        "the job's devices online",
+        Duration::from_secs(60),
+        |v| v["total"].as_u64() == Some(macs.len() as u64),
+    )
+    .await;
+
+    let run = common::readme_pipeline_runs_twice(&env, 3);
+
+    // The audit log is for admins: an admin's session reads it.
+    let client = reqwest::Client::new();
+    let session: Value = client
+        .post(format!("{}/api/v1/auth/login", api_node.api_url()))
+        .json(&json!({ "username": ADMIN, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = session["token"].as_str().unwrap().to_owned();
+    let audit = |query: String| {
+        let (client, session) = (client.clone(), session.clone());
+        let url = format!("{}/api/v1/audit?{query}&per_page=200", api_node.api_url());
+        async move {
+            let r = client.get(url).bearer_auth(session).send().await.unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let rule_entries = audit(format!("object_kind=rule&object_id={}", run.rule_id)).await;
+    let firmware_entries = audit(format!("object_kind=firmware&object_id={}", run.firmware_id)).await;
+    // A verification's start is filed under the verification it created.
+    let verification_entries = audit("action=start_verification".into()).await;
+    let started =
+        verification_entries["items"].as_array().unwrap().iter().filter(|e| e["object_kind"] == "verification");
+    let entries: Vec<&Value> = rule_entries["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(firmware_entries["items"].as_array().unwrap())
+        .chain(started)
+        .collect();
+    let done =
+        |action: &str| entries.iter().any(|e| e["action"] == action && e["status"].as_u64().is_some_and(|s| s < 300));
+    for action in ["create_firmware", "start_verification", "confirm_verification", "create_rule", "start_rule"] {
+        assert!(done(action), "the audit log lacks a successful {action}: {entries:#?}");
+    }
+    assert!(
+        entries.iter().all(|e| e["credential"] == "api_token" && e["username"] == ADMIN),
+        "the job's actions are under its API token: {entries:#?}"
+    );
+    for d in devices {
+        assert_eq!(d.stop().await.wifi_sw, "04020021");
     }
 }
 
