@@ -164,7 +164,12 @@ pub async fn run(args: DownloadArgs) -> anyhow::Result<bool> {
         }
         let errors: u64 = ours.iter().map(|r| r.socket_errors + r.non_2xx).sum();
         let peer_errors: u64 = theirs.iter().map(|r| r.socket_errors + r.non_2xx).sum();
-        table.row(&phase, "socket errors + non-200: gateway / nginx", format!("{errors} / {peer_errors}"), "all rounds");
+        table.row(
+            &phase,
+            "socket errors + non-200: gateway / nginx",
+            format!("{errors} / {peer_errors}"),
+            "all rounds",
+        );
         clean &= errors == 0;
     }
     println!("{}", table.render());
