@@ -10,9 +10,7 @@
 //! code of `proto-docs/errors.md`. GAgent only tests the status line.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use ota_domain::upgrades::downloads::download_end;
@@ -20,10 +18,9 @@ use ota_domain::upgrades::{Check, CheckAuth, NoOffer, Offer, RecordEventWriter};
 use ota_domain::{Domain, DomainError};
 use ota_wire::ErrorCode;
 use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia};
-use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::http::response::sanitize_filename;
-use crate::http::{DownloadHead, FormBuilder, Handler, ProductCipher, Reply, Request, api_reply};
+use crate::http::{DownloadFile, DownloadHead, FormBuilder, Handler, ProductCipher, Reply, Request, api_reply};
 use crate::throttle::AuthThrottle;
 
 /// Where devices are sent: the host in download URLs and the MQTT address in provision.
@@ -278,37 +275,34 @@ impl DeviceHttp {
         let Ok(upgrade_id) = id.parse::<i64>() else {
             return domain_error_reply(&not_found_download());
         };
-        let opened = match self.domain.open_offer_download(upgrade_id, &self.node).await {
+        let (fw, path) = match self.domain.offer_download_file(upgrade_id, &self.node).await {
             Ok(Some(found)) => found,
             Ok(None) => return domain_error_reply(&not_found_download()),
             Err(e) => return domain_error_reply(&e),
         };
-        let (fw, stream) = opened;
         let total = fw.size.max(0) as u64;
         let events = self.events.clone();
         let counted = download_started("offer");
-        let on_done: crate::http::server::DoneHook = Box::new(move |result: std::io::Result<u64>| {
-            counted.ended(&result, total);
-            let (sent, error) = match result {
-                Ok(n) => (n, None),
-                Err(e) => (0, Some(e.to_string())),
-            };
-            events.send(upgrade_id, download_end(sent, total, error));
+        // The record is `downloading` now: however the download ends, its end is reported
+        // (through the batched event writer), also when the file cannot be opened.
+        let on_done: crate::http::server::DoneHook = Box::new(move |sent, result: std::io::Result<()>| {
+            counted.ended(sent, &result, total);
+            events.send(upgrade_id, download_end(sent, total, result.err().map(|e| e.to_string())));
         });
-        download_reply(&fw, stream, method, Some(on_done))
+        download_reply(&fw, path, method, on_done).await
     }
 
     async fn download_firmware(&self, id: &str) -> Reply {
         let Ok(firmware_id) = id.parse::<i64>() else {
             return domain_error_reply(&not_found_download());
         };
-        match self.domain.open_firmware_download(firmware_id).await {
-            Ok(Some((fw, stream))) => {
+        match self.domain.firmware_download_file(firmware_id).await {
+            Ok(Some((fw, path))) => {
                 let counted = download_started("latest");
                 let total = fw.size.max(0) as u64;
                 let on_done: crate::http::server::DoneHook =
-                    Box::new(move |result: std::io::Result<u64>| counted.ended(&result, total));
-                download_reply(&fw, stream, PushMethod::V41, Some(on_done))
+                    Box::new(move |sent, result: std::io::Result<()>| counted.ended(sent, &result, total));
+                download_reply(&fw, path, PushMethod::V41, on_done).await
             }
             Ok(None) => domain_error_reply(&not_found_download()),
             Err(e) => domain_error_reply(&e),
@@ -348,11 +342,14 @@ pub fn type_number(t: FirmwareType) -> u8 {
     }
 }
 
-fn download_reply(
+/// Opens the image's file and answers with the download; a file that cannot be served (gone,
+/// shorter than the record says) is a 500 before any byte of the download, and `on_done` hears
+/// of it with 0 bytes sent.
+async fn download_reply(
     fw: &ota_domain::firmware::FirmwareRecord,
-    stream: ota_domain::store::BlobStream,
+    path: std::path::PathBuf,
     method: PushMethod,
-    on_done: Option<crate::http::server::DoneHook>,
+    on_done: crate::http::server::DoneHook,
 ) -> Reply {
     // device-protocol.md#open-question-soft-version-on-wi-fi-downloads: `Soft-Version` only on V4.1
     // MCU downloads; V4 sends `Firmware-Version` (device-protocol.md#v4-sequence).
@@ -367,7 +364,14 @@ fn download_reply(
         version_header,
         filename: fw.file_name.clone(),
     };
-    Reply::Download { head, body: Box::new(StreamRead::new(stream)), on_done }
+    match DownloadFile::open(path, &head).await {
+        Ok(file) => Reply::Download { file, on_done: Some(on_done) },
+        Err(e) => {
+            let err = DomainError::Internal(anyhow::anyhow!("firmware {} cannot be served: {e}", fw.id));
+            on_done(0, Err(e));
+            domain_error_reply(&err)
+        }
+    }
 }
 
 /// Counts a passcode call refused on the device HTTP, by reason.
@@ -385,18 +389,13 @@ fn download_started(kind: &'static str) -> CountedDownload {
 
 impl CountedDownload {
     /// Counts how the download ended: complete when every byte of `total` went out.
-    fn ended(self, result: &std::io::Result<u64>, total: u64) {
+    fn ended(self, sent: u64, result: &std::io::Result<()>, total: u64) {
         use ota_domain::metrics as m;
-        match result {
-            Ok(sent) => {
-                metrics::counter!(m::DOWNLOAD_BYTES).increment(*sent);
-                if *sent >= total {
-                    metrics::counter!(m::DOWNLOADS_COMPLETED).increment(1);
-                } else {
-                    metrics::counter!(m::DOWNLOADS_CUT).increment(1);
-                }
-            }
-            Err(_) => metrics::counter!(m::DOWNLOADS_CUT).increment(1),
+        metrics::counter!(m::DOWNLOAD_BYTES).increment(sent);
+        if result.is_ok() && sent >= total {
+            metrics::counter!(m::DOWNLOADS_COMPLETED).increment(1);
+        } else {
+            metrics::counter!(m::DOWNLOADS_CUT).increment(1);
         }
     }
 }
@@ -472,37 +471,5 @@ fn parse_type(v: &str) -> Result<FirmwareType, DomainError> {
         "1" => Ok(FirmwareType::Wifi),
         "2" => Ok(FirmwareType::Mcu),
         _ => Err(DomainError::invalid("type", "type must be 1 (Wi-Fi module) or 2 (MCU)")),
-    }
-}
-
-/// Reads a blob stream as `AsyncRead`.
-struct StreamRead {
-    stream: ota_domain::store::BlobStream,
-    chunk: Bytes,
-}
-
-impl StreamRead {
-    fn new(stream: ota_domain::store::BlobStream) -> StreamRead {
-        StreamRead { stream, chunk: Bytes::new() }
-    }
-}
-
-impl AsyncRead for StreamRead {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        use futures_util::Stream;
-        loop {
-            if !self.chunk.is_empty() {
-                let n = self.chunk.len().min(buf.remaining());
-                let part = self.chunk.split_to(n);
-                buf.put_slice(&part);
-                return Poll::Ready(Ok(()));
-            }
-            match Pin::new(&mut self.stream).poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.chunk = chunk,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
     }
 }

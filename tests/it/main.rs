@@ -13,6 +13,7 @@ mod device_cluster;
 mod device_edge;
 mod device_plane;
 mod devices;
+mod downloads;
 mod firmware;
 mod idempotency;
 mod lifecycle;

@@ -8,6 +8,7 @@
 
 mod control;
 mod device;
+mod downloads;
 mod exchange;
 mod faults;
 mod halt;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Registrations, MQTT sessions, memory per session, checks and push fan-out.
     DevicePlane(plane::PlaneArgs),
+    /// 1 MiB firmware downloads at 100 and 1,000 connections, against nginx with sendfile.
+    Downloads(downloads::DownloadArgs),
     /// Rule previews over a large registry (default 1,000,000 devices).
     RulesPreview(rules::PreviewArgs),
     /// A simulated fleet pushed by one rule from start to 100 % succeeded.
@@ -73,6 +76,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::DevicePlane(args) => runtime.block_on(plane::run(args)),
+        Command::Downloads(args) => runtime.block_on(downloads::run(args)),
         Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Faults(args) => runtime.block_on(faults::run(args)),

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | [`request`] | reads one request with size limits: [`read_request`], [`Request`], [`Limits`] |
 //! | [`form`] | `application/x-www-form-urlencoded` both ways: [`FormBuilder`], [`encode_component`] |
-//! | [`response`] | API replies ([`api_reply`]) and firmware downloads ([`download_head`], [`write_download`]) |
+//! | [`response`] | API replies ([`api_reply`]) and the head of firmware downloads ([`download_head`]) |
+//! | [`download`] | firmware downloads from a file: the first write, then `sendfile(2)` ([`DownloadFile`]) |
 //! | [`aes`] | AES-128-ECB + PKCS#7 for encrypted registration and provision: [`ProductCipher`] |
 //! | [`server`] | the accept loop: [`serve`], [`Handler`], [`Reply`], [`ServerSettings`], [`ServerStats`] |
 //! | [`error`] | [`HttpError`], with an HTTP status and a stable code per variant |
@@ -53,7 +54,7 @@
 //!   `device-protocol.md#v41-reply`), so `download_url=http://host/dev/...` must stay readable
 //!   ([`FormBuilder`]).
 //!
-//! **Firmware downloads** ([`write_download`]).
+//! **Firmware downloads** ([`DownloadFile`]).
 //! - GAgent's first `recv` is **600 bytes** and is assumed to be full
 //!   (`device-protocol.md#the-600-byte-first-read`,
 //!   `device-protocol.md#observed-download-first-read`): the head is refused over 512 bytes, and
@@ -68,7 +69,10 @@
 //!   sanitised to `[A-Za-z0-9._-]`.
 //! - A body shorter than its Content-Length is an error and the connection is closed: the device
 //!   then fails the download (no retry, `device-protocol.md#what-the-firmware-never-retries`)
-//!   instead of flashing a padded image.
+//!   instead of flashing a padded image. A file shorter than its Content-Length is refused before
+//!   anything is written.
+//! - After the first write the body goes from the page cache to the socket with `sendfile(2)`
+//!   (Linux), paced only by the socket's small send buffer and tokio's write readiness.
 //!
 //! **Encrypted registration and provision** (`device-protocol.md#encrypted-registration`,
 //! `device-protocol.md#encrypted-provision`): AES-128-ECB, PKCS#7, key = the product secret
@@ -80,6 +84,7 @@
 //! backlog); accept errors such as EMFILE are logged and backed off, never fatal.
 
 pub mod aes;
+pub mod download;
 pub mod error;
 pub mod form;
 pub mod request;
@@ -87,8 +92,9 @@ pub mod response;
 pub mod server;
 
 pub use self::aes::{CryptoError, ProductCipher};
+pub use self::download::DownloadFile;
 pub use self::error::HttpError;
 pub use self::form::{FormBuilder, encode_component};
 pub use self::request::{Limits, Request, read_request};
-pub use self::response::{DownloadHead, api_reply, download_head, error_reply, write_download};
+pub use self::response::{DownloadHead, api_reply, download_head, error_reply};
 pub use self::server::{Handler, Reply, ServerSettings, ServerStats, serve};

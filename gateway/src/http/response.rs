@@ -10,13 +10,11 @@
 //! Firmware downloads (`device-protocol.md#the-600-byte-first-read`,
 //! `device-protocol.md#observed-download-first-read`): the first `recv` is 600 bytes and is assumed
 //! to be full, so the head is short, never chunked, and goes out in the same write as the start of
-//! the body.
+//! the body ([`super::download`] writes it).
 
 use std::fmt::Write as _;
-use std::io;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::HttpError;
 
@@ -31,9 +29,6 @@ pub const DEVICE_FIRST_READ_BYTES: usize = 600;
 /// A download head longer than this is refused, leaving at least 88 bytes of body in the
 /// device's first 600-byte read.
 pub const MAX_DOWNLOAD_HEAD_BYTES: usize = 512;
-
-/// How much of the body goes out in the same write as the head.
-const FIRST_BODY_PART_BYTES: u64 = 4096;
 
 /// Keys GAgent looks for with `strstr` in the raw reply (`device-protocol.md#substring-parsing`): a
 /// header that contains one of them would be read as the field. Compared case-insensitively.
@@ -201,51 +196,9 @@ pub fn download_head(head: &DownloadHead) -> Result<Bytes, HttpError> {
     Ok(Bytes::from(out))
 }
 
-/// Sends a firmware download: the head and the first part of the body in **one** `write_all` (at
-/// least [`DEVICE_FIRST_READ_BYTES`] when the file is long enough,
-/// `device-protocol.md#observed-download-first-read`), then the rest.
-///
-/// Sends exactly `content_length` body bytes. A body that ends early is an error, detected
-/// before anything is written when it ends within the first part; the connection must then be
-/// closed, never padded. Returns the number of body bytes sent.
-pub async fn write_download<W, R>(w: &mut W, head: &DownloadHead, body: R) -> io::Result<u64>
-where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-{
-    let head_bytes = download_head(head).map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
-    let mut body = body.take(head.content_length);
-
-    let first_len = head.content_length.min(FIRST_BODY_PART_BYTES);
-    let mut first = Vec::with_capacity(head_bytes.len() + usize::try_from(first_len).unwrap_or(0));
-    first.extend_from_slice(&head_bytes);
-    let read = (&mut body).take(first_len).read_to_end(&mut first).await?;
-    let mut sent = u64::try_from(read).unwrap_or(u64::MAX);
-    if sent < first_len {
-        return Err(short_body(sent, head.content_length));
-    }
-    w.write_all(&first).await?;
-    drop(first);
-
-    sent += tokio::io::copy(&mut body, w).await?;
-    w.flush().await?;
-    if sent < head.content_length {
-        return Err(short_body(sent, head.content_length));
-    }
-    Ok(sent)
-}
-
-fn short_body(sent: u64, declared: u64) -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, format!("firmware body ended after {sent} of {declared} bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
 
     #[test]
     fn api_reply_is_exactly_chunked() {
@@ -353,126 +306,5 @@ mod tests {
         assert_eq!(sanitize_filename("mcu_0001.hex"), "mcu_0001.hex");
         assert_eq!(sanitize_filename("a\"\r\nb/../c d=é"), "a___b_.._c_d__");
         assert_eq!(sanitize_filename(""), "firmware.bin");
-    }
-
-    fn firmware(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8).collect()
-    }
-
-    /// The device's first `recv` of 600 bytes must hold the whole head
-    /// (`device-protocol.md#the-600-byte-first-read`,
-    /// `device-protocol.md#observed-download-first-read`).
-    #[tokio::test]
-    async fn first_600_bytes_hold_every_header_over_loopback() {
-        let image = firmware(26_624);
-        let head = sample_head(image.len() as u64, Some(("Soft-Version", "04020021")));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server_image = image.clone();
-        let server_head = head.clone();
-        let server = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            write_download(&mut socket, &server_head, &server_image[..]).await.unwrap()
-        });
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let mut first = [0u8; DEVICE_FIRST_READ_BYTES];
-        client.read_exact(&mut first).await.unwrap();
-        let text = String::from_utf8_lossy(&first);
-        let end = text.find("\r\n\r\n").expect("blank line inside the first 600 bytes") + 4;
-        for needle in
-            ["Content-Length: 26624\r\n", "Firmware-MD5: ", "Soft-Version: 04020021\r\n", "filename=\"", ".bin\""]
-        {
-            assert!(text[..end].contains(needle), "{needle}");
-        }
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        let mut body = first[end..].to_vec();
-        body.extend_from_slice(&rest);
-        assert_eq!(body, image);
-        assert_eq!(server.await.unwrap(), image.len() as u64);
-    }
-
-    /// Records the size of every write call.
-    #[derive(Default)]
-    struct Recorder {
-        writes: Vec<Vec<u8>>,
-    }
-
-    impl AsyncWrite for Recorder {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn head_and_body_start_go_in_one_write() {
-        // A body source that hands out small pieces must still be gathered before the write.
-        let image = firmware(10_000);
-        let slow = tokio_test_reader(&image, 100);
-        let mut out = Recorder::default();
-        let sent = write_download(&mut out, &sample_head(10_000, None), slow).await.unwrap();
-        assert_eq!(sent, 10_000);
-        let first = out.writes.first().unwrap();
-        let head_len = download_head(&sample_head(10_000, None)).unwrap().len();
-        assert_eq!(first.len(), head_len + 4096);
-        assert!(first.len() >= DEVICE_FIRST_READ_BYTES);
-        assert_eq!(out.writes.concat()[head_len..], image[..]);
-
-        // A body longer than declared is cut at content_length.
-        let mut out = Recorder::default();
-        assert_eq!(write_download(&mut out, &sample_head(700, None), &image[..]).await.unwrap(), 700);
-        assert_eq!(out.writes.len(), 1);
-        let head_len = download_head(&sample_head(700, None)).unwrap().len();
-        assert_eq!(out.writes.concat().len(), head_len + 700);
-    }
-
-    #[tokio::test]
-    async fn short_bodies_are_errors() {
-        let image = firmware(1000);
-        // Ends inside the first part: nothing at all is written.
-        let mut out = Recorder::default();
-        let err = write_download(&mut out, &sample_head(2000, None), &image[..]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert!(out.writes.is_empty());
-        // Ends later: an error after the first part, never padded.
-        let image = firmware(5000);
-        let mut out = Recorder::default();
-        let err = write_download(&mut out, &sample_head(6000, None), &image[..]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(out.writes.concat().len() - download_head(&sample_head(6000, None)).unwrap().len(), 5000);
-        // A bad head is refused before reading.
-        let mut bad = sample_head(10, None);
-        bad.md5_hex = String::new();
-        let err = write_download(&mut out, &bad, &image[..]).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-    }
-
-    /// A reader that returns at most `piece` bytes per read.
-    fn tokio_test_reader(data: &[u8], piece: usize) -> impl AsyncRead + Unpin + '_ {
-        struct Pieces<'a> {
-            data: &'a [u8],
-            piece: usize,
-        }
-        impl AsyncRead for Pieces<'_> {
-            fn poll_read(
-                mut self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                let n = self.piece.min(self.data.len()).min(buf.remaining());
-                let (now, later) = self.data.split_at(n);
-                buf.put_slice(now);
-                self.data = later;
-                Poll::Ready(Ok(()))
-            }
-        }
-        Pieces { data, piece }
     }
 }

@@ -14,15 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use super::download::DownloadFile;
 use super::error::HttpError;
 use super::request::{Limits, Request, read_request};
-use super::response::{DownloadHead, api_reply, error_reply, write_download};
+use super::response::{api_reply, error_reply};
 
 /// After an error reply, at most this much of what the peer still sends is read and dropped
 /// before closing, so that the close is a FIN and not a RST that could destroy the reply
@@ -39,22 +41,22 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request, peer: SocketAddr) -> impl Future<Output = Reply> + Send;
 }
 
-/// Called once a download has ended, with the body bytes sent or why it failed (a write error, a
-/// body shorter than its Content-Length, the download timeout). The download status of
+/// Called once a download has ended, with the body bytes sent (accepted by the kernel) and how it
+/// ended: `Ok`, or why it failed (a write error such as a connection the device cut, a body
+/// shorter than its Content-Length, the download timeout). The download status of
 /// `device-protocol.md#open-question-progress-and-result-reports` is recorded from it; it runs on
 /// the connection task, so it must not block.
-pub type DoneHook = Box<dyn FnOnce(std::io::Result<u64>) + Send>;
+pub type DoneHook = Box<dyn FnOnce(u64, std::io::Result<()>) + Send>;
 
 /// The answer to one request.
 pub enum Reply {
     /// A complete, prebuilt response (usually from [`api_reply`]), written in one write.
     Bytes(Bytes),
-    /// A firmware download, sent with [`write_download`].
+    /// A firmware download: the head and the start of the body in one write, then the rest by
+    /// `sendfile` ([`DownloadFile::send`]).
     Download {
-        /// The head to send.
-        head: DownloadHead,
-        /// The body, at least `head.content_length` bytes long.
-        body: Box<dyn AsyncRead + Send + Unpin>,
+        /// The opened file, with its head.
+        file: DownloadFile,
         /// Told how the download ended, if given.
         on_done: Option<DoneHook>,
     },
@@ -64,9 +66,9 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Bytes(bytes) => f.debug_tuple("Bytes").field(&bytes.len()).finish(),
-            Self::Download { head, on_done, .. } => f
+            Self::Download { file, on_done } => f
                 .debug_struct("Download")
-                .field("head", head)
+                .field("content_length", &file.content_length())
                 .field("on_done", &on_done.is_some())
                 .finish_non_exhaustive(),
         }
@@ -271,10 +273,7 @@ fn reply_status(bytes: &[u8]) -> &'static str {
     }
 }
 
-async fn send_reply<W>(w: &mut W, reply: Reply, peer: SocketAddr, settings: &ServerSettings)
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
+async fn send_reply(w: &mut OwnedWriteHalf, reply: Reply, peer: SocketAddr, settings: &ServerSettings) {
     let status = match &reply {
         Reply::Bytes(bytes) => reply_status(bytes),
         Reply::Download { .. } => "200",
@@ -286,17 +285,18 @@ where
             Ok(Err(err)) => tracing::debug!(%peer, error = %err, "writing reply failed"),
             Err(_) => tracing::debug!(%peer, "writing reply timed out"),
         },
-        Reply::Download { head, body, on_done } => {
-            let result = match timeout(settings.download_timeout, write_download(w, &head, body)).await {
+        Reply::Download { file, on_done } => {
+            let mut sent = 0;
+            let result = match timeout(settings.download_timeout, file.send(w, &mut sent)).await {
                 Ok(result) => result,
                 Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "download timed out")),
             };
             match &result {
-                Ok(sent) => tracing::debug!(%peer, sent, "download sent"),
-                Err(err) => tracing::warn!(%peer, error = %err, "download failed"),
+                Ok(()) => tracing::debug!(%peer, sent, "download sent"),
+                Err(err) => tracing::warn!(%peer, sent, error = %err, "download failed"),
             }
             if let Some(on_done) = on_done {
-                on_done(result);
+                on_done(sent, result);
             }
         }
     }
@@ -306,10 +306,11 @@ where
 mod tests {
     use super::*;
     use crate::http::form::FormBuilder;
+    use crate::http::response::DownloadHead;
     use tokio::sync::oneshot;
 
     /// Answers with the path and the form, or a download for `/dl/<len>`.
-    type DoneSlot = Arc<std::sync::Mutex<Option<oneshot::Sender<Result<u64, std::io::ErrorKind>>>>>;
+    type DoneSlot = Arc<std::sync::Mutex<Option<oneshot::Sender<(u64, Result<(), std::io::ErrorKind>)>>>>;
 
     /// `/short/<len>` declares 10 bytes more than it has; downloads report to `done`.
     #[derive(Default)]
@@ -323,18 +324,23 @@ mod tests {
                 .or_else(|| req.path.strip_prefix("/short/").map(|n| (n, 10)))
                 .and_then(|(n, missing)| n.parse::<usize>().ok().map(|n| (n, missing)));
             if let Some((len, missing)) = download {
-                let body: Vec<u8> = (0..len).map(|i| (i % 256) as u8).collect();
+                let body: Vec<u8> = (0..len + missing).map(|i| (i % 256) as u8).collect();
+                let mut tmp = tempfile::tempfile().unwrap();
+                std::io::Write::write_all(&mut tmp, &body).unwrap();
                 let head = DownloadHead {
                     content_length: (len + missing) as u64,
                     md5_hex: "00112233445566778899aabbccddeeff".into(),
                     version_header: None,
                     filename: "fw.bin".into(),
                 };
+                let file = DownloadFile::from_file(tmp.try_clone().unwrap(), &head).unwrap();
+                // `/short/`: the file loses its tail once opened.
+                tmp.set_len(len as u64).unwrap();
                 let done = Arc::clone(&self.done);
-                let on_done: DoneHook = Box::new(move |result| {
-                    let _ = done.lock().unwrap().take().map(|tx| tx.send(result.map_err(|e| e.kind())));
+                let on_done: DoneHook = Box::new(move |sent, result| {
+                    let _ = done.lock().unwrap().take().map(|tx| tx.send((sent, result.map_err(|e| e.kind()))));
                 });
-                return Reply::Download { head, body: Box::new(std::io::Cursor::new(body)), on_done: Some(on_done) };
+                return Reply::Download { file, on_done: Some(on_done) };
             }
             if req.path == "/slow" {
                 std::future::pending::<()>().await;
@@ -466,8 +472,10 @@ passcode=KQXBDTRLMA&type=1&hard_version=00ESP826&soft_version=04020019";
         assert!(text[..end].contains("filename=\"fw.bin\""));
         let mut rest = Vec::new();
         stream.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(600 - end + rest.len(), 30000);
-        assert_eq!(rx.await.unwrap(), Ok(30000));
+        let mut body = first[end..].to_vec();
+        body.extend_from_slice(&rest);
+        assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8) && body.len() == 30000);
+        assert_eq!(rx.await.unwrap(), (30000, Ok(())));
     }
 
     #[tokio::test]
@@ -480,7 +488,7 @@ passcode=KQXBDTRLMA&type=1&hard_version=00ESP826&soft_version=04020019";
         assert!(String::from_utf8_lossy(&reply[..head_end]).contains("Content-Length: 5010\r\n"));
         // The connection is closed without the missing bytes; the device sees a short read.
         assert_eq!(reply.len() - head_end, 5000);
-        assert_eq!(rx.await.unwrap(), Err(std::io::ErrorKind::UnexpectedEof));
+        assert_eq!(rx.await.unwrap(), (5000, Err(std::io::ErrorKind::UnexpectedEof)));
     }
 
     #[tokio::test]

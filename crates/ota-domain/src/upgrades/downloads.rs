@@ -2,6 +2,13 @@
 //! URL the device got), which moves the record to `downloading` and, for a V4.1 MCU image,
 //! remembers the version served (the echo rule). How a download ends comes back as a
 //! [`super::RecordEvent`].
+//!
+//! The device HTTP serves images from a file on the gateway's own disk
+//! ([`crate::store::BlobStore::local_file`]), so the kernel can send them from the page cache
+//! (`sendfile`); the V1V3 edge, which sends the image inside one MQTT packet, reads it as a
+//! stream.
+
+use std::path::PathBuf;
 
 use diesel::prelude::*;
 use ota_wire::dto::{FirmwareType, PushMethod, UpgradeStage};
@@ -16,19 +23,42 @@ use crate::store::BlobStream;
 use crate::stored::Stored;
 
 impl Domain {
-    /// Opens the image of an offer for download, served by gateway node `node`, and records
-    /// that the download started. `None` when the record is unknown or closed (a record that
-    /// succeeded is still served: a V4 device reports before its download's end is recorded).
+    /// Opens the image of an offer for download as a stream, served by gateway node `node`, and
+    /// records that the download started. `None` when the record is unknown or closed (a record
+    /// that succeeded is still served: a V4 device reports before its download's end is
+    /// recorded).
     pub async fn open_offer_download(
         &self,
         upgrade_id: i64,
         node: &str,
     ) -> Result<Option<(FirmwareRecord, BlobStream)>> {
+        match self.start_offer_download(upgrade_id, node).await? {
+            None => Ok(None),
+            Some(fw) => {
+                let stream = self.store.open(&fw.sha256).await?;
+                Ok(Some((fw, stream)))
+            }
+        }
+    }
+
+    /// As [`Domain::open_offer_download`], but answers with a file on this node's disk that
+    /// holds exactly the image ([`crate::store::BlobStore::local_file`]), for `sendfile`.
+    pub async fn offer_download_file(&self, upgrade_id: i64, node: &str) -> Result<Option<(FirmwareRecord, PathBuf)>> {
+        match self.start_offer_download(upgrade_id, node).await? {
+            None => Ok(None),
+            Some(fw) => {
+                let path = self.store.local_file(&fw.sha256).await?;
+                Ok(Some((fw, path)))
+            }
+        }
+    }
+
+    /// Records that the download of an offer started; the firmware to serve, or `None`.
+    async fn start_offer_download(&self, upgrade_id: i64, node: &str) -> Result<Option<FirmwareRecord>> {
         let now = self.clock.now_ms();
         let delivery = self.settings.delivery_timeout_ms;
         let node = node.to_owned();
-        let found = self
-            .db
+        self.db
             .write(move |c| {
                 let Some(item) = load(c, &[upgrade_id])?.pop() else {
                     return Ok(None);
@@ -49,19 +79,13 @@ impl Domain {
                 }
                 Ok(Some(fw))
             })
-            .await?;
-        match found {
-            None => Ok(None),
-            Some(fw) => {
-                let stream = self.store.open(&fw.sha256).await?;
-                Ok(Some((fw, stream)))
-            }
-        }
+            .await
     }
 
     /// Opens a firmware image by id for `latest`, which names no device: only what `latest`
     /// can offer (verified V4.1 MCU firmware), so ids cannot be walked to fetch other images.
-    pub async fn open_firmware_download(&self, firmware_id: i64) -> Result<Option<(FirmwareRecord, BlobStream)>> {
+    /// Answers with a file on this node's disk that holds exactly the image, for `sendfile`.
+    pub async fn firmware_download_file(&self, firmware_id: i64) -> Result<Option<(FirmwareRecord, PathBuf)>> {
         let fw: Option<FirmwareRecord> = self
             .db
             .run(move |c| {
@@ -78,8 +102,8 @@ impl Domain {
         match fw {
             None => Ok(None),
             Some(fw) => {
-                let stream = self.store.open(&fw.sha256).await?;
-                Ok(Some((fw, stream)))
+                let path = self.store.local_file(&fw.sha256).await?;
+                Ok(Some((fw, path)))
             }
         }
     }
