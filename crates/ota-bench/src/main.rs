@@ -12,6 +12,7 @@ mod exchange;
 mod faults;
 mod halt;
 mod login;
+mod peer;
 mod plane;
 mod report;
 mod rules;
