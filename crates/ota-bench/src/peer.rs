@@ -40,7 +40,8 @@ fn program(name: &str, debian_path: &str) -> Option<PathBuf> {
 
 /// The `wrk` binary; without it no HTTP figure can be taken.
 pub fn wrk_binary() -> anyhow::Result<PathBuf> {
-    program("wrk", "/usr/bin/wrk").context("wrk is not installed (Debian: `apt-get install wrk`); the HTTP benches need it")
+    program("wrk", "/usr/bin/wrk")
+        .context("wrk is not installed (Debian: `apt-get install wrk`); the HTTP benches need it")
 }
 
 /// A fixed reply nginx answers at a path, for comparing a dynamic answer of the same size.
@@ -377,7 +378,8 @@ impl Comparison {
 
     /// The median of the per-round ratios ours / peer; `None` without a peer.
     pub fn ratio(&self) -> Option<f64> {
-        let ratios: Vec<f64> = self.ours.iter().zip(&self.peer).filter(|(_, p)| **p > 0.0).map(|(o, p)| o / p).collect();
+        let ratios: Vec<f64> =
+            self.ours.iter().zip(&self.peer).filter(|(_, p)| **p > 0.0).map(|(o, p)| o / p).collect();
         (!ratios.is_empty()).then(|| median(&ratios))
     }
 
