@@ -196,6 +196,8 @@ impl DeviceHttp {
             ip,
             node: Some(self.node.clone()),
         };
+        // As for `update_and_check`: download ends this gateway saw are written first.
+        self.events.flush().await;
         match self.domain.target_fid_check(check).await? {
             Ok(offer) => {
                 let url = self.v4_url(&offer);
@@ -228,6 +230,11 @@ impl DeviceHttp {
             ip,
             node: Some(self.node.clone()),
         };
+        // A download this gateway served may have ended moments ago with its end still
+        // queued: the device's next check must be judged after it (a complete download
+        // then a report of the old version fails the record; read before the end, the
+        // report would find the record still `downloading` and change nothing).
+        self.events.flush().await;
         match self.domain.passcode_check(check).await? {
             Ok(offer) => {
                 let url = format!("http://{}/dev/ota/v4.1/download/{}", self.endpoints.public_host, offer.upgrade_id);

@@ -355,6 +355,9 @@ impl Gateway {
         self.edge.close_all();
         self.presence.flush().await;
         self.events.flush().await;
+        // The last-seen times of checks answered from a read (everything else a check
+        // changes was written before its answer).
+        self.domain.flush_checks().await;
         match self.domain.gateway_stopped(&self.node).await {
             Ok(n) => tracing::info!(node = %self.node, devices = n, "gateway stopped; its devices are offline"),
             Err(e) => tracing::warn!(error = %e, "could not mark this gateway's devices offline; its lease will lapse"),

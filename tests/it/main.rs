@@ -7,6 +7,7 @@ mod adoption;
 mod audit;
 mod auth;
 mod authz;
+mod checks;
 mod contracts;
 mod device_abuse;
 mod device_cluster;

@@ -6,6 +6,7 @@
 //! process could not hold both ends. The child is this same binary, re-executed with the
 //! hidden `serve` subcommand; it is driven by one-line commands on its stdin (see [`serve`]).
 
+mod checks;
 mod control;
 mod device;
 mod downloads;
@@ -34,6 +35,9 @@ enum Command {
     DevicePlane(plane::PlaneArgs),
     /// 1 MiB firmware downloads at 100 and 1,000 connections, against nginx with sendfile.
     Downloads(downloads::DownloadArgs),
+    /// V4.1 `update_and_check` against nginx with a fixed reply of the same bytes, by wrk
+    /// (fresh connection per request), at 64 and 1,000 clients.
+    Checks(checks::ChecksArgs),
     /// Rule previews over a large registry (default 1,000,000 devices).
     RulesPreview(rules::PreviewArgs),
     /// A simulated fleet pushed by one rule from start to 100 % succeeded.
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::DevicePlane(args) => runtime.block_on(plane::run(args)),
         Command::Downloads(args) => runtime.block_on(downloads::run(args)),
+        Command::Checks(args) => runtime.block_on(checks::run(args)),
         Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Faults(args) => runtime.block_on(faults::run(args)),

@@ -181,6 +181,10 @@ fn stats(gateway: &Gateway) -> Value {
             "uplinks": load(&e.uplinks),
         },
         "bus": { "published": bus.published, "received": bus.received, "dropped": bus.dropped },
+        "throttle": {
+            "wrong": load(&gateway.throttle.stats.wrong),
+            "unchecked": load(&gateway.throttle.stats.unchecked),
+        },
         "http": {
             "requests": load(&h.requests),
             "bad_requests": load(&h.bad_requests),

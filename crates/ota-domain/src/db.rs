@@ -4,6 +4,7 @@
 //! silent fallback to a SQLite file named `mysql://…`. Diesel is blocking, so every query runs
 //! on tokio's blocking pool through [`Db::run`] / [`Db::write`], never on an async worker.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +73,67 @@ impl DatabaseUrl {
 #[derive(Debug)]
 pub struct Manager {
     url: DatabaseUrl,
+    counters: Arc<DbCounters>,
+}
+
+/// What the pool's connections did since it opened (diesel's instrumentation hook: an atomic
+/// increment per event). Tests read it to show that a repeated device check prepares no
+/// statement and opens no transaction.
+#[derive(Debug, Default)]
+pub struct DbCounters {
+    queries: AtomicU64,
+    prepared: AtomicU64,
+    transactions: AtomicU64,
+    /// The SQL of every statement put into a statement cache (once per connection each).
+    cached: Mutex<std::collections::HashSet<String>>,
+    /// While on, the SQL of every statement run is kept (tests only: it formats each query).
+    tracing: AtomicBool,
+    traced: Mutex<Vec<String>>,
+}
+
+/// A reading of [`DbCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DbCount {
+    /// Statements run.
+    pub queries: u64,
+    /// Statements prepared and put into a connection's statement cache (a statement that
+    /// cannot be cached is prepared on every run and not counted here).
+    pub prepared: u64,
+    /// Transactions begun (savepoints not counted).
+    pub transactions: u64,
+}
+
+impl DbCounters {
+    fn instrumentation(self: &Arc<Self>) -> impl diesel::connection::Instrumentation {
+        use diesel::connection::InstrumentationEvent as E;
+        let counters = self.clone();
+        move |event: E<'_>| match event {
+            E::StartQuery { query, .. } => {
+                counters.queries.fetch_add(1, Ordering::Relaxed);
+                if counters.tracing.load(Ordering::Relaxed) {
+                    let text = query.to_string();
+                    let sql = text.split(" -- binds: ").next().unwrap_or_default().to_owned();
+                    counters.traced.lock().unwrap_or_else(|e| e.into_inner()).push(sql);
+                }
+            }
+            E::CacheQuery { sql, .. } => {
+                counters.prepared.fetch_add(1, Ordering::Relaxed);
+                counters.cached.lock().unwrap_or_else(|e| e.into_inner()).insert(sql.to_owned());
+            }
+            E::BeginTransaction { depth, .. } if depth.get() == 1 => {
+                counters.transactions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn read(&self) -> DbCount {
+        DbCount {
+            queries: self.queries.load(Ordering::Relaxed),
+            prepared: self.prepared.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl ManageConnection for Manager {
@@ -81,7 +143,9 @@ impl ManageConnection for Manager {
     fn connect(&self) -> Result<DbConn, r2d2::Error> {
         match self.url.backend {
             Backend::Postgres => {
-                PgConnection::establish(&self.url.target).map(DbConn::Pg).map_err(r2d2::Error::ConnectionError)
+                let mut conn = PgConnection::establish(&self.url.target).map_err(r2d2::Error::ConnectionError)?;
+                conn.set_instrumentation(self.counters.instrumentation());
+                Ok(DbConn::Pg(conn))
             }
             Backend::Sqlite => {
                 let mut conn = SqliteConnection::establish(&self.url.target).map_err(r2d2::Error::ConnectionError)?;
@@ -92,6 +156,7 @@ impl ManageConnection for Manager {
                      PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
+                conn.set_instrumentation(self.counters.instrumentation());
                 Ok(DbConn::Sqlite(conn))
             }
         }
@@ -117,6 +182,7 @@ pub struct Db {
     sqlite_writer: Arc<Mutex<()>>,
     /// One readiness ping at a time (see [`Db::ping`]).
     ping_gate: Arc<tokio::sync::Semaphore>,
+    counters: Arc<DbCounters>,
 }
 
 impl Db {
@@ -135,7 +201,8 @@ impl Db {
             std::fs::create_dir_all(parent)
                 .map_err(|e| DbSetupError::Unreachable { target: target.clone(), cause: e.to_string() })?;
         }
-        let manager = Manager { url };
+        let counters = Arc::new(DbCounters::default());
+        let manager = Manager { url, counters: counters.clone() };
         // Fail fast with the driver's own message instead of r2d2's generic timeout.
         manager.connect().map_err(|e| DbSetupError::Unreachable { target: target.clone(), cause: e.to_string() })?;
         let pool = Pool::builder()
@@ -149,11 +216,39 @@ impl Db {
             backend,
             sqlite_writer: Arc::new(Mutex::new(())),
             ping_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+            counters,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// What this pool's connections did so far (see [`DbCounters`]).
+    pub fn count(&self) -> DbCount {
+        self.counters.read()
+    }
+
+    /// Starts keeping the SQL of every statement run (for tests; it costs a formatting of
+    /// each query while on).
+    pub fn trace_statements(&self) {
+        self.counters.traced.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.counters.tracing.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops keeping statements; returns each one kept and whether it was a statement
+    /// served from a statement cache (prepared once, reused).
+    pub fn traced_statements(&self) -> Vec<(String, bool)> {
+        self.counters.tracing.store(false, Ordering::Relaxed);
+        let traced = std::mem::take(&mut *self.counters.traced.lock().unwrap_or_else(|e| e.into_inner()));
+        let cached = self.counters.cached.lock().unwrap_or_else(|e| e.into_inner());
+        traced
+            .into_iter()
+            .map(|sql| {
+                let hit = cached.contains(&sql);
+                (sql, hit)
+            })
+            .collect()
     }
 
     /// The pool now: connections open, of which idle, and the most it opens.
@@ -280,6 +375,25 @@ macro_rules! on_backend {
         match $conn {
             $crate::db::DbConn::Pg(c) => $query.execute(c),
             $crate::db::DbConn::Sqlite(c) => $query.execute(c),
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection of either backend.
+///
+/// For hot queries: through the multi-backend connection every execution serialises the
+/// query to SQL again before the statement cache is asked (diesel's `MultiConnection` wraps
+/// each query), while on the concrete connection a query of static shape is found in the
+/// cache by its type and runs as the statement prepared the first time. "Static shape"
+/// means no `eq_any` over a list (SQLite expands it to `IN (?, ?, …)`), no boxed or
+/// `sql_query` queries and no `UPDATE` (diesel never caches updates: a changeset may skip
+/// fields); `tests/checks.rs` counts the statements prepared by repeated checks.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Pg($c) => $body,
+            $crate::db::DbConn::Sqlite($c) => $body,
         }
     };
 }

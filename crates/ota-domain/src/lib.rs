@@ -115,6 +115,9 @@ pub struct Domain {
     blob_lock: Arc<tokio::sync::Mutex<()>>,
     /// Rate limit of refusal and conflict event writes (see [`adoption`]).
     adoption_throttle: Arc<adoption::EventThrottle>,
+    /// The batched writer of device checks, started by the first check that needs it
+    /// (see [`upgrades::check_writer`]).
+    checks: Arc<std::sync::OnceLock<upgrades::CheckWriter>>,
 }
 
 impl Domain {
@@ -133,6 +136,7 @@ impl Domain {
             geoip: None,
             blob_lock: Arc::new(tokio::sync::Mutex::new(())),
             adoption_throttle: Arc::new(adoption::EventThrottle::default()),
+            checks: Arc::new(std::sync::OnceLock::new()),
         }
     }
 

@@ -21,6 +21,9 @@ pub const MQTT_SESSIONS: &str = "ota_mqtt_sessions";
 pub const DEVICE_CHECKS: &str = "ota_device_checks_total";
 /// Checks answered with an image, by push `method`.
 pub const OFFERS: &str = "ota_offers_total";
+/// Checks that changed stored state (versions, a record's stage, …) and were answered after
+/// their batch's commit, by push `method`; the others were answered from a read.
+pub const DEVICE_CHECK_WRITES: &str = "ota_device_check_writes_total";
 /// Pushes handed to the broker.
 pub const PUSHES_SENT: &str = "ota_pushes_sent_total";
 /// Pushes the broker refused.
@@ -73,6 +76,7 @@ pub const ALL: &[&str] = &[
     MQTT_SESSIONS,
     DEVICE_CHECKS,
     OFFERS,
+    DEVICE_CHECK_WRITES,
     PUSHES_SENT,
     PUSHES_REFUSED,
     PUSHES_DELIVERED,

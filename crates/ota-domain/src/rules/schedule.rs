@@ -364,6 +364,51 @@ pub(crate) fn join_pushing_rules(
     now: i64,
     cfg: crate::upgrade::SeriesRules,
 ) -> Result<()> {
+    let mut joined: Vec<FirmwareRecord> = Vec::new();
+    for (rule, fw) in rules_to_join(c, device, method, fw_type, cfg)? {
+        // One rule of a series at a time: the first one joined holds the device.
+        if joined.iter().any(|other| super::targets::same_series(&fw, other, cfg)) {
+            continue;
+        }
+        // A device that joins goes into the last wave, in its time zone.
+        let policy = rule.policy()?;
+        let last_wave: Option<i64> = rule_waves::table
+            .filter(rule_waves::rule_id.eq(rule.id))
+            .select(diesel::dsl::max(rule_waves::wave))
+            .first(c)?;
+        let mut zones = ZoneBook::load(c, rule.tenant_id, policy.time_zone.clone())?;
+        zones.read_overrides(c, &[device.id])?;
+        diesel::insert_into(upgrades::table)
+            .values((
+                upgrades::tenant_id.eq(device.tenant_id),
+                upgrades::device_id.eq(device.id),
+                upgrades::firmware_id.eq(fw.id),
+                upgrades::kind.eq(Stored(RecordKind::Rule)),
+                upgrades::active.eq(true),
+                upgrades::stage.eq(Stored(UpgradeStage::Pending)),
+                upgrades::from_version.eq(device_version_label(device, fw.push_method(), fw.fw_type())),
+                upgrades::to_version.eq(firmware_version_label(&fw)),
+                upgrades::rule_id.eq(rule.id),
+                upgrades::created_at.eq(now),
+                upgrades::updated_at.eq(now),
+                upgrades::wave.eq(last_wave.unwrap_or(1)),
+                upgrades::zone.eq(zones.zone_of(device)),
+            ))
+            .execute(c)?;
+        joined.push(fw);
+    }
+    Ok(())
+}
+
+/// The pushing rules `device` (as stored) would join now: a read, so a device check can
+/// tell without writing that it joins nothing.
+pub(crate) fn rules_to_join(
+    c: &mut DbConn,
+    device: &DeviceRecord,
+    method: PushMethod,
+    fw_type: FirmwareType,
+    cfg: crate::upgrade::SeriesRules,
+) -> Result<Vec<(RuleRecord, FirmwareRecord)>> {
     // Live rules (pushing, paused, halted) hold their devices; only pushing ones take more.
     let live = [RuleStatus::Pushing, RuleStatus::Paused, RuleStatus::Halted].map(Stored);
     let pushing: Vec<(RuleRecord, FirmwareRecord)> = rules::table
@@ -373,6 +418,7 @@ pub(crate) fn join_pushing_rules(
         .filter(firmware::push_method.eq(Stored(method)))
         .select((RuleRecord::as_select(), FirmwareRecord::as_select()))
         .load(c)?;
+    let mut joins = Vec::new();
     for (rule, fw) in &pushing {
         if rule.status() != RuleStatus::Pushing || method != PushMethod::V1V3 && fw.fw_type() != fw_type {
             continue;
@@ -404,33 +450,9 @@ pub(crate) fn join_pushing_rules(
         if elsewhere > 0 {
             continue;
         }
-        // A device that joins goes into the last wave, in its time zone.
-        let policy = rule.policy()?;
-        let last_wave: Option<i64> = rule_waves::table
-            .filter(rule_waves::rule_id.eq(rule.id))
-            .select(diesel::dsl::max(rule_waves::wave))
-            .first(c)?;
-        let mut zones = ZoneBook::load(c, rule.tenant_id, policy.time_zone.clone())?;
-        zones.read_overrides(c, &[device.id])?;
-        diesel::insert_into(upgrades::table)
-            .values((
-                upgrades::tenant_id.eq(device.tenant_id),
-                upgrades::device_id.eq(device.id),
-                upgrades::firmware_id.eq(fw.id),
-                upgrades::kind.eq(Stored(RecordKind::Rule)),
-                upgrades::active.eq(true),
-                upgrades::stage.eq(Stored(UpgradeStage::Pending)),
-                upgrades::from_version.eq(device_version_label(device, fw.push_method(), fw.fw_type())),
-                upgrades::to_version.eq(firmware_version_label(fw)),
-                upgrades::rule_id.eq(rule.id),
-                upgrades::created_at.eq(now),
-                upgrades::updated_at.eq(now),
-                upgrades::wave.eq(last_wave.unwrap_or(1)),
-                upgrades::zone.eq(zones.zone_of(device)),
-            ))
-            .execute(c)?;
+        joins.push((rule.clone(), fw.clone()));
     }
-    Ok(())
+    Ok(joins)
 }
 
 /// A push to make: the record marked sent, and what the gateway needs to send it, after

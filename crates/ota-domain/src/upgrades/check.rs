@@ -10,6 +10,16 @@
 //! 4. answers with the best offer the device would take, which moves that record to
 //!    `checked`.
 //!
+//! **Reads first.** Most checks change nothing but the device's last-seen time: the same
+//! versions as stored, no record to move, "no update" (or the offer of an image already being
+//! fetched). [`read_check`] decides such an answer from a few indexed reads on cached
+//! statements, with no write transaction; only the last-seen time is queued
+//! ([`super::check_writer`]). A check that changes anything else — versions, the boot
+//! track, a record's stage, a rule to join, an adoption — runs [`check_in`] in the writer's
+//! next batch (one transaction for every check waiting), and is answered only once that
+//! batch is committed: nothing a device is told depends on a write that could still be lost
+//! (`proto-docs/lifecycle.md#device-checks-reads-first-writes-in-batches`).
+//!
 //! **The MCU echo.** GAgent copies the `Soft-Version` header of an MCU download into RAM at
 //! once, so a type-2 check in the same session reports the served version although no MCU was
 //! flashed (`device-protocol.md#observed-mcu-soft-version-echo`). A type-2 report equal to a
@@ -19,8 +29,9 @@
 //! since that is what it compares.
 
 use diesel::prelude::*;
-use ota_wire::dto::{FirmwareType, PushMethod, UpgradeStage};
+use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia, UpgradeStage};
 
+use super::check_writer::{CheckConfig, CheckWriter};
 use super::ota_state::{self, OtaState};
 use super::{Loaded, apply, candidate, loaded, report_of};
 use crate::Domain;
@@ -179,6 +190,192 @@ fn track_boot(c: &mut DbConn, device_id: i64, check: &Check, now: i64) -> Result
         return Ok(false);
     }
     let before = ota_state::read(c, device_id)?;
+    let (after, echo) = boot_step(&before, check, now);
+    ota_state::write(c, device_id, &before, &after)?;
+    Ok(echo)
+}
+
+/// What the read of a check found.
+#[derive(Debug)]
+pub(crate) enum Read {
+    /// Answered from the stored state: the check changes nothing but the device's last-seen
+    /// time.
+    Answered { device_id: i64, answer: Box<std::result::Result<Offer, NoOffer>> },
+    /// The check changes stored state: run [`check_in`] in a write transaction.
+    Write,
+}
+
+fn refused() -> crate::error::DomainError {
+    crate::error::DomainError::new(ota_wire::ErrorCode::InvalidCredentials, "unknown did or wrong passcode")
+}
+
+/// The device and its product by did, on a cached statement.
+fn find_device(c: &mut DbConn, did: &str) -> Result<Option<(DeviceRecord, crate::products::ProductRecord)>> {
+    use crate::products::ProductRecord;
+    Ok(crate::on_each_backend!(c, |c| devices::table
+        .inner_join(products::table)
+        .filter(devices::did.eq(did))
+        .select((DeviceRecord::as_select(), ProductRecord::as_select()))
+        .first(c)
+        .optional())?)
+}
+
+/// [`open_records`] on a cached statement.
+fn open_records_cached(c: &mut DbConn, device_id: i64) -> Result<Vec<(Loaded, FirmwareRecord)>> {
+    let rows: Vec<(super::UpgradeRecord, FirmwareRecord, Option<RuleRecord>)> =
+        crate::on_each_backend!(c, |c| upgrades::table
+            .inner_join(firmware::table)
+            .left_join(rules::table)
+            .filter(upgrades::device_id.eq(device_id))
+            .filter(upgrades::active.eq(true))
+            .select((super::UpgradeRecord::as_select(), FirmwareRecord::as_select(), Option::<RuleRecord>::as_select()))
+            .load(c))?;
+    let firmware: Vec<FirmwareRecord> = rows.iter().map(|(_, fw, _)| fw.clone()).collect();
+    let items = loaded(rows.into_iter().map(|(r, fw, rule)| (r, fw.fw_type, rule)).collect())?;
+    Ok(items.into_iter().zip(firmware).collect())
+}
+
+/// Whether a pushing rule of the product pushes this method (the only rules a check can
+/// join), on a cached statement; the full join test runs only when one does.
+fn any_pushing_rule(c: &mut DbConn, product_id: i64, method: PushMethod) -> Result<bool> {
+    use ota_wire::rules::RuleStatus;
+    let found: Option<i64> = crate::on_each_backend!(c, |c| rules::table
+        .inner_join(firmware::table)
+        .filter(rules::product_id.eq(product_id))
+        .filter(rules::status.eq(Stored(RuleStatus::Pushing)))
+        .filter(firmware::push_method.eq(Stored(method)))
+        .select(rules::id)
+        .first(c)
+        .optional())?;
+    Ok(found.is_some())
+}
+
+/// Whether [`store_report`] would leave the device row as it is, the last-seen time aside.
+fn report_unchanged(device: &DeviceRecord, check: &Check, echo: bool) -> bool {
+    let same = |stored: &Option<String>, reported: &Option<String>| stored == reported;
+    if device.push_method() != Some(check.method) {
+        return false;
+    }
+    if check.ip.is_some() && device.ip != check.ip {
+        return false;
+    }
+    match (check.method, check.fw_type) {
+        (PushMethod::V1V3, _) => device.legacy_firmware_id == check.fid,
+        (_, FirmwareType::Wifi) => {
+            same(&device.wifi_hw, &check.hard)
+                && same(&device.wifi_sw, &check.soft)
+                && (check.method != PushMethod::V4 || device.wifi_fid == check.fid)
+        }
+        (_, FirmwareType::Mcu) if echo => true,
+        (_, FirmwareType::Mcu) => {
+            same(&device.mcu_hw, &check.hard)
+                && same(&device.mcu_sw, &check.soft)
+                && (check.method != PushMethod::V4 || device.mcu_fid == check.fid)
+        }
+    }
+}
+
+/// Whether the state machine would change `item` on `event` (asked, not stored).
+fn would_change(item: &Loaded, event: &Event, now: i64, delivery: i64) -> bool {
+    lifecycle::transition(&item.record.state(), event, &item.context(now, delivery)).is_ok()
+}
+
+/// A check as a read: the answer [`check_in`] would give when the check changes nothing
+/// but the last-seen time, or [`Read::Write`] when it changes anything else. Errors are
+/// the refusals `check_in` would make before writing anything.
+pub(crate) fn read_check(
+    c: &mut DbConn,
+    check: &Check,
+    now: i64,
+    rules: crate::upgrade::SeriesRules,
+    delivery: i64,
+    download_cap: Option<u32>,
+) -> Result<Read> {
+    let Some((device, product)) = find_device(c, &check.did)? else {
+        return Err(match check.auth {
+            CheckAuth::Passcode(_) => refused(),
+            _ => device_not_found(),
+        });
+    };
+    match &check.auth {
+        CheckAuth::Passcode(p) => {
+            if device.passcode.as_deref().is_some_and(|stored| stored != p) {
+                return Err(refused());
+            }
+            // No passcode yet, or an imported device's first login: the adoption rules
+            // decide, and they write.
+            let first_login_of_import = device.registered_via() == RegisteredVia::Import && device.adopted_at.is_none();
+            if device.passcode.is_none() || first_login_of_import {
+                return Ok(Read::Write);
+            }
+        }
+        CheckAuth::ProductKey(pk) if &product.product_key != pk => return Err(device_not_found()),
+        CheckAuth::ProductKey(_) | CheckAuth::Session => {}
+    }
+    let mut echo = false;
+    if check.method == PushMethod::V41 {
+        let before = ota_state::read_cached(c, device.id)?;
+        let (after, is_echo) = boot_step(&before, check, now);
+        if after != before {
+            return Ok(Read::Write);
+        }
+        echo = is_echo;
+    }
+    if !report_unchanged(&device, check, echo) {
+        return Ok(Read::Write);
+    }
+    if any_pushing_rule(c, device.product_id, check.method)?
+        && !crate::rules::schedule::rules_to_join(c, &device, check.method, check.fw_type, rules)?.is_empty()
+    {
+        return Ok(Read::Write);
+    }
+    let trusted = report_of(&device, check.method, check.fw_type);
+    let claimed = Report {
+        method: check.method,
+        fw_type: check.fw_type,
+        hard: check.hard.as_deref(),
+        soft: check.soft.as_deref(),
+        fid: check.fid,
+    };
+    let reported = super::device_version_label(&device, check.method, check.fw_type);
+    let open = open_records_cached(c, device.id)?;
+    let mut offers: Vec<Candidate<'_>> = Vec::new();
+    for (item, fw) in &open {
+        let cand = candidate(fw, item.record.id);
+        if !echo && rules.concerns(&trusted, &cand) {
+            let reached = rules.reached(&trusted, &cand);
+            let event = Event::Reported { reached, version: reported.clone() };
+            if (reached || item.record.stage() == UpgradeStage::Downloaded) && would_change(item, &event, now, delivery)
+            {
+                return Ok(Read::Write);
+            }
+            if reached {
+                continue;
+            }
+        }
+        if offerable(item, now) {
+            offers.push(cand);
+        }
+    }
+    let answered = |answer| Ok(Read::Answered { device_id: device.id, answer: Box::new(answer) });
+    if offers.is_empty() {
+        return answered(Err(NoOffer::NoRule));
+    }
+    let Some(chosen) = rules.choose(&claimed, &offers).map(|c| c.key) else {
+        return answered(Err(NoOffer::NotInEffect));
+    };
+    let Some((item, fw)) = open.into_iter().find(|(i, _)| i.record.id == chosen) else {
+        return answered(Err(NoOffer::NotInEffect));
+    };
+    let capped = item.record.kind() == RecordKind::Rule && check.node.is_some() && download_cap.is_some();
+    if capped || would_change(&item, &Event::Offered { node: check.node.clone() }, now, delivery) {
+        return Ok(Read::Write);
+    }
+    answered(Ok(Offer { upgrade_id: item.record.id, firmware: fw, product_key: product.product_key }))
+}
+
+/// The boot track after a V4.1 check, and whether the check is an MCU echo.
+fn boot_step(before: &OtaState, check: &Check, now: i64) -> (OtaState, bool) {
     let (track, boot_check) = before.track.checked(check.fw_type, now);
     let mut after = OtaState { track, served: before.served.clone() };
     let mut echo = false;
@@ -192,8 +389,7 @@ fn track_boot(c: &mut DbConn, device_id: i64, check: &Check, now: i64) -> Result
             after.served = None;
         }
     }
-    ota_state::write(c, device_id, &before, &after)?;
-    Ok(echo)
+    (after, echo)
 }
 
 /// The check itself, in the caller's transaction. Also run as a dry run (rolled back) by
@@ -278,18 +474,55 @@ pub(crate) fn check_in(
 
 impl Domain {
     /// A device check: `update_and_check` (V4.1), `target_fid` (V4) or 0x0205 (V1V3).
+    /// Answered from a read when it changes nothing but the last-seen time; otherwise run in
+    /// the check writer's next batch and answered after its commit (see the module doc).
     pub async fn device_check(&self, check: Check) -> Result<std::result::Result<Offer, NoOffer>> {
         let now = self.clock.now_ms();
-        let rules = self.settings.series_rules;
-        let delivery = self.settings.delivery_timeout_ms;
-        let cap = self.settings.download_cap;
+        let config = self.check_config();
         let method = check.method.as_str();
         metrics::counter!(crate::metrics::DEVICE_CHECKS, "method" => method).increment(1);
-        let answer = self.db.write(move |c| check_in(c, &check, now, rules, delivery, cap)).await;
+        let read = self
+            .db
+            .run(move |c| {
+                let read = read_check(c, &check, now, config.rules, config.delivery_timeout_ms, config.download_cap)?;
+                Ok((read, check))
+            })
+            .await;
+        let answer = match read {
+            Ok((Read::Answered { device_id, answer }, _)) => {
+                self.check_writer().seen(device_id, now);
+                Ok(*answer)
+            }
+            Ok((Read::Write, check)) => {
+                metrics::counter!(crate::metrics::DEVICE_CHECK_WRITES, "method" => method).increment(1);
+                self.check_writer().check(check, now).await
+            }
+            Err(e) => Err(e),
+        };
         if let Ok(Ok(_)) = &answer {
             metrics::counter!(crate::metrics::OFFERS, "method" => method).increment(1);
         }
         answer
+    }
+
+    fn check_config(&self) -> CheckConfig {
+        CheckConfig {
+            rules: self.settings.series_rules,
+            delivery_timeout_ms: self.settings.delivery_timeout_ms,
+            download_cap: self.settings.download_cap,
+        }
+    }
+
+    /// The writer of device checks, started on first use.
+    pub fn check_writer(&self) -> &CheckWriter {
+        self.checks.get_or_init(|| CheckWriter::start(self.db.clone(), self.check_config()))
+    }
+
+    /// Writes every queued check write (a graceful stop); nothing to do when no check ran.
+    pub async fn flush_checks(&self) {
+        if let Some(writer) = self.checks.get() {
+            writer.flush().await;
+        }
     }
 
     /// V1V3 0x0207: the device asks for the image with this firmware id. Answered only when

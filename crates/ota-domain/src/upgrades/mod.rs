@@ -8,12 +8,14 @@
 //! reads the record again and asks again.
 //!
 //! - [`check`]: what a device check answers and records (versions, success, the offer);
+//! - [`check_writer`]: the writes of device checks, in batches answered after their commit;
 //! - [`downloads`]: images served to devices, and the end of each download;
 //! - [`events`]: events gateways report in batches (deliveries, download ends) and the
 //!   scheduler's time-driven events (timeouts, deadlines);
 //! - [`ota_state`]: per-device boot tracking and the MCU image served last (the echo rule).
 
 pub mod check;
+pub mod check_writer;
 pub mod downloads;
 pub mod events;
 pub mod ota_state;
@@ -35,6 +37,7 @@ use crate::stored::Stored;
 use crate::upgrade::{Candidate, Report};
 
 pub use check::{Check, CheckAuth, NoOffer, Offer};
+pub use check_writer::CheckWriter;
 pub use events::RecordEvent;
 pub use writer::RecordEventWriter;
 

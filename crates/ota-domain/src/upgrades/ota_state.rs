@@ -25,7 +25,21 @@ pub(crate) fn read(c: &mut DbConn, device_id: i64) -> Result<OtaState> {
         .select((s::provision_at, s::wifi_check_at, s::mcu_check_at, s::mcu_served_version, s::mcu_served_at))
         .first(c)
         .optional()?;
-    Ok(match row {
+    Ok(of_row(row))
+}
+
+/// [`read`] on a cached statement (the device check's read path).
+pub(crate) fn read_cached(c: &mut DbConn, device_id: i64) -> Result<OtaState> {
+    let row: Option<Row> = crate::on_each_backend!(c, |c| s::table
+        .find(device_id)
+        .select((s::provision_at, s::wifi_check_at, s::mcu_check_at, s::mcu_served_version, s::mcu_served_at))
+        .first(c)
+        .optional())?;
+    Ok(of_row(row))
+}
+
+fn of_row(row: Option<Row>) -> OtaState {
+    match row {
         None => OtaState::default(),
         Some((provision_at, wifi_check_at, mcu_check_at, version, at)) => OtaState {
             track: BootTrack { provision_at, wifi_check_at, mcu_check_at },
@@ -34,7 +48,7 @@ pub(crate) fn read(c: &mut DbConn, device_id: i64) -> Result<OtaState> {
                 _ => None,
             },
         },
-    })
+    }
 }
 
 /// Writes the row when it changed.
