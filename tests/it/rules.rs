@@ -835,14 +835,17 @@ async fn stop_and_start_requeue_failed_and_undelivered_targets() {
     assert_eq!(rec.take(), sorted(&[&silent.did, &lost.did]));
 }
 
-/// A rule's records as stored: `(mac, from_version, zone, wave, stage)` by MAC.
+/// A record as read: `(mac, from_version, zone, wave, stage)`.
+type RecordRow = (Option<String>, Option<String>, Option<String>, i64, String);
+
+/// A rule's records as stored: `(from_version, zone, wave, stage)` by MAC.
 async fn records_of(
     f: &Fleet,
     rule_id: i64,
 ) -> std::collections::BTreeMap<String, (Option<String>, Option<String>, i64, String)> {
     use diesel::prelude::*;
     use ota_domain::schema::{devices, upgrades};
-    let rows: Vec<(Option<String>, Option<String>, Option<String>, i64, String)> = f
+    let rows: Vec<RecordRow> = f
         .domain()
         .db
         .run(move |c| {
