@@ -80,24 +80,33 @@ impl Default for PushSettings {
     }
 }
 
-/// Runs scheduler rounds for ever: each notifies at most a round's share of the rate, spread
-/// evenly over the round.
+/// Runs scheduler rounds for ever. Each round claims, sends and records a batch: as many
+/// pushes as the gateway's token bucket holds (`rate_per_second` over real time, see
+/// `ota_domain::rules::rollout::PushBudget`), handed to the broker at once. The batches are
+/// a round apart, so the rate holds over any second without a sleep per push (a sleep of a
+/// few milliseconds per push, rounded up by the timer and added to the round's own time,
+/// left a rollout at a fifth of its `push_rate`).
 async fn run_scheduler(domain: Domain, push: PushSettings) {
     let interval = push.interval.max(Duration::from_millis(10));
-    let limit = (f64::from(push.rate_per_second) * interval.as_secs_f64()).ceil() as usize;
-    let spacing = interval / u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+    let per_round = (f64::from(push.rate_per_second) * interval.as_secs_f64()).ceil() as u32;
+    let mut budget =
+        ota_domain::rules::rollout::PushBudget::new(push.rate_per_second, per_round.max(push.rate_per_second));
+    let epoch = std::time::Instant::now();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let started = std::time::Instant::now();
-        let outcome = domain.push_round(limit, spacing).await;
+        let limit = budget.allow(i64::try_from(epoch.elapsed().as_millis()).unwrap_or(i64::MAX));
+        let outcome = domain.push_round(limit, Duration::ZERO).await;
         metrics::histogram!(ota_domain::metrics::SCHEDULER_ROUND_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(round) if round.claimed > 0 || round.due > 0 => {
-                tracing::info!(due = round.due, notified = round.notified, failed = round.failed, "push round");
+            Ok(round) => {
+                budget.spend(round.claimed);
+                if round.claimed > 0 || round.due > 0 {
+                    tracing::info!(due = round.due, notified = round.notified, failed = round.failed, "push round");
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "push round failed; retrying next round"),
         }
     }

@@ -834,3 +834,180 @@ async fn stop_and_start_requeue_failed_and_undelivered_targets() {
     assert_eq!(round(&f).await.notified, 2);
     assert_eq!(rec.take(), sorted(&[&silent.did, &lost.did]));
 }
+
+/// A record as read: `(mac, from_version, zone, wave, stage)`.
+type RecordRow = (Option<String>, Option<String>, Option<String>, i64, String);
+
+/// A rule's records as stored: `(from_version, zone, wave, stage)` by MAC.
+async fn records_of(
+    f: &Fleet,
+    rule_id: i64,
+) -> std::collections::BTreeMap<String, (Option<String>, Option<String>, i64, String)> {
+    use diesel::prelude::*;
+    use ota_domain::schema::{devices, upgrades};
+    let rows: Vec<RecordRow> = f
+        .domain()
+        .db
+        .run(move |c| {
+            Ok(upgrades::table
+                .inner_join(devices::table)
+                .filter(upgrades::rule_id.eq(rule_id))
+                .select((devices::mac, upgrades::from_version, upgrades::zone, upgrades::wave, upgrades::stage))
+                .load(c)?)
+        })
+        .await
+        .unwrap();
+    let n = rows.len();
+    let out: std::collections::BTreeMap<_, _> =
+        rows.into_iter().map(|(mac, from, zone, wave, stage)| (mac.unwrap(), (from, zone, wave, stage))).collect();
+    assert_eq!(out.len(), n, "one record per device");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_takes_exactly_its_targets_with_versions_zones_and_waves_in_one_statement() {
+    let f = Fleet::start().await;
+    f.at(2026, 1, 2, 12, 0);
+    f.import(
+        "5CCF7F600001,中国/广东省/广州市\n5CCF7F600002,中国/浙江省/杭州市\n5CCF7F600003,中国/广东省/深圳市\n\
+         5CCF7F600004,中国/广东省/广州市\n5CCF7F600005,中国/广东省/广州市\n5CCF7F600006,中国/四川省/成都市\n",
+    )
+    .await;
+    f.device("5CCF7F600001", "04020006", true).await; // Guangzhou: the province's zone
+    f.device("5CCF7F600002", "04020010", false).await; // Hangzhou: the country's zone; offline still counts
+    f.device("5CCF7F600003", "04020006", true).await; // Shenzhen: its own zone
+    f.device("5CCF7F600004", "04020021", true).await; // already on the target: not taken
+    f.device("5CCF7F600005", "04020015", true).await; // a version the rule does not name
+    f.device_as("5CCF7F600006", PushMethod::V41, FirmwareType::Wifi, "00OTHER1", "04020006", None, true).await; // other hardware
+    f.device("5CCF7F600007", "04020010", true).await; // no region: the rule's zone
+    let zones = json!({ "zones": [
+        { "region": "中国/", "time_zone": "Asia/Urumqi" },
+        { "region": "中国/广东省", "time_zone": "Asia/Shanghai" },
+    ]});
+    expect_status(f.s.put("/api/v1/region-zones", zones).await, StatusCode::OK).await;
+    let own = json!({ "time_zone": "Asia/Hong_Kong" });
+    expect_status(f.s.put("/api/v1/devices/5CCF7F600003/time-zone", own).await, StatusCode::OK).await;
+
+    let fw = f.firmware("04020021", true).await;
+    let mut body =
+        rule_body(json!({ "target": "all" }), &["04020006", "04020010"], ("2026-01-01", "2030-12-31"), (0, 24));
+    body["policy"] = json!({ "time_zone": "Europe/Berlin" });
+    let id = f.create_rule(fw, body).await["request_id"].as_i64().unwrap();
+    let started = expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    assert_eq!(started["target_devices"], 4, "{started:#}");
+    assert_eq!(started["from_versions"], json!(["04020006", "04020010"]), "{started:#}");
+    let rec = |from: &str, zone: &str| (Some(from.to_owned()), Some(zone.to_owned()), 1, "pending".to_owned());
+    let expected: std::collections::BTreeMap<String, _> = [
+        ("5CCF7F600001".to_owned(), rec("04020006", "Asia/Shanghai")),
+        ("5CCF7F600002".to_owned(), rec("04020010", "Asia/Urumqi")),
+        ("5CCF7F600003".to_owned(), rec("04020006", "Asia/Hong_Kong")),
+        ("5CCF7F600007".to_owned(), rec("04020010", "Europe/Berlin")),
+    ]
+    .into();
+    assert_eq!(records_of(&f, id).await, expected);
+
+    // Excluded while paused, then stopped; a device that appears meanwhile is taken at the
+    // restart, those held already are not taken twice, and the excluded one stays excluded.
+    let post = |path: String, body: Value| {
+        let s = &f.s;
+        async move { s.post(&path, body).await }
+    };
+    expect_status(post(format!("/api/v1/rules/{id}/pause"), json!({})).await, StatusCode::OK).await;
+    let r = post(format!("/api/v1/rules/{id}/exclude"), json!({ "macs": "5CCF7F600001" })).await;
+    assert_eq!(expect_status(r, StatusCode::OK).await["excluded"], 1);
+    expect_status(post(format!("/api/v1/rules/{id}/resume"), json!({})).await, StatusCode::OK).await;
+    expect_status(post(format!("/api/v1/rules/{id}/stop"), json!({})).await, StatusCode::OK).await;
+    f.device("5CCF7F600008", "04020006", true).await;
+    let again = expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    assert_eq!(again["target_devices"], 5, "{again:#}");
+    let after = records_of(&f, id).await;
+    assert_eq!(after.len(), 5);
+    assert_eq!(
+        after["5CCF7F600008"],
+        (Some("04020006".to_owned()), Some("Europe/Berlin".to_owned()), 1, "pending".to_owned())
+    );
+    assert_eq!(after["5CCF7F600001"].3, "excluded", "the excluded device stays out: {after:?}");
+    let v = f.rule(id).await;
+    assert_eq!(v["counts"]["excluded"], 1, "{v:#}");
+    expect_status(post(format!("/api/v1/rules/{id}/stop"), json!({})).await, StatusCode::OK).await;
+
+    // A MAC-list rule of another firmware of the series takes only the listed targets.
+    let list = expect_status(
+        f.s.post_text(
+            &format!("/api/v1/products/{}/mac-lists", f.pk),
+            "5CCF7F600002\n5CCF7F600004\n5CCF7F600006\n5CCF7F600008\n",
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let fw2 = f.firmware("04020022", true).await;
+    let body = rule_body(
+        json!({ "target": "macs", "mac_list_id": list["id"] }),
+        &["04020006", "04020010", "04020021"],
+        ("2026-01-01", "2030-12-31"),
+        (0, 24),
+    );
+    let id2 = f.create_rule(fw2, body).await["request_id"].as_i64().unwrap();
+    expect_status(f.start_rule(id2).await, StatusCode::OK).await;
+    let listed: Vec<String> = records_of(&f, id2).await.into_keys().collect();
+    assert_eq!(listed, ["5CCF7F600002", "5CCF7F600004", "5CCF7F600008"], "listed, on an old version, of the series");
+    // And a region rule (a province, and a city of another) only its regions' targets.
+    expect_status(post(format!("/api/v1/rules/{id2}/stop"), json!({})).await, StatusCode::OK).await;
+    let fw3 = f.firmware("04020023", true).await;
+    let body = rule_body(
+        json!({ "target": "regions", "regions": ["中国/广东省", "中国/浙江省/杭州市"] }),
+        &["04020006", "04020010", "04020021"],
+        ("2026-01-01", "2030-12-31"),
+        (0, 24),
+    );
+    let id3 = f.create_rule(fw3, body).await["request_id"].as_i64().unwrap();
+    expect_status(f.start_rule(id3).await, StatusCode::OK).await;
+    let regional: Vec<String> = records_of(&f, id3).await.into_keys().collect();
+    assert_eq!(regional, ["5CCF7F600001", "5CCF7F600002", "5CCF7F600003", "5CCF7F600004"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_claims_pushes_and_records_a_whole_batch() {
+    use diesel::prelude::*;
+    use ota_domain::schema::upgrades;
+    let f = Fleet::start().await;
+    f.at(2026, 1, 2, 12, 0);
+    let rec = Recorder::delivering(f.domain());
+    f.domain().attach_notifier(Arc::new(rec.clone()));
+    const N: usize = 150;
+    for i in 0..N {
+        f.device(&format!("5CCF7F61{i:04X}"), "04020006", true).await;
+    }
+    let fw = f.firmware("04020021", true).await;
+    let body = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2030-12-31"), (0, 24));
+    let id = f.create_rule(fw, body).await["request_id"].as_i64().unwrap();
+    expect_status(f.start_rule(id).await, StatusCode::OK).await;
+    let notified = || async {
+        f.domain()
+            .db
+            .run(move |c| {
+                Ok(upgrades::table
+                    .filter(upgrades::rule_id.eq(id))
+                    .filter(upgrades::notified_at.is_not_null())
+                    .count()
+                    .get_result::<i64>(c)?)
+            })
+            .await
+            .unwrap()
+    };
+    let mut all = std::collections::BTreeSet::new();
+    for (limit, expect, total) in [(64, 64, 64), (64, 64, 128), (64, 22, 150), (64, 0, 150)] {
+        let round = f.domain().push_round(limit, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!((round.claimed, round.notified, round.failed), (expect, expect, 0), "{round:?}");
+        let sent = rec.take();
+        assert_eq!(sent.len(), expect);
+        for did in sent {
+            assert!(all.insert(did), "a device pushed twice");
+        }
+        assert_eq!(notified().await, total as i64, "every push of the batch recorded as delivered");
+    }
+    assert_eq!(all.len(), N);
+    let v = f.rule(id).await;
+    assert_eq!(v["counts"]["notified"], N, "{v:#}");
+}

@@ -34,6 +34,9 @@ impl Server {
         let mut command = Command::new(exe);
         command.arg("serve").arg("--pace-ms").arg(args.pace_ms.to_string());
         command.arg("--db-pool").arg(args.db_pool.to_string());
+        if let Some(broker) = &args.broker {
+            command.arg("--broker").arg(broker);
+        }
         if let Some(url) = &args.database_url {
             command.arg("--database-url").arg(url);
         }

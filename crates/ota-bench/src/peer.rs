@@ -10,8 +10,6 @@
 //! - [`alternate`] runs `ours, peer, ours, peer, ...` three times and keeps the median of each
 //!   side and the median of the per-round ratios, so a slow moment of the machine weighs on both.
 
-#![allow(dead_code)] // The download and check benches use all of it; until they land, parts are unused.
-
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -44,6 +44,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The server child must be up within this.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Fan-out rounds (each a raw broker measurement, then one push per device); medians reported.
+const FAN_OUT_ROUNDS: usize = 3;
+
 /// Fan-out: give up when no push has arrived for this long.
 const PUSH_STALL: Duration = Duration::from_secs(10);
 
@@ -567,55 +570,80 @@ async fn fan_out(
     table: &mut Table,
     problems: &mut Problems,
 ) -> anyhow::Result<()> {
-    // Same broker, no edge: what the bus alone does in this process, right now.
-    let raw = server.call(&format!("raw {pushes}"), phase).await?;
-    let raw_rate = pushes as f64 / f64_at(&raw, "secs");
-
+    // Same broker, no edge: what the bus alone does in this process, right now; alternated
+    // with the fan-out, three rounds each, medians reported (the machine's load drifts).
     let file = TempFile(std::env::temp_dir().join(format!("ota-bench-{}-dids.txt", std::process::id())));
     let dids: String = connected.logged_in.iter().take(pushes).map(|(i, _)| format!("{}\n", ids[*i].did)).collect();
     std::fs::write(&file.0, dids).with_context(|| format!("writing {}", file.0.display()))?;
-    eprintln!("pushing to {pushes} devices...");
-    let target = counters.publishes.load(Ordering::Relaxed) + pushes as u64;
-    let started = Instant::now();
-    let pushed = server.call(&format!("push {}", file.0.display()), phase).await?;
-    let mut last = counters.publishes.load(Ordering::Relaxed);
-    let mut last_progress = Instant::now();
-    while last < target && last_progress.elapsed() < PUSH_STALL && started.elapsed() < phase {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let now = counters.publishes.load(Ordering::Relaxed);
-        if now != last {
-            (last, last_progress) = (now, Instant::now());
+    let (mut raw_rates, mut fan_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut delivered, mut elapsed, mut publish_secs, mut raw_received) = (0u64, Duration::ZERO, 0.0, 0u64);
+    let mut raw_complete = true;
+    let mut pushed_errors = 0u64;
+    for round in 0..FAN_OUT_ROUNDS {
+        let raw = server.call(&format!("raw {pushes}"), phase).await?;
+        let raw_rate = pushes as f64 / f64_at(&raw, "secs");
+        raw_complete &= raw["complete"].as_bool().unwrap_or(false);
+        raw_received = u64_at(&raw, &["received"]);
+        eprintln!("pushing to {pushes} devices (round {} of {FAN_OUT_ROUNDS})...", round + 1);
+        let target = counters.publishes.load(Ordering::Relaxed) + pushes as u64;
+        let started = Instant::now();
+        let pushed = server.call(&format!("push {}", file.0.display()), phase).await?;
+        let mut last = counters.publishes.load(Ordering::Relaxed);
+        let mut last_progress = Instant::now();
+        while last < target && last_progress.elapsed() < PUSH_STALL && started.elapsed() < phase {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let now = counters.publishes.load(Ordering::Relaxed);
+            if now != last {
+                (last, last_progress) = (now, Instant::now());
+            }
         }
+        let took = started.elapsed();
+        let got = (last + pushes as u64).saturating_sub(target);
+        let fan_rate = per_second(got, took);
+        pushed_errors += u64_at(&pushed, &["errors"]);
+        if got < pushes as u64 {
+            problems.push(format!("round {}: only {got} of {pushes} pushes reached the devices", round + 1));
+        }
+        (delivered, elapsed, publish_secs) = (got, took, f64_at(&pushed, "publish_secs"));
+        raw_rates.push(raw_rate);
+        fan_rates.push(fan_rate);
+        ratios.push(fan_rate / raw_rate);
+        // Every device's pace has long passed before the next round.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let elapsed = started.elapsed();
-    let delivered = (last + pushes as u64).saturating_sub(target);
-    let fan_rate = per_second(delivered, elapsed);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rounds_text = |v: &[f64]| v.iter().map(|r| thousands(*r)).collect::<Vec<_>>().join(", ");
+    let fan_text = rounds_text(&fan_rates);
+    let raw_text = rounds_text(&raw_rates);
+    let ratio_text = ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
     table.row(
         "fan-out",
         "pushes delivered / s",
-        rate(delivered, elapsed),
+        format!("{} /s", thousands(median(&mut fan_rates))),
         format!(
-            "{delivered} of {pushes} PUBLISHes on `ser2cli_res/<did>` counted by the devices in {} \
-             (server publish loop {:.2} s); one per device, so the {pace_ms} ms per-device pace never waits",
+            "median of {FAN_OUT_ROUNDS} rounds ({fan_text}); last: {delivered} of {pushes} PUBLISHes on \
+             `ser2cli_res/<did>` counted by the devices in {} (server publish loop {publish_secs:.2} s); one per \
+             device, so the {pace_ms} ms per-device pace never waits",
             secs(elapsed),
-            f64_at(&pushed, "publish_secs")
         ),
     );
     table.row(
         "fan-out",
         "raw broker rate, same broker",
-        format!("{} /s", thousands(raw_rate)),
+        format!("{} /s", thousands(median(&mut raw_rates))),
         format!(
-            "{} publishes → the gateway's own bus link (`ser2cli_res/<did nobody holds>`, no edge, no socket), {} received",
-            pushes,
-            u64_at(&raw, &["received"])
+            "median of {FAN_OUT_ROUNDS} rounds ({raw_text}), alternated with the fan-out; {pushes} publishes → the \
+             gateway's own bus link (`ser2cli_res/<did nobody holds>`, no edge, no socket), {raw_received} received"
         ),
     );
     table.row(
         "fan-out",
         "fan-out / raw",
-        format!("{:.2}", fan_rate / raw_rate),
-        "pushes delivered per second ÷ raw broker rate",
+        format!("{:.2}", median(&mut ratios)),
+        format!("median of the rounds' ratios ({ratio_text})"),
     );
     let separate = server.call(&format!("rawbus {pushes}"), phase).await?;
     let separate_rate = pushes as f64 / f64_at(&separate, "secs");
@@ -628,14 +656,11 @@ async fn fan_out(
             u64_at(&separate, &["received"])
         ),
     );
-    if delivered < pushes as u64 {
-        problems.push(format!("only {delivered} of {pushes} pushes reached the devices"));
+    if pushed_errors > 0 {
+        problems.push(format!("{pushed_errors} push publishes failed"));
     }
-    if u64_at(&pushed, &["errors"]) > 0 {
-        problems.push(format!("push publishes failed: {pushed}"));
-    }
-    if !raw["complete"].as_bool().unwrap_or(false) || !separate["complete"].as_bool().unwrap_or(false) {
-        problems.push(format!("a raw broker measurement did not complete: same {raw}, separate {separate}"));
+    if !raw_complete || !separate["complete"].as_bool().unwrap_or(false) {
+        problems.push(format!("a raw broker measurement did not complete: separate {separate}"));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use ota_domain::firmware::FirmwareUpload;
 use ota_domain::schema::devices;
 use ota_domain::store::{FsBlobStore, StagingWriter};
 use ota_domain::{Authorized, Db, Domain, DomainSettings, Principal, SystemClock};
-use ota_gateway::{BusConfig, EdgeSettings, Gateway, GatewaySettings, PushSettings};
+use ota_gateway::{EdgeSettings, Gateway, GatewaySettings, PushSettings};
 use ota_wire::rules::{DailyWindow, Period, RuleBody, StartRuleRequest, TargetKind};
 
 const PROVINCES: [&str; 31] = [
@@ -287,19 +287,7 @@ pub async fn preview(args: PreviewArgs) -> anyhow::Result<bool> {
 
 pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
     let s = setup(args.database_url.clone()).await?;
-    let bus = match &args.broker {
-        None => BusConfig::Embedded { listen: None },
-        Some(addr) => {
-            let (host, port) = addr.rsplit_once(':').context("--broker is host:port")?;
-            BusConfig::External {
-                host: host.to_owned(),
-                port: port.parse().context("--broker port")?,
-                client_id: format!("ota-bench-{}", hex::encode(rand::random::<[u8; 4]>())),
-                username: None,
-                password: None,
-            }
-        }
-    };
+    let bus = crate::serve::bus_config(args.broker.as_deref())?;
     let loopback = "127.0.0.1:0".parse().context("loopback")?;
     let settings = GatewaySettings {
         http_bind: loopback,

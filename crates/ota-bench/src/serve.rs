@@ -41,6 +41,27 @@ pub struct ServeArgs {
     /// Connections in the database pool (the server's default is 10).
     #[arg(long, default_value_t = 10)]
     pub db_pool: u32,
+    /// `host:port` of an external MQTT broker (e.g. Mosquitto on 127.0.0.1:1883) behind the
+    /// gateway; default the embedded one.
+    #[arg(long)]
+    pub broker: Option<String>,
+}
+
+/// The bus for `--broker` (`None`: embedded).
+pub(crate) fn bus_config(broker: Option<&str>) -> anyhow::Result<BusConfig> {
+    Ok(match broker {
+        None => BusConfig::Embedded { listen: None },
+        Some(addr) => {
+            let (host, port) = addr.rsplit_once(':').context("--broker is host:port")?;
+            BusConfig::External {
+                host: host.to_owned(),
+                port: port.parse().context("--broker port")?,
+                client_id: format!("ota-bench-{}", hex::encode(rand::random::<[u8; 4]>())),
+                username: None,
+                password: None,
+            }
+        }
+    })
 }
 
 /// Small enough for any device buffer; the device side only counts arrivals.
@@ -102,7 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
         public_host: "api.gizwits.com".into(),
         mqtt_public_host: "127.0.0.1".into(),
         mqtt_public_port: None,
-        bus: BusConfig::Embedded { listen: None },
+        bus: bus_config(args.broker.as_deref())?,
         edge: EdgeSettings {
             gateway_id: "bench".into(),
             pace: Duration::from_millis(args.pace_ms),

@@ -41,13 +41,13 @@
 pub mod acl;
 mod service;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
 use gagent_codec::CodecError;
 use gagent_codec::mqtt::{self, Connack, ConnectReturnCode, Packet, Protocol, Suback, Subscribe};
 use ota_domain::adoption::LoginDecision;
@@ -140,8 +140,7 @@ pub struct EdgeStats {
 /// Sessions open on every edge of this process (the `ota_mqtt_sessions` gauge).
 static SESSIONS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
-fn sessions_changed(before: usize, after: usize) {
-    let delta = after as i64 - before as i64;
+fn sessions_changed(delta: i64) {
     let now = SESSIONS.fetch_add(delta, Ordering::Relaxed) + delta;
     metrics::gauge!(ota_domain::metrics::MQTT_SESSIONS).set(now as f64);
 }
@@ -182,8 +181,10 @@ impl Outbound {
     }
 }
 
-/// Where a broker message goes: a session's outbox and its subscriptions.
-type Target = (mpsc::Sender<Outbound>, Arc<Mutex<Vec<String>>>);
+/// Whether a session's filters take `topic`.
+fn subscribed(subscriptions: &Mutex<Vec<String>>, topic: &str) -> bool {
+    subscriptions.lock().is_ok_and(|s| s.iter().any(|f| acl::filter_matches(f, topic)))
+}
 
 /// One live session, as the registry sees it.
 struct SessionEntry {
@@ -205,7 +206,9 @@ pub struct Edge {
     closing: watch::Sender<bool>,
     settings: EdgeSettings,
     stats: Arc<EdgeStats>,
-    sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// Live sessions by did: sharded (`DashMap`), so delivering a push locks one shard for a
+    /// lookup, never the whole registry, and logins elsewhere go on meanwhile.
+    sessions: DashMap<String, SessionEntry>,
     next_id: AtomicU64,
     connections: Arc<tokio::sync::Semaphore>,
     throttle: Arc<AuthThrottle>,
@@ -256,7 +259,7 @@ impl Edge {
             closing: watch::Sender::new(false),
             settings,
             stats: Arc::new(EdgeStats::default()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: DashMap::new(),
             next_id: AtomicU64::new(1),
             connections: Arc::new(tokio::sync::Semaphore::new(permits)),
         })
@@ -268,19 +271,18 @@ impl Edge {
 
     /// Number of devices logged in here.
     pub fn session_count(&self) -> usize {
-        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+        self.sessions.len()
     }
 
     pub fn is_connected(&self, did: &str) -> bool {
-        self.sessions.lock().map(|s| s.contains_key(did)).unwrap_or(false)
+        self.sessions.contains_key(did)
     }
 
     /// The sessions held here now, for a resync of presence.
     pub fn live_sessions(&self) -> Vec<LiveSession> {
-        let Ok(sessions) = self.sessions.lock() else { return Vec::new() };
-        sessions
+        self.sessions
             .iter()
-            .map(|(did, s)| LiveSession { did: did.clone(), session_ms: s.session_ms, ip: Some(s.ip.clone()) })
+            .map(|s| LiveSession { did: s.key().clone(), session_ms: s.session_ms, ip: Some(s.ip.clone()) })
             .collect()
     }
 
@@ -341,39 +343,46 @@ impl Edge {
     }
 
     fn deliver_to(&self, topic: &str, payload: &Bytes, ack: Option<Ack>) {
-        let targets: Vec<Target> = {
-            let Ok(sessions) = self.sessions.lock() else { return };
-            let did_of = |t: &str| t.split('/').nth(1).map(str::to_owned);
-            if topic.starts_with("ser2cli_res/") || topic.starts_with("app2dev/") {
-                did_of(topic)
-                    .and_then(|d| sessions.get(&d))
-                    .map(|s| vec![(s.tx.clone(), s.subscriptions.clone())])
-                    .unwrap_or_default()
-            } else if let Some(pk) = topic.strip_prefix("ser2cli_noti/") {
-                sessions
-                    .values()
-                    .filter(|s| s.product_key == pk)
-                    .map(|s| (s.tx.clone(), s.subscriptions.clone()))
-                    .collect()
-            } else {
-                Vec::new()
+        if topic.starts_with("ser2cli_res/") || topic.starts_with("app2dev/") {
+            // One device: one shard locked for the lookup, nothing allocated but the packet.
+            let Some(did) = topic.split('/').nth(1) else { return };
+            let tx = match self.sessions.get(did) {
+                Some(s) if subscribed(&s.subscriptions, topic) => s.tx.clone(),
+                _ => return,
+            };
+            if let Some(packet) = self.device_packet(topic, payload)
+                && tx.try_send(Outbound { bytes: packet, ack }).is_err()
+            {
+                bump(&self.stats.dropped_outbound);
             }
-        };
-        if targets.is_empty() {
-            return;
+        } else if let Some(pk) = topic.strip_prefix("ser2cli_noti/") {
+            // A product's devices: the packet is encoded once and shared (`Bytes`).
+            let targets: Vec<mpsc::Sender<Outbound>> = self
+                .sessions
+                .iter()
+                .filter(|s| s.product_key == pk && subscribed(&s.subscriptions, topic))
+                .map(|s| s.tx.clone())
+                .collect();
+            if targets.is_empty() {
+                return;
+            }
+            let Some(packet) = self.device_packet(topic, payload) else { return };
+            for tx in targets {
+                if tx.try_send(Outbound { bytes: packet.clone(), ack }).is_err() {
+                    bump(&self.stats.dropped_outbound);
+                }
+            }
         }
-        let packet = match gagent_codec::publish_qos0(topic, payload) {
-            Ok(p) if p.len() <= DEVICE_PACKET_LIMIT => p,
+    }
+
+    /// The PUBLISH a device gets, if it fits a device's read.
+    fn device_packet(&self, topic: &str, payload: &Bytes) -> Option<Bytes> {
+        match gagent_codec::publish_qos0(topic, payload) {
+            Ok(p) if p.len() <= DEVICE_PACKET_LIMIT => Some(p),
             _ => {
                 bump(&self.stats.dropped_outbound);
                 tracing::warn!(topic, len = payload.len(), "message too large for a device; dropped");
-                return;
-            }
-        };
-        for (tx, subs) in targets {
-            let subscribed = subs.lock().map(|s| s.iter().any(|f| acl::filter_matches(f, topic))).unwrap_or(false);
-            if subscribed && tx.try_send(Outbound { bytes: packet.clone(), ack }).is_err() {
-                bump(&self.stats.dropped_outbound);
+                None
             }
         }
     }
@@ -473,23 +482,21 @@ impl Edge {
         let subscriptions = Arc::new(Mutex::new(carried));
         let kick = Arc::new(Notify::new());
         let session_ms = self.domain.clock.now_ms();
-        let replaced = self.sessions.lock().ok().and_then(|mut s| {
-            let before = s.len();
-            let replaced = s.insert(
-                identity.did.clone(),
-                SessionEntry {
-                    id: session_id,
-                    product_key: identity.product_key.clone(),
-                    tx: tx.clone(),
-                    subscriptions: subscriptions.clone(),
-                    kick: kick.clone(),
-                    session_ms,
-                    ip: peer.ip().to_string(),
-                },
-            );
-            sessions_changed(before, s.len());
-            replaced
-        });
+        let replaced = self.sessions.insert(
+            identity.did.clone(),
+            SessionEntry {
+                id: session_id,
+                product_key: identity.product_key.clone(),
+                tx: tx.clone(),
+                subscriptions: subscriptions.clone(),
+                kick: kick.clone(),
+                session_ms,
+                ip: peer.ip().to_string(),
+            },
+        );
+        if replaced.is_none() {
+            sessions_changed(1);
+        }
         if let Some(old) = replaced {
             // MQTT: a second login with the same client id takes the session over.
             old.kick.notify_one();
@@ -522,12 +529,8 @@ impl Edge {
                 _ = closing.wait_for(|c| *c) => End::Closed,
             },
         };
-        if let Ok(mut s) = self.sessions.lock()
-            && s.get(&identity.did).is_some_and(|e| e.id == session_id)
-        {
-            let before = s.len();
-            s.remove(&identity.did);
-            sessions_changed(before, s.len());
+        if self.sessions.remove_if(&identity.did, |_, e| e.id == session_id).is_some() {
+            sessions_changed(-1);
         }
         self.presence.offline(&identity.did, session_ms, self.domain.clock.now_ms());
         self.ended(peer, Some(&identity.did), end);
@@ -900,7 +903,15 @@ struct Writer {
 
 impl Writer {
     async fn run(self, mut writer: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Outbound>) {
+        // The pace is a gap before the next packet, waited only when there is one: a device
+        // that gets a single push (a fleet's fan-out) costs one wake-up and one write, no timer.
+        let mut next_at: Option<tokio::time::Instant> = None;
         while let Some(out) = rx.recv().await {
+            if let Some(at) = next_at
+                && at > tokio::time::Instant::now()
+            {
+                tokio::time::sleep_until(at).await;
+            }
             if let Some(ack) = out.ack
                 && ack.deadline_ms < self.clock.now_ms()
             {
@@ -916,7 +927,7 @@ impl Writer {
                 self.events.send(ack.upgrade_id, Event::Delivered { opening: ack.opening });
             }
             if !self.pace.is_zero() {
-                tokio::time::sleep(self.pace).await;
+                next_at = Some(tokio::time::Instant::now() + self.pace);
             }
         }
         let _ = writer.shutdown().await;

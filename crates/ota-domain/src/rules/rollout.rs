@@ -300,6 +300,43 @@ pub fn check_started_change(old: &RolloutPolicy, new: &RolloutPolicy) -> std::re
     Ok(())
 }
 
+/// A gateway's `push_rate` as a token bucket: tokens accrue at `rate` per second of the
+/// clock, a scheduler round may push as many whole tokens as there are, and what it pushed is
+/// taken off. A round that ran long (a slow claim, a busy database) leaves more for the next,
+/// so the rate a rollout reaches is the configured one whenever devices are due, instead of a
+/// fixed share per tick that a slow round loses; the bucket holds at most `burst` tokens, so a
+/// quiet spell never turns into a burst larger than that.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at_ms: Option<i64>,
+}
+
+impl PushBudget {
+    /// `rate` pushes a second; at most `burst` pushes in one round (at least 1).
+    pub fn new(rate: u32, burst: u32) -> PushBudget {
+        PushBudget { rate: f64::from(rate), burst: f64::from(burst.max(1)), tokens: 0.0, at_ms: None }
+    }
+
+    /// The budget for a round that starts at `now_ms` (the first round gets one burst).
+    pub fn allow(&mut self, now_ms: i64) -> usize {
+        self.tokens = match self.at_ms {
+            None => self.burst,
+            Some(at) => self.tokens + self.rate * (now_ms.saturating_sub(at).max(0) as f64) / 1000.0,
+        }
+        .min(self.burst);
+        self.at_ms = Some(now_ms);
+        if self.rate <= 0.0 { 0 } else { self.tokens.floor() as usize }
+    }
+
+    /// Takes off what a round pushed.
+    pub fn spend(&mut self, pushed: usize) {
+        self.tokens = (self.tokens - pushed as f64).max(0.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ota_wire::rollout::{CanarySpec, Ramp};
@@ -440,5 +477,42 @@ mod tests {
         assert!(check_started_change(&base, &changed).is_err());
         let caps = RolloutPolicy { max_in_flight: Some(5), ..base.clone() };
         assert!(check_started_change(&base, &caps).is_ok());
+    }
+
+    #[test]
+    fn the_push_budget_is_the_rate_over_the_clock_whatever_the_rounds_take() {
+        // 500/s, rounds every 200 ms on a fake clock: 100 a round.
+        let mut b = PushBudget::new(500, 1000);
+        let mut now = 1_000_000;
+        let first = b.allow(now);
+        assert_eq!(first, 1000, "the first round gets one burst");
+        b.spend(first);
+        let mut pushed = 0;
+        for _ in 0..50 {
+            now += 200;
+            let n = b.allow(now);
+            assert_eq!(n, 100);
+            b.spend(n);
+            pushed += n;
+        }
+        assert_eq!(pushed, 500 * 10, "10 s at 500/s");
+        // A round that ran 700 ms leaves 350 for the next, not a fixed 100.
+        now += 700;
+        assert_eq!(b.allow(now), 350);
+        b.spend(350);
+        // Nothing due for a minute: the bucket holds one burst, no more.
+        now += 60_000;
+        assert_eq!(b.allow(now), 1000);
+        // What a round did not push stays for the next (within the burst).
+        b.spend(400);
+        now += 100;
+        assert_eq!(b.allow(now), 650);
+        // A clock that steps back adds nothing.
+        b.spend(650);
+        assert_eq!(b.allow(now - 5_000), 0);
+        // Rate 0 pushes nothing.
+        let mut zero = PushBudget::new(0, 10);
+        assert_eq!(zero.allow(0), 0);
+        assert_eq!(zero.allow(10_000), 0);
     }
 }

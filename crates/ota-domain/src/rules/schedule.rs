@@ -19,8 +19,17 @@
 //! retry time came (the rule's retry policy). Success is the record's single move to
 //! `succeeded` in the device's check, whichever gateway answers it, so it counts once.
 //!
-//! **Pacing.** A round pushes at most `limit` records, `spacing` apart; the gateway runs a
-//! round a second, so a fleet is pushed at a steady rate per gateway, never in one burst.
+//! **Batches.** A round claims up to `limit` records in one transaction (each through the
+//! state machine), hands their pushes to the broker, and records the refusals in one more; no
+//! push waits for a database write of its own, and deliveries come back in batches too
+//! (`writer.rs`). The gateway sizes `limit` with a token bucket over real time
+//! ([`super::rollout::PushBudget`]), so its `push_rate` is what a rollout gets while devices
+//! are due, rounds a fraction of a second apart; `spacing` (tests: zero) spreads a round's
+//! pushes when a caller wants that.
+//!
+//! **Taking targets.** A start inserts the records with one `INSERT … SELECT` over the target
+//! filter (versions and time zones computed in SQL), so 900,000 targets never pass through
+//! the process.
 
 use std::time::Duration;
 
@@ -48,10 +57,6 @@ use crate::stored::Stored;
 use crate::upgrades::events::{RecordEvent, end_rule_period, process_due, requeue_rule};
 use crate::upgrades::{Applied, apply, device_version_label, firmware_version_label, load};
 
-/// Device rows read per batch when a rule takes its targets.
-const TAKE_BATCH: i64 = 5000;
-/// Records per INSERT statement.
-const INSERT_CHUNK: usize = 1000;
 /// Time-driven events handled per round at most (the rest wait for the next round).
 const DUE_PER_ROUND: i64 = 5000;
 
@@ -89,68 +94,93 @@ fn lock_rule(c: &mut DbConn, rule_id: i64) -> Result<()> {
 }
 
 /// Inserts a record for every target of the rule that has none yet, in the rule's last wave
-/// and the device's time zone; returns how many.
+/// and the device's time zone; returns how many. One `INSERT … SELECT` over the target
+/// filter: the rows never leave the database (a rule over 900,000 devices took 15–70 s as
+/// batches read into Rust and written back 1,000 at a time).
 fn take_targets(c: &mut DbConn, rule: &RuleRecord, fw: &FirmwareRecord, now: i64) -> Result<usize> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Bool, Nullable, Text};
     let filter = TargetFilter::of_rule(c, fw, rule)?;
-    let to_version = firmware_version_label(fw);
     let policy = rule.policy()?;
     let last_wave = i64::try_from(policy.waves.len().max(1)).unwrap_or(1);
-    let mut zones = ZoneBook::load(c, rule.tenant_id, policy.time_zone.clone())?;
+    let zones = ZoneBook::load(c, rule.tenant_id, policy.time_zone.clone())?;
     // A first start has nothing to skip; a restart skips the devices it already holds.
     let held: i64 = upgrades::table.filter(upgrades::rule_id.eq(rule.id)).count().get_result(c)?;
-    let mut after = 0i64;
-    let mut taken = 0;
-    loop {
-        let mut q = filter.targets().filter(devices::id.gt(after));
-        if held > 0 {
-            q = q.filter(diesel::dsl::not(
-                devices::id.eq_any(upgrades::table.filter(upgrades::rule_id.eq(rule.id)).select(upgrades::device_id)),
-            ));
-        }
-        let batch: Vec<DeviceRecord> =
-            q.order(devices::id).limit(TAKE_BATCH).select(DeviceRecord::as_select()).load(c)?;
-        let Some(last) = batch.last() else { break };
-        after = last.id;
-        zones.read_overrides(c, &batch.iter().map(|d| d.id).collect::<Vec<_>>())?;
-        for chunk in batch.chunks(INSERT_CHUNK) {
-            let rows: Vec<_> = chunk
-                .iter()
-                .map(|d| {
-                    (
-                        upgrades::tenant_id.eq(d.tenant_id),
-                        upgrades::device_id.eq(d.id),
-                        upgrades::firmware_id.eq(fw.id),
-                        upgrades::kind.eq(Stored(RecordKind::Rule)),
-                        upgrades::active.eq(true),
-                        upgrades::stage.eq(Stored(UpgradeStage::Pending)),
-                        upgrades::from_version.eq(device_version_label(d, fw.push_method(), fw.fw_type())),
-                        upgrades::to_version.eq(to_version.clone()),
-                        upgrades::rule_id.eq(rule.id),
-                        upgrades::created_at.eq(now),
-                        upgrades::updated_at.eq(now),
-                        upgrades::wave.eq(last_wave),
-                        upgrades::zone.eq(zones.zone_of(d)),
-                    )
-                })
-                .collect();
-            crate::on_backend!(c, diesel::insert_into(upgrades::table).values(&rows))?;
-        }
-        taken += batch.len();
+    let mut q = filter.targets();
+    if held > 0 {
+        q = q.filter(diesel::dsl::not(
+            devices::id.eq_any(upgrades::table.filter(upgrades::rule_id.eq(rule.id)).select(upgrades::device_id)),
+        ));
     }
+    let rows = q.select((
+        devices::tenant_id,
+        devices::id,
+        fw.id.into_sql::<BigInt>(),
+        Stored(RecordKind::Rule).into_sql::<Text>(),
+        true.into_sql::<Bool>(),
+        Stored(UpgradeStage::Pending).into_sql::<Text>(),
+        sql::<Nullable<Text>>(from_version_sql(fw)),
+        firmware_version_label(fw).into_sql::<Nullable<Text>>(),
+        Some(rule.id).into_sql::<Nullable<BigInt>>(),
+        now.into_sql::<BigInt>(),
+        now.into_sql::<BigInt>(),
+        last_wave.into_sql::<BigInt>(),
+        zones.zone_sql(),
+    ));
+    let taken = diesel::insert_into(upgrades::table)
+        .values(rows)
+        .into_columns((
+            upgrades::tenant_id,
+            upgrades::device_id,
+            upgrades::firmware_id,
+            upgrades::kind,
+            upgrades::active,
+            upgrades::stage,
+            upgrades::from_version,
+            upgrades::to_version,
+            upgrades::rule_id,
+            upgrades::created_at,
+            upgrades::updated_at,
+            upgrades::wave,
+            upgrades::zone,
+        ))
+        .execute(c)?;
     Ok(taken)
+}
+
+/// `device_version_label` as SQL over a `devices` row (a fixed text: no value spliced in).
+fn from_version_sql(fw: &FirmwareRecord) -> &'static str {
+    match (fw.push_method(), fw.fw_type()) {
+        (PushMethod::V41, FirmwareType::Wifi) => "devices.wifi_sw",
+        (PushMethod::V41, FirmwareType::Mcu) => "devices.mcu_sw",
+        (PushMethod::V4, FirmwareType::Wifi) => "'fid ' || devices.wifi_fid",
+        (PushMethod::V4, FirmwareType::Mcu) => "'fid ' || devices.mcu_fid",
+        (PushMethod::V1V3, _) => "'id ' || devices.legacy_firmware_id",
+    }
 }
 
 /// Splits a rule's targets into its canary and waves at its first start, and opens the first.
 fn assign_waves(c: &mut DbConn, rule: &RuleRecord, now: i64) -> Result<()> {
     let policy = rule.policy()?;
-    let rows: Vec<(i64, i64, Option<String>, bool)> = upgrades::table
-        .inner_join(devices::table)
-        .filter(upgrades::rule_id.eq(rule.id))
-        .order(upgrades::device_id)
-        .select((upgrades::id, upgrades::device_id, devices::mac, devices::online))
-        .load(c)?;
-    let plan = rollout::plan_waves(&policy, rule.id, &rows)?;
+    // Targets were taken into the last wave; with no canary and one wave that is the plan, and
+    // the rows need not be read (900,000 of them at a large start).
+    let last_wave = policy.waves.len().max(1);
+    let plan = if policy.canary.is_none() && policy.waves.len() <= 1 {
+        // (The last wave's members are not listed: they are never updated below.)
+        rollout::WavePlan { members: vec![Vec::new(); last_wave + 1] }
+    } else {
+        let rows: Vec<(i64, i64, Option<String>, bool)> = upgrades::table
+            .inner_join(devices::table)
+            .filter(upgrades::rule_id.eq(rule.id))
+            .order(upgrades::device_id)
+            .select((upgrades::id, upgrades::device_id, devices::mac, devices::online))
+            .load(c)?;
+        rollout::plan_waves(&policy, rule.id, &rows)?
+    };
     for (wave, ids) in plan.members.iter().enumerate() {
+        if wave == last_wave {
+            continue; // where `take_targets` put them
+        }
         for chunk in ids.chunks(1000) {
             diesel::update(upgrades::table.filter(upgrades::id.eq_any(chunk)))
                 .set(upgrades::wave.eq(i64::try_from(wave).unwrap_or(0)))

@@ -90,6 +90,87 @@ impl ZoneBook {
     }
 }
 
+impl ZoneBook {
+    /// [`ZoneBook::zone_of`] as one SQL expression over a `devices` row (for taking a rule's
+    /// targets in one statement): the device's own zone, else the most specific region zone
+    /// that covers it, else the fallback. Every value is bound, none is spliced into the text.
+    pub(crate) fn zone_sql(&self) -> ZoneSql {
+        // The same winner as `most_specific`: most parts named; among equals the last one.
+        let named = |k: &RegionKey| [&k.0, &k.1, &k.2].iter().filter(|p| !p.is_empty()).count();
+        let mut order: Vec<usize> = (0..self.regions.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(named(&self.regions[i].0)), std::cmp::Reverse(i)));
+        ZoneSql {
+            regions: order.into_iter().map(|i| self.regions[i].clone()).collect(),
+            fallback: self.fallback.clone(),
+        }
+    }
+}
+
+/// See [`ZoneBook::zone_sql`]: `COALESCE(<own zone>, CASE WHEN <region covers> THEN <zone> …
+/// ELSE <fallback> END)`, regions most specific first.
+#[derive(Debug, Clone)]
+pub(crate) struct ZoneSql {
+    regions: Vec<(RegionKey, String)>,
+    fallback: Option<String>,
+}
+
+impl<GB> diesel::expression::ValidGrouping<GB> for ZoneSql {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl diesel::expression::Expression for ZoneSql {
+    type SqlType = diesel::sql_types::Nullable<diesel::sql_types::Text>;
+}
+
+impl diesel::expression::AppearsOnTable<devices::table> for ZoneSql {}
+impl diesel::expression::SelectableExpression<devices::table> for ZoneSql {}
+
+impl diesel::query_builder::QueryId for ZoneSql {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB> diesel::query_builder::QueryFragment<DB> for ZoneSql
+where
+    DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<diesel::sql_types::Text>,
+    String: diesel::serialize::ToSql<diesel::sql_types::Text, DB>,
+    Option<String>: diesel::serialize::ToSql<diesel::sql_types::Nullable<diesel::sql_types::Text>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        use diesel::sql_types::{Nullable, Text};
+        out.unsafe_to_cache_prepared();
+        out.push_sql(
+            "COALESCE((SELECT device_settings.time_zone FROM device_settings \
+             WHERE device_settings.device_id = devices.id), ",
+        );
+        if self.regions.is_empty() {
+            out.push_bind_param::<Nullable<Text>, _>(&self.fallback)?;
+            out.push_sql(")");
+            return Ok(());
+        }
+        out.push_sql("CASE");
+        for ((country, province, city), zone) in &self.regions {
+            out.push_sql(" WHEN 1 = 1");
+            for (column, value) in
+                [("devices.country", country), ("devices.province", province), ("devices.city", city)]
+            {
+                if !value.is_empty() {
+                    out.push_sql(" AND ");
+                    out.push_sql(column);
+                    out.push_sql(" = ");
+                    out.push_bind_param::<Text, _>(value)?;
+                }
+            }
+            out.push_sql(" THEN ");
+            out.push_bind_param::<Text, _>(zone)?;
+        }
+        out.push_sql(" ELSE ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.fallback)?;
+        out.push_sql(" END)");
+        Ok(())
+    }
+}
+
 fn check_zone(field: &str, zone: &str) -> Result<()> {
     if parse_zone(zone).is_none() {
         return Err(DomainError::invalid(field, format!("`{zone}` is no IANA time zone (e.g. Asia/Shanghai)")));
