@@ -197,7 +197,34 @@ impl Moto {
 
     /// Requests moto logged whose line contains `needle` (e.g. `"GET /ota-…/firmware/"`).
     pub fn requests_matching(&self, needle: &str) -> usize {
+        self.sync_log();
         self.log.lock().map(|l| l.iter().filter(|line| line.contains(needle)).count()).unwrap_or(0)
+    }
+
+    /// moto writes a request's log line after its answer, read here by another thread: send a
+    /// marker request and wait (up to 5 s) until its line is read, so every request answered
+    /// before this call is in the log.
+    fn sync_log(&self) {
+        use std::io::{Read as _, Write as _};
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let marker = format!(
+            "/ota-log-sync-{}-{}",
+            std::process::id(),
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let Some(addr) = self.endpoint.strip_prefix("http://") else { return };
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(stream, "GET {marker} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self.log.lock().is_ok_and(|l| l.iter().any(|line| line.contains(&marker))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// moto's log so far.

@@ -153,6 +153,24 @@ pub(crate) fn check_key(sha256: &str) -> Result<&str> {
     Ok(sha256)
 }
 
+/// Streams a local file in 64 KiB chunks (the API's firmware download; devices get `sendfile`).
+/// `what` names the file in the error.
+pub(crate) async fn stream_file(path: &Path, what: &str) -> Result<BlobStream> {
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        DomainError::Internal(anyhow::Error::new(e).context(format!("opening {what} {}", path.display())))
+    })?;
+    let stream = futures_util::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0_u8; 64 * 1024];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), file)))
+    });
+    Ok(Box::pin(stream) as BlobStream)
+}
+
 /// The default store: `<root>/<first two hex digits>/<sha256>`.
 #[derive(Debug, Clone)]
 pub struct FsBlobStore {
@@ -216,19 +234,7 @@ impl BlobStore for FsBlobStore {
     fn open<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<BlobStream>> {
         Box::pin(async move {
             let path = self.path_of(sha256)?;
-            let file = tokio::fs::File::open(&path).await.map_err(|e| {
-                DomainError::Internal(anyhow::Error::new(e).context(format!("opening blob {}", path.display())))
-            })?;
-            let stream = futures_util::stream::try_unfold(file, |mut file| async move {
-                let mut buf = vec![0_u8; 64 * 1024];
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buf.truncate(n);
-                Ok(Some((Bytes::from(buf), file)))
-            });
-            Ok(Box::pin(stream) as BlobStream)
+            stream_file(&path, "blob").await
         })
     }
 

@@ -36,12 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use rusty_s3::{Bucket, Credentials, S3Action as _, UrlStyle};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt as _;
 
 use super::{BlobStore, BlobStream, StagedFile, check_key};
 use crate::error::{DomainError, Result};
@@ -413,19 +411,7 @@ impl BlobStore for S3BlobStore {
     fn open<'a>(&'a self, sha256: &'a str) -> BoxFuture<'a, Result<BlobStream>> {
         Box::pin(async move {
             let path = self.local_file(sha256).await?;
-            let file = tokio::fs::File::open(&path).await.map_err(|e| {
-                DomainError::Internal(anyhow::Error::new(e).context(format!("opening cached blob {}", path.display())))
-            })?;
-            let stream = futures_util::stream::try_unfold(file, |mut file| async move {
-                let mut buf = vec![0_u8; 64 * 1024];
-                let n = file.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                buf.truncate(n);
-                Ok(Some((Bytes::from(buf), file)))
-            });
-            Ok(Box::pin(stream) as BlobStream)
+            super::stream_file(&path, "cached blob").await
         })
     }
 
