@@ -76,16 +76,7 @@ pub async fn run(args: ChecksArgs) -> anyhow::Result<bool> {
     );
     print!("{}", table.render());
     println!("\nMachine: {}. Server, nginx and wrk share the cores.", crate::report::machine());
-    if problems.is_empty() {
-        println!("\nNo errors.");
-        Ok(true)
-    } else {
-        println!("\nProblems:");
-        for p in &problems {
-            println!("- {p}");
-        }
-        Ok(false)
-    }
+    Ok(crate::report::problems(&problems))
 }
 
 async fn measure(args: &ChecksArgs, server: &mut Server) -> anyhow::Result<(Table, Vec<String>)> {

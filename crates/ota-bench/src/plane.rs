@@ -127,16 +127,7 @@ pub async fn run(args: PlaneArgs) -> anyhow::Result<bool> {
     );
     print!("{}", table.render());
     println!("\nMachine: {}. Server and devices share the cores.", report::machine());
-    if problems.is_empty() {
-        println!("\nNo errors.");
-        Ok(true)
-    } else {
-        println!("\nProblems:");
-        for p in &problems {
-            println!("- {p}");
-        }
-        Ok(false)
-    }
+    Ok(report::problems(&problems))
 }
 
 fn u64_at(v: &Value, path: &[&str]) -> u64 {

@@ -61,6 +61,20 @@ pub fn kib(v: u64) -> String {
     format!("{:.1} MiB", v as f64 / 1024.0)
 }
 
+/// Prints the problems a bench found (or that there were none); `true` when there were none,
+/// which makes the exit status.
+pub fn problems(problems: &[String]) -> bool {
+    if problems.is_empty() {
+        println!("\nNo errors.");
+        return true;
+    }
+    println!("\nProblems:");
+    for p in problems {
+        println!("- {p}");
+    }
+    false
+}
+
 /// Nearest-rank percentile of sorted samples.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

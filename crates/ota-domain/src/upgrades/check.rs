@@ -276,6 +276,18 @@ fn report_unchanged(device: &DeviceRecord, check: &Check, echo: bool) -> bool {
 }
 
 /// Whether the state machine would change `item` on `event` (asked, not stored).
+/// What the device claims to run: the offer is chosen on this, since the device compares
+/// the offer with its claim (success is decided on the trusted report instead).
+fn claimed_report(check: &Check) -> Report<'_> {
+    Report {
+        method: check.method,
+        fw_type: check.fw_type,
+        hard: check.hard.as_deref(),
+        soft: check.soft.as_deref(),
+        fid: check.fid,
+    }
+}
+
 fn would_change(item: &Loaded, event: &Event, now: i64, delivery: i64) -> bool {
     lifecycle::transition(&item.record.state(), event, &item.context(now, delivery)).is_ok()
 }
@@ -330,13 +342,7 @@ pub(crate) fn read_check(
         return Ok(Read::Write);
     }
     let trusted = report_of(&device, check.method, check.fw_type);
-    let claimed = Report {
-        method: check.method,
-        fw_type: check.fw_type,
-        hard: check.hard.as_deref(),
-        soft: check.soft.as_deref(),
-        fid: check.fid,
-    };
+    let claimed = claimed_report(check);
     let reported = super::device_version_label(&device, check.method, check.fw_type);
     let open = open_records_cached(c, device.id)?;
     let mut offers: Vec<Candidate<'_>> = Vec::new();
@@ -420,13 +426,7 @@ pub(crate) fn check_in(
     // (they differ only for an echo): success is decided on the first, the offer
     // on the second, since the device compares the offer with its claim.
     let trusted = report_of(&device, check.method, check.fw_type);
-    let claimed = Report {
-        method: check.method,
-        fw_type: check.fw_type,
-        hard: check.hard.as_deref(),
-        soft: check.soft.as_deref(),
-        fid: check.fid,
-    };
+    let claimed = claimed_report(check);
     let reported = super::device_version_label(&device, check.method, check.fw_type);
     let open = open_records(c, device.id)?;
     let mut offers: Vec<Candidate<'_>> = Vec::new();
