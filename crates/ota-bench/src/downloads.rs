@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ota_domain::firmware::FirmwareUpload;
 use ota_domain::store::StagingWriter;
-use ota_gateway::{BusConfig, EdgeSettings, Gateway, GatewaySettings};
+use ota_gateway::{BusConfig, Gateway};
 
 use crate::peer::{self, Nginx, WrkRequest, WrkRun};
 use crate::report::{Table, millis};
@@ -74,20 +74,8 @@ pub async fn run(args: DownloadArgs) -> anyhow::Result<bool> {
     peer::wrk_binary()?;
     let s = setup(args.database_url.clone()).await?;
     let (fw, image) = mcu_firmware(&s, args.size).await?;
-    let loopback = "127.0.0.1:0".parse().context("loopback address")?;
-    let settings = GatewaySettings {
-        http_bind: loopback,
-        mqtt_bind: loopback,
-        public_host: "api.gizwits.com".into(),
-        mqtt_public_host: "127.0.0.1".into(),
-        mqtt_public_port: None,
-        bus: BusConfig::Embedded { listen: None },
-        edge: EdgeSettings { gateway_id: "bench".into(), ..EdgeSettings::default() },
-        http: Default::default(),
-        push: Default::default(),
-        throttle: Default::default(),
-        liveness: Default::default(),
-    };
+    let settings = crate::serve::loopback_gateway(BusConfig::Embedded { listen: None });
+
     let gateway = Gateway::start(s.domain.clone(), settings).await.context("starting the gateway")?;
     let ours_url = format!("http://{}/dev/ota/v4.1/firmware/{fw}", gateway.http_addr);
 

@@ -61,16 +61,8 @@ fn failing(n: usize) -> BTreeMap<String, Faults> {
 
 pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
     let s = setup(args.database_url.clone()).await?;
-    let loopback = "127.0.0.1:0".parse().context("loopback")?;
     let settings = GatewaySettings {
-        http_bind: loopback,
-        mqtt_bind: loopback,
-        public_host: "api.gizwits.com".into(),
-        mqtt_public_host: "127.0.0.1".into(),
-        mqtt_public_port: None,
-        bus: BusConfig::Embedded { listen: None },
         edge: EdgeSettings { gateway_id: "bench".into(), pace: Duration::from_millis(5), ..EdgeSettings::default() },
-        http: Default::default(),
         push: PushSettings { rate_per_second: args.push_rate, interval: Duration::from_millis(200) },
         throttle: ota_gateway::throttle::ThrottleSettings {
             // Every simulated device shares 127.0.0.1.
@@ -78,8 +70,9 @@ pub async fn run(args: HaltArgs) -> anyhow::Result<bool> {
             max_in_flight_per_clean_source: 100_000,
             ..Default::default()
         },
-        liveness: Default::default(),
+        ..crate::serve::loopback_gateway(BusConfig::Embedded { listen: None })
     };
+
     let gateway = Gateway::start(s.domain.clone(), settings).await.context("starting the gateway")?;
     let fw = firmware(&s, args.image_bytes).await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);

@@ -288,20 +288,12 @@ pub async fn preview(args: PreviewArgs) -> anyhow::Result<bool> {
 pub async fn rollout(args: RolloutArgs) -> anyhow::Result<bool> {
     let s = setup(args.database_url.clone()).await?;
     let bus = crate::serve::bus_config(args.broker.as_deref())?;
-    let loopback = "127.0.0.1:0".parse().context("loopback")?;
     let settings = GatewaySettings {
-        http_bind: loopback,
-        mqtt_bind: loopback,
-        public_host: "api.gizwits.com".into(),
-        mqtt_public_host: "127.0.0.1".into(),
-        mqtt_public_port: None,
-        bus,
         edge: EdgeSettings { gateway_id: "bench".into(), pace: Duration::from_millis(20), ..EdgeSettings::default() },
-        http: Default::default(),
         push: PushSettings { rate_per_second: args.push_rate, interval: Duration::from_millis(200) },
-        throttle: Default::default(),
-        liveness: Default::default(),
+        ..crate::serve::loopback_gateway(bus)
     };
+
     let gateway = Gateway::start(s.domain.clone(), settings).await.context("starting the gateway")?;
     let fw = firmware(&s, args.image_bytes).await?;
 

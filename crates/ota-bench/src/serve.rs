@@ -116,24 +116,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<bool> {
         .await
         .context("creating the product")?;
 
-    let loopback = "127.0.0.1:0".parse().context("loopback address")?;
     let gateway_settings = GatewaySettings {
-        http_bind: loopback,
-        mqtt_bind: loopback,
-        public_host: "api.gizwits.com".into(),
-        mqtt_public_host: "127.0.0.1".into(),
-        mqtt_public_port: None,
-        bus: bus_config(args.broker.as_deref())?,
         edge: EdgeSettings {
             gateway_id: "bench".into(),
             pace: Duration::from_millis(args.pace_ms),
             ..EdgeSettings::default()
         },
-        http: Default::default(),
-        push: Default::default(),
-        throttle: Default::default(),
-        liveness: Default::default(),
+        ..loopback_gateway(bus_config(args.broker.as_deref())?)
     };
+
     let gateway = Gateway::start(domain.clone(), gateway_settings).await.context("starting the gateway")?;
     let ready = json!({
         "http": gateway.http_addr.to_string(),
@@ -311,4 +302,24 @@ async fn raw_separate_broker(count: u64) -> anyhow::Result<Value> {
         "publish_secs": publish_secs,
         "secs": secs,
     }))
+}
+
+/// A gateway on loopback ports the system picks, as every bench starts one: the firmware's
+/// API host in download URLs and default edge, push, throttle and liveness settings; each
+/// bench overrides what it needs.
+pub(crate) fn loopback_gateway(bus: BusConfig) -> GatewaySettings {
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    GatewaySettings {
+        http_bind: loopback,
+        mqtt_bind: loopback,
+        public_host: "api.gizwits.com".into(),
+        mqtt_public_host: "127.0.0.1".into(),
+        mqtt_public_port: None,
+        bus,
+        edge: EdgeSettings { gateway_id: "bench".into(), ..EdgeSettings::default() },
+        http: Default::default(),
+        push: Default::default(),
+        throttle: Default::default(),
+        liveness: Default::default(),
+    }
 }
