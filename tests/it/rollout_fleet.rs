@@ -156,7 +156,19 @@ impl Fleet {
             .filter(|d| d["stage"] != "pending")
             .map(|d| (d["mac"].clone(), d["stage"].clone(), d["wave"].clone(), d["attempts"].clone()))
             .collect();
-        panic!("rule {id} never settled with {pending} pending; last {last:#}; on their way: {open:#?}");
+        // What the simulator saw of each device still on its way.
+        let seen: Vec<String> = open
+            .iter()
+            .filter(|(_, stage, _, _)| stage != "excluded" && stage != "succeeded" && stage != "failed")
+            .filter_map(|(mac, ..)| {
+                let mac = mac.as_str()?;
+                let snap = self.devices.get(mac)?.snapshot();
+                Some(format!("{mac}: online {} sw {} {:?}", snap.online, snap.wifi_sw, snap.counters))
+            })
+            .collect();
+        panic!(
+            "rule {id} never settled with {pending} pending; last {last:#}; on their way: {open:#?}; devices: {seen:#?}"
+        );
     }
 
     fn pushes(&self, mac: &str) -> u32 {

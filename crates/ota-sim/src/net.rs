@@ -5,6 +5,12 @@
 //!
 //! The firmware always connects to port 80 of the API host; the simulator connects to its
 //! configured HTTP address instead, whatever host a URL names, and keeps the `Host` header.
+//!
+//! Each socket asks for a small receive buffer ([`DEVICE_RECEIVE_WINDOW`]), as a module's
+//! embedded TCP stack offers a window of a few KiB. Loopback would otherwise grow the window
+//! to megabytes, and the kernel would take a whole image on behalf of a device that reads half
+//! of it and drops the connection: the gateway could not tell that cut from a complete
+//! download, which no real device makes possible.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,6 +33,9 @@ pub enum NetError {
     Io(String),
 }
 
+/// The receive buffer a device socket asks for (see the module doc; Linux doubles it).
+pub const DEVICE_RECEIVE_WINDOW: u32 = 8 * 1024;
+
 /// GA `Cloud_InitSocket`: three connect attempts, 100 ms apart.
 pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let mut last = None;
@@ -34,7 +43,7 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        match TcpStream::connect(addr).await {
+        match connect_small_window(addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
@@ -43,6 +52,13 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("connect failed")))
+}
+
+async fn connect_small_window(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // Set before connecting, so the window offered in the handshake is already small.
+    socket.set_recv_buffer_size(DEVICE_RECEIVE_WINDOW)?;
+    socket.connect(addr).await
 }
 
 /// Sends one request on a fresh connection and returns what a single read of at most 1024
@@ -279,6 +295,41 @@ mod tests {
         let faults = Faults { drop_mid_download: true, ..Faults::default() };
         let out = download(addr, b"GET /x HTTP/1.1\r\n\r\n", Duration::from_secs(5), false, faults).await;
         assert_eq!(out.result.unwrap_err(), DownloadError::Dropped);
+    }
+
+    /// A device that drops a 2 MiB download halfway leaves the server's write failing: its
+    /// small window keeps the kernel from taking the rest of the image on its behalf.
+    #[tokio::test]
+    async fn a_download_dropped_halfway_fails_the_servers_write() {
+        let image: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let md5 = hex::encode(Md5::digest(&image));
+        let reply = firmware_reply(&image, &md5);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // The gateway's device listener keeps its send buffer at 64 KiB.
+        socket.set_send_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 2048];
+            let _ = s.read(&mut req).await.unwrap();
+            s.write_all(&reply).await
+        });
+        let faults = Faults { drop_mid_download: true, ..Faults::default() };
+        let out = download(addr, b"GET /x HTTP/1.1\r\n\r\n", Duration::from_secs(5), false, faults).await;
+        assert_eq!(out.result.unwrap_err(), DownloadError::Dropped);
+        let written = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+        assert!(written.is_err(), "the server wrote the whole image to a device that read half of it");
+    }
+
+    #[tokio::test]
+    async fn device_sockets_offer_a_small_window() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = connect(listener.local_addr().unwrap()).await.unwrap();
+        let socket = tokio::net::TcpSocket::from_std_stream(stream.into_std().unwrap());
+        // Linux doubles what was asked for; loopback's own default is 128 KiB and grows.
+        assert!(socket.recv_buffer_size().unwrap() <= 2 * DEVICE_RECEIVE_WINDOW);
     }
 
     #[tokio::test]
