@@ -120,7 +120,10 @@ async fn three_gateways_push_a_rule_exactly_once_and_survive_one_dying() {
         expect_status(s.upload(&pk, form(&fields, Some(("a.bin", image(3000, 7))))).await, StatusCode::CREATED).await;
     let fw = fw["id"].as_i64().unwrap();
     s.verify_directly(fw).await;
-    let rule = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-01"), (0, 24));
+    let mut rule = rule_body(json!({ "target": "all" }), &["04020006"], ("2026-01-01", "2026-01-01"), (0, 24));
+    // A device on the gateway that dies may be cut mid-download: that attempt fails, and the
+    // rule pushes again a second later (the default back-off of 120 s outlasts the test).
+    rule["policy"] = json!({ "retry": { "attempts": 3, "backoff_s": 1 } });
     let rule = expect_status(s.post(&format!("/api/v1/firmware/{fw}/rules"), rule).await, StatusCode::CREATED).await;
     let id = rule["request_id"].as_i64().unwrap();
     let body = json!({ "confirm_stable": true, "accept_terms": true });

@@ -15,6 +15,11 @@
 //!
 //! Like [`super::writer`], the batch forms from whatever arrived while the previous one was
 //! written: no check waits for a timer.
+//!
+//! A check whose savepoint failed for a reason that is not its own (a deadlock with another
+//! writer on PostgreSQL, a unique key a concurrent rule start took) is run once more, alone,
+//! after the batch: GAgent takes any failed check as "no update" and never asks again, so a
+//! device that reports its new version must not lose that report to a conflict.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -179,12 +184,24 @@ async fn write(db: &Db, config: CheckConfig, checks: Vec<Waiting>, seen: HashMap
             if let Err(e) = c.transaction(|c| write_seen(c, &seen)) {
                 tracing::warn!(error = %e, count, "last-seen times of device checks not written");
             }
-            Ok(answers)
+            Ok((answers, work))
         })
         .await;
     match written {
-        Ok(answers) => {
-            for (reply, answer) in replies.into_iter().zip(answers) {
+        Ok((answers, work)) => {
+            for ((reply, answer), (check, now)) in replies.into_iter().zip(answers).zip(work) {
+                let answer = match answer {
+                    Err(e) if transient(&e) => {
+                        // Its savepoint was rolled back, so nothing of it was written: run it
+                        // again on its own. GAgent never asks again after a failed check.
+                        tracing::info!(error = %e, did = %check.did, "a device check is run again on its own");
+                        db.write(move |c| {
+                            check_in(c, &check, now, config.rules, config.delivery_timeout_ms, config.download_cap)
+                        })
+                        .await
+                    }
+                    answer => answer,
+                };
                 let _ = reply.send(answer);
             }
         }
@@ -195,6 +212,13 @@ async fn write(db: &Db, config: CheckConfig, checks: Vec<Waiting>, seen: HashMap
             }
         }
     }
+}
+
+/// An error that says nothing about the check itself (a deadlock, a serialization failure, a
+/// unique key taken by a concurrent writer): the check is worth one more run. A refusal the
+/// check makes (wrong passcode, unknown device) is final.
+fn transient(e: &DomainError) -> bool {
+    matches!(e, DomainError::Internal(_) | DomainError::UniqueViolation)
 }
 
 /// The error each check of a failed batch gets (the batch's own error is logged once).
