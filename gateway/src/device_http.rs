@@ -19,6 +19,7 @@ use ota_domain::{Domain, DomainError};
 use ota_wire::ErrorCode;
 use ota_wire::dto::{FirmwareType, PushMethod, RegisteredVia};
 
+use crate::admission::Admission;
 use crate::http::response::sanitize_filename;
 use crate::http::{DownloadFile, DownloadHead, FormBuilder, Handler, ProductCipher, Reply, Request, api_reply};
 use crate::throttle::AuthThrottle;
@@ -41,6 +42,8 @@ pub struct DeviceHttp {
     /// Where download ends are reported.
     events: RecordEventWriter,
     throttle: Arc<AuthThrottle>,
+    /// Bounds registrations and provisions in flight ([`crate::admission`]).
+    admission: Arc<Admission>,
 }
 
 /// A wrong passcode's reply waits at most this long: the HTTP server answers a handler that
@@ -56,8 +59,24 @@ impl DeviceHttp {
         node: String,
         events: RecordEventWriter,
         throttle: Arc<AuthThrottle>,
+        admission: Arc<Admission>,
     ) -> Arc<DeviceHttp> {
-        Arc::new(DeviceHttp { domain, endpoints, node, events, throttle })
+        Arc::new(DeviceHttp { domain, endpoints, node, events, throttle, admission })
+    }
+
+    /// A registration or provision: run when a slot comes free within the admission wait,
+    /// otherwise refused at once with 503 `device_calls_busy`, which GAgent retries.
+    async fn admitted<F>(&self, call: F) -> Result<Reply, DomainError>
+    where
+        F: Future<Output = Result<Reply, DomainError>>,
+    {
+        let Some(_slot) = self.admission.device_calls.enter().await else {
+            return Err(DomainError::new(
+                ErrorCode::DeviceCallsBusy,
+                "too many registrations and provisions at once; try again",
+            ));
+        };
+        call.await
     }
 
     /// A passcode-bearing call: checked unless the address has too many attempts in flight
@@ -83,11 +102,11 @@ impl DeviceHttp {
         let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
         let ip = Some(peer.ip().to_string());
         let result = match (req.method.as_str(), segments.as_slice()) {
-            ("POST", ["dev", "devices"]) => self.register_plain(&req, ip).await,
+            ("POST", ["dev", "devices"]) => self.admitted(self.register_plain(&req, ip)).await,
             ("DELETE", ["dev", "devices"]) => self.deregister(&req, peer).await,
-            ("GET", ["dev", "devices", did]) => self.provision_plain(did, ip).await,
-            ("POST", ["dev", pk, "device"]) => self.register_encrypted(pk, &req, ip).await,
-            ("GET", ["dev", pk, "device"]) => self.provision_encrypted(pk, &req, ip).await,
+            ("GET", ["dev", "devices", did]) => self.admitted(self.provision_plain(did, ip)).await,
+            ("POST", ["dev", pk, "device"]) => self.admitted(self.register_encrypted(pk, &req, ip)).await,
+            ("GET", ["dev", pk, "device"]) => self.admitted(self.provision_encrypted(pk, &req, ip)).await,
             ("GET", ["dev", "ota", "target_fid"]) => self.target_fid(&req, ip).await,
             ("POST", ["dev", "ota", "v4.1", "update_and_check", did]) => {
                 self.guarded(peer, did, self.update_and_check(did, &req, ip)).await
@@ -451,7 +470,8 @@ fn domain_error_reply(e: &DomainError) -> Reply {
         ErrorCode::InvalidCredentials => 403,
         other => other.http_status(),
     };
-    if status >= 500 {
+    // A refusal of admission control is counted by its metric, not logged per device.
+    if status >= 500 && code != ErrorCode::DeviceCallsBusy {
         tracing::error!(error = %e, "device request failed");
     }
     json_reply(status, u32::from(status), code.as_str())

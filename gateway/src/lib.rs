@@ -2,6 +2,7 @@
 //! log in to ([`edge`]), with the broker behind the edge ([`bus`]) carrying pushes between
 //! gateways, so a push decided anywhere reaches a device connected anywhere.
 
+pub mod admission;
 pub mod bus;
 pub mod device_http;
 pub mod edge;
@@ -48,6 +49,8 @@ pub struct GatewaySettings {
     /// How wrong device passcodes are slowed down.
     pub throttle: throttle::ThrottleSettings,
     pub liveness: LivenessSettings,
+    /// How many registrations, provisions and MQTT logins are worked on at once.
+    pub admission: admission::AdmissionSettings,
 }
 
 /// This gateway's lease (see `ota_domain::liveness`); its node id is `edge.gateway_id`.
@@ -210,6 +213,8 @@ pub struct Gateway {
     pub presence: PresenceWriter,
     /// Slows down passcode guessing (shared by the edge and device HTTP).
     pub throttle: Arc<throttle::AuthThrottle>,
+    /// Bounds registrations, provisions and logins in flight (shared by the edge and device HTTP).
+    pub admission: Arc<admission::Admission>,
     pub events: RecordEventWriter,
     /// This gateway's node id.
     pub node: String,
@@ -301,6 +306,7 @@ impl Gateway {
         let presence = PresenceWriter::start(domain.clone());
         let events = RecordEventWriter::start(domain.clone());
         let throttle = throttle::AuthThrottle::new(settings.throttle.clone());
+        let admission = Arc::new(admission::Admission::new(&settings.admission));
         let edge = Edge::new(
             domain.clone(),
             bus.clone(),
@@ -308,6 +314,7 @@ impl Gateway {
             events.clone(),
             settings.edge.clone(),
             throttle.clone(),
+            admission.clone(),
         );
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(edge.clone().serve(mqtt_listener)));
@@ -322,8 +329,14 @@ impl Gateway {
             mqtt_host: settings.mqtt_public_host.clone(),
             mqtt_port: settings.mqtt_public_port.unwrap_or(mqtt_addr.port()),
         };
-        let handler =
-            device_http::DeviceHttp::new(domain.clone(), endpoints, node.clone(), events.clone(), throttle.clone());
+        let handler = device_http::DeviceHttp::new(
+            domain.clone(),
+            endpoints,
+            node.clone(),
+            events.clone(),
+            throttle.clone(),
+            admission.clone(),
+        );
         let http_stats = settings.http.stats.clone();
         let http_settings = settings.http.clone();
         tasks.push(tokio::spawn(http::serve(http_listener, handler, http_settings, std::future::pending())));
@@ -343,7 +356,20 @@ impl Gateway {
             edge.clone(),
             presence.clone(),
         )));
-        Ok(Gateway { http_addr, mqtt_addr, bus, edge, http_stats, presence, throttle, events, node, domain, tasks })
+        Ok(Gateway {
+            http_addr,
+            mqtt_addr,
+            bus,
+            edge,
+            http_stats,
+            presence,
+            throttle,
+            admission,
+            events,
+            node,
+            domain,
+            tasks,
+        })
     }
 
     /// Stops accepting and drops every connection, writing nothing more (a gateway dying,

@@ -43,6 +43,7 @@ pub fn gateway_settings(bus: BusConfig) -> GatewaySettings {
             ..Default::default()
         },
         liveness: Default::default(),
+        admission: Default::default(),
     }
 }
 

@@ -27,4 +27,5 @@ mod rollout_fleet;
 mod rules;
 mod rules_cluster;
 mod rules_fleet;
+mod storm;
 mod tenancy;

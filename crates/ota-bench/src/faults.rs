@@ -86,6 +86,7 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<bool> {
         push_rate: args.push_rate,
         dir: dir.path().to_owned(),
         store_env: Vec::new(),
+        node_env: Vec::new(),
     };
     let mut nodes: Vec<Node> = (0..args.nodes).map(|i| Node::start(&config, &format!("n{}", i + 1))).collect();
     let api = Api::login(&nodes.iter().collect::<Vec<_>>()).await;

@@ -19,6 +19,7 @@ mod plane;
 mod report;
 mod rules;
 mod serve;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +48,8 @@ enum Command {
     Halt(halt::HaltArgs),
     /// A rollout over several `ota up` nodes while two are killed with kill -9 and restarted.
     Faults(faults::FaultArgs),
+    /// A power-on storm over `ota up` nodes on PostgreSQL: every device online, once each.
+    Storm(storm::StormArgs),
     /// 1,000 wrong logins at once from 50 addresses against 20 users: memory, answers, and the
     /// admin's right password from another address.
     LoginFlood(login::LoginFloodArgs),
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
         Command::RulesPreview(args) => runtime.block_on(rules::preview(args)),
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Faults(args) => runtime.block_on(faults::run(args)),
+        Command::Storm(args) => runtime.block_on(storm::run(args)),
         Command::Halt(args) => runtime.block_on(halt::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::LoginFlood(args) => runtime.block_on(login::run(args)),

@@ -321,5 +321,6 @@ pub(crate) fn loopback_gateway(bus: BusConfig) -> GatewaySettings {
         push: Default::default(),
         throttle: Default::default(),
         liveness: Default::default(),
+        admission: Default::default(),
     }
 }

@@ -132,6 +132,14 @@ pub struct Config {
     /// A gateway silent this long is dead: the others mark its devices offline and fail its
     /// downloads. It renews its lease every third of this.
     pub gateway_lease_secs: u64,
+    /// Registrations and provisions this gateway works on at once; one more that finds no
+    /// slot within `admission_wait_ms` is answered 503 `device_calls_busy` (GAgent retries it).
+    pub device_calls_in_flight: usize,
+    /// MQTT logins this gateway checks at once; one more that finds no slot within
+    /// `admission_wait_ms` is refused with CONNACK 3 (the device logs in again).
+    pub mqtt_logins_in_flight: usize,
+    /// How long a registration, provision or login waits for a slot before it is refused.
+    pub admission_wait_ms: u64,
     /// A push no gateway delivered to the device's socket within this is no notification: it
     /// is sent again when the device is next online.
     pub push_delivery_timeout_secs: u64,
@@ -201,6 +209,9 @@ impl Default for Config {
             push_rate: 50,
             node_id: None,
             gateway_lease_secs: 30,
+            device_calls_in_flight: 64,
+            mqtt_logins_in_flight: 64,
+            admission_wait_ms: 1000,
             push_delivery_timeout_secs: 10,
             max_concurrent_downloads: 0,
             verification_timeout_minutes: 10,

@@ -590,6 +590,11 @@ fn start_gateway(
         push: ota_gateway::PushSettings { rate_per_second: config.push_rate, ..Default::default() },
         throttle: Default::default(),
         liveness: ota_gateway::LivenessSettings { lease: std::time::Duration::from_secs(config.gateway_lease_secs) },
+        admission: ota_gateway::admission::AdmissionSettings {
+            device_calls_in_flight: config.device_calls_in_flight,
+            mqtt_logins_in_flight: config.mqtt_logins_in_flight,
+            wait: std::time::Duration::from_millis(config.admission_wait_ms),
+        },
     };
     anyhow::ensure!(config.gateway_lease_secs >= 3, "gateway_lease_secs must be at least 3");
     std::thread::Builder::new().name("gateway".into()).spawn(move || {

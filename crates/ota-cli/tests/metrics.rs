@@ -13,25 +13,8 @@ use ota_testkit::cluster::*;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-/// The sample values of a Prometheus text rendering, by series (`name{labels}` as rendered).
 async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    let r = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    let text = r.text().await.unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
-        .collect()
-}
-
-/// The sum of the series of `name` whose labels contain every one of `labels` (`k="v"`).
-fn total(samples: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
-    samples
-        .iter()
-        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
-        .filter(|(k, _)| labels.iter().all(|l| k.contains(l)))
-        .map(|(_, v)| v)
-        .sum()
+    ota_testkit::cluster::scrape(addr).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -47,6 +30,7 @@ async fn metrics_show_the_device_flow_and_api_calls_on_their_own_bind() {
         push_rate: 20,
         dir: dir.path().to_owned(),
         store_env: Vec::new(),
+        node_env: Vec::new(),
     };
     let node = Node::start(&config, "solo");
     assert_ne!(node.metrics, Node::NONE);
@@ -93,13 +77,13 @@ async fn metrics_show_the_device_flow_and_api_calls_on_their_own_bind() {
     let missing = |after: &HashMap<String, f64>| -> Vec<String> {
         let mut out: Vec<String> = expected
             .iter()
-            .filter(|(name, labels, by)| total(after, name, labels) < total(&before, name, labels) + by)
+            .filter(|(name, labels, by)| metric_total(after, name, labels) < metric_total(&before, name, labels) + by)
             .map(|(name, labels, by)| {
-                let (b, a) = (total(&before, name, labels), total(after, name, labels));
+                let (b, a) = (metric_total(&before, name, labels), metric_total(after, name, labels));
                 format!("{name}{labels:?} went from {b} to {a}, expected +{by}")
             })
             .collect();
-        if total(after, "ota_mqtt_sessions", &[]) < 2.0 {
+        if metric_total(after, "ota_mqtt_sessions", &[]) < 2.0 {
             out.push("ota_mqtt_sessions < 2".into());
         }
         out
@@ -114,9 +98,9 @@ async fn metrics_show_the_device_flow_and_api_calls_on_their_own_bind() {
     }
     let missing = missing(&after);
     assert!(missing.is_empty(), "{missing:#?}\nlog:\n{}", node.log());
-    assert!(total(&after, "ota_mqtt_sessions", &[]) >= 2.0, "{after:?}");
-    assert!(total(&after, "ota_db_connections_max", &[]) >= 1.0, "{after:?}");
-    assert!(total(&after, "ota_db_connections", &["state=\"idle\""]) >= 0.0);
+    assert!(metric_total(&after, "ota_mqtt_sessions", &[]) >= 2.0, "{after:?}");
+    assert!(metric_total(&after, "ota_db_connections_max", &[]) >= 1.0, "{after:?}");
+    assert!(metric_total(&after, "ota_db_connections", &["state=\"idle\""]) >= 0.0);
     // Histograms have buckets (not a summary's quantiles).
     assert!(after.keys().any(|k| k.starts_with("ota_download_seconds_bucket{")), "{after:?}");
 

@@ -36,6 +36,7 @@ async fn setup() -> Setup {
         push_rate: 50,
         dir: dir.path().to_owned(),
         store_env: Vec::new(),
+        node_env: Vec::new(),
     };
     let node = Node::start(&config, "n1");
     let work = dir.path().join("job");

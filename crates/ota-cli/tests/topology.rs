@@ -39,6 +39,7 @@ async fn one_api_node_and_two_gateway_nodes_roll_out_firmware() {
         push_rate: 20,
         dir: dir.path().to_owned(),
         store_env: moto.node_env(),
+        node_env: Vec::new(),
     };
     let api_node = Node::start_role(&config, "api-1", "api");
     let g1 = Node::start_role(&config, "gw-1", "gateway");

@@ -15,6 +15,9 @@ use crate::stored::Stored;
 pub const DEVICE_LOGINS: &str = "ota_device_logins_total";
 /// Device logins and passcode calls refused, by `channel` (`mqtt`, `http`) and `reason`.
 pub const DEVICE_LOGIN_REFUSALS: &str = "ota_device_login_refusals_total";
+/// Device calls a gateway refused because as many were in flight as it allows, by `call`
+/// (`device_call`: registration and provision; `mqtt_login`).
+pub const DEVICE_ADMISSION_REFUSALS: &str = "ota_device_admission_refusals_total";
 /// Device MQTT sessions open on this node (gauge).
 pub const MQTT_SESSIONS: &str = "ota_mqtt_sessions";
 /// Device checks by push `method` (`V4`, `V4.1`, `V1V3`, as in the API).
@@ -68,11 +71,15 @@ pub const API_REQUESTS: &str = "ota_api_requests_total";
 pub const API_REQUEST_SECONDS: &str = "ota_api_request_seconds";
 /// Device HTTP requests by `status`.
 pub const DEVICE_HTTP_REQUESTS: &str = "ota_device_http_requests_total";
+/// Device HTTP requests whose handler did not answer within the handler timeout (answered
+/// 503 `handler_timeout`): a gateway past what its database lets it do.
+pub const DEVICE_HTTP_HANDLER_TIMEOUTS: &str = "ota_device_http_handler_timeouts_total";
 
 /// Every name above (the README's table lists each; a test checks).
 pub const ALL: &[&str] = &[
     DEVICE_LOGINS,
     DEVICE_LOGIN_REFUSALS,
+    DEVICE_ADMISSION_REFUSALS,
     MQTT_SESSIONS,
     DEVICE_CHECKS,
     OFFERS,
@@ -99,6 +106,7 @@ pub const ALL: &[&str] = &[
     API_REQUESTS,
     API_REQUEST_SECONDS,
     DEVICE_HTTP_REQUESTS,
+    DEVICE_HTTP_HANDLER_TIMEOUTS,
 ];
 
 /// Every histogram above (they get the latency buckets of [`LATENCY_BUCKETS`]).

@@ -183,6 +183,8 @@ error_codes! {
     DatabaseUnavailable = ("database_unavailable", 503),
     /// The device gateway could not take the push (no gateway is attached to this API, or its broker is down).
     GatewayUnavailable = ("gateway_unavailable", 503),
+    /// Device gateway only: more registrations and provisions arrived at once than the gateway works on (`device_calls_in_flight`); the device tries again, as GAgent does after any status but 201 / 200.
+    DeviceCallsBusy = ("device_calls_busy", 503),
     /// An unexpected error; the cause is in the server log, never in the response.
     InternalError = ("internal_error", 500),
 }

@@ -212,6 +212,8 @@ pub struct Edge {
     next_id: AtomicU64,
     connections: Arc<tokio::sync::Semaphore>,
     throttle: Arc<AuthThrottle>,
+    /// Bounds the logins checked at once ([`crate::admission`]).
+    gates: Arc<crate::admission::Admission>,
 }
 
 /// Why a connection ended; logged (through `Debug`) when it closes.
@@ -248,10 +250,12 @@ impl Edge {
         events: RecordEventWriter,
         settings: EdgeSettings,
         throttle: Arc<AuthThrottle>,
+        gates: Arc<crate::admission::Admission>,
     ) -> Arc<Edge> {
         let permits = settings.max_connections;
         Arc::new(Edge {
             throttle,
+            gates,
             domain,
             bus,
             presence,
@@ -428,7 +432,7 @@ impl Edge {
                 Err(ConnectReturnCode::BadUsernameOrPassword)
             }
             Some(attempt) => {
-                let checked = self.login(&connect, peer).await;
+                let checked = self.admitted_login(&connect, peer).await;
                 if checked.as_ref().err() == Some(&ConnectReturnCode::BadUsernameOrPassword) {
                     let wait = self.throttle.wrong(&attempt, &connect.client_id);
                     tokio::time::sleep(wait).await;
@@ -546,6 +550,17 @@ impl Edge {
         } else {
             tracing::debug!(%peer, did, ?end, "device connection closed");
         }
+    }
+
+    /// [`Edge::login`] in a login slot ([`crate::admission`]). With every slot taken for the
+    /// admission wait, the login is refused as "server unavailable" before its passcode is
+    /// looked at: the firmware logs in again a few seconds later.
+    async fn admitted_login(&self, c: &mqtt::Connect, peer: SocketAddr) -> Result<Admission, ConnectReturnCode> {
+        let Some(_slot) = self.gates.logins.enter().await else {
+            login_refused("busy");
+            return Err(ConnectReturnCode::ServerUnavailable);
+        };
+        self.login(c, peer).await
     }
 
     async fn login(&self, c: &mqtt::Connect, peer: SocketAddr) -> Result<Admission, ConnectReturnCode> {

@@ -88,6 +88,8 @@ pub struct ServerStats {
     pub connections_refused: AtomicU64,
     /// Errors from `accept` (usually running out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// Requests whose handler did not answer within `handler_timeout` (answered 503).
+    pub handler_timeouts: AtomicU64,
 }
 
 /// How the server behaves.
@@ -204,6 +206,8 @@ async fn serve_connection<H: Handler>(
             let reply = match timeout(settings.handler_timeout, handler.handle(req, peer)).await {
                 Ok(reply) => reply,
                 Err(_) => {
+                    stats.handler_timeouts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(ota_domain::metrics::DEVICE_HTTP_HANDLER_TIMEOUTS).increment(1);
                     tracing::warn!(%peer, %method, %path, "handler timed out");
                     match api_reply(503, "application/json", br#"{"error_code":503,"error_message":"handler_timeout"}"#)
                     {

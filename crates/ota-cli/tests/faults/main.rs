@@ -37,6 +37,7 @@ fn cluster(database_url: String, broker: String, push_rate: u32, dir: &tempfile:
         push_rate,
         dir: kept(dir),
         store_env: Vec::new(),
+        node_env: Vec::new(),
     }
 }
 

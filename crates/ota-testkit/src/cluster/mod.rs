@@ -55,6 +55,9 @@ pub struct ClusterConfig {
     /// nodes share (as a shared volume would); otherwise each node has a data directory of its
     /// own, so nothing on disk is shared.
     pub store_env: Vec<(String, String)>,
+    /// Further `OTA_*` settings of every node (a benchmark's admission bounds, say); they
+    /// win over the defaults set here.
+    pub node_env: Vec<(String, String)>,
 }
 
 /// One `ota up` process. Its ports and data directory (so its node id) survive a restart.
@@ -127,6 +130,7 @@ impl Node {
             .env("OTA_MQTT_PACE_MS", "5")
             .env("OTA_METRICS_BIND", "127.0.0.1:0")
             .envs(config.store_env.iter().map(|(k, v)| (k, v)))
+            .envs(config.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -216,6 +220,31 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The sample values of a node's Prometheus text (`GET /metrics` on `addr`), by series
+/// (`name{labels}` as rendered).
+pub async fn scrape(addr: SocketAddr) -> Result<std::collections::HashMap<String, f64>, String> {
+    let r = reqwest::get(format!("http://{addr}/metrics")).await.map_err(|e| format!("GET /metrics: {e}"))?;
+    if r.status() != reqwest::StatusCode::OK {
+        return Err(format!("GET /metrics: {}", r.status()));
+    }
+    let text = r.text().await.map_err(|e| format!("GET /metrics: {e}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect())
+}
+
+/// The sum of the series of `name` whose labels contain every one of `labels` (`k="v"`).
+pub fn metric_total(samples: &std::collections::HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .filter(|(k, _)| labels.iter().all(|l| k.contains(l)))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// A PostgreSQL cluster of the test's own on a free port (never the machine's), run as the
