@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::device_edge::Raw;
 use ota_gateway::{BusConfig, Gateway};
 
-use crate::device_plane::{Plane, gateway_settings};
+use crate::device_plane::{Plane, gateway_settings, wait_get};
 use crate::support::*;
 
 fn did(n: u32) -> String {
@@ -60,21 +60,6 @@ fn open_for(p: &Plane, minutes: i64, max: i64) -> Value {
 }
 
 /// Polls a GET until `pred` holds; panics with the last body after `secs` seconds.
-async fn wait_get(p: &Plane, path: &str, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..secs * 10 {
-        let r = p.s.get(path).await;
-        if r.status() == StatusCode::OK {
-            last = r.json().await.unwrap();
-            if pred(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{path} never showed {what}; last {last:#}");
-}
-
 async fn events(p: &Plane, pk: &str, query: &str) -> Value {
     expect_status(p.s.get(&format!("/api/v1/products/{pk}/adoption/events?{query}")).await, StatusCode::OK).await
 }

@@ -116,6 +116,22 @@ impl Plane {
     }
 }
 
+/// Polls `GET path` until `pred` holds on its body; panics with the last body after `secs`.
+pub async fn wait_get(p: &Plane, path: &str, what: &str, secs: u64, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..secs * 10 {
+        let r = p.s.get(path).await;
+        if r.status() == StatusCode::OK {
+            last = r.json().await.unwrap();
+            if pred(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never showed {what}; last {last:#}");
+}
+
 const MCU_HW: &str = "00STM032";
 
 struct Case {

@@ -12,7 +12,7 @@ use ota_gateway::admission::AdmissionSettings;
 use ota_sim::{DeviceHandle, McuVersions, Method};
 use reqwest::StatusCode;
 
-use crate::device_plane::Plane;
+use crate::device_plane::{Plane, wait_get};
 use crate::support::*;
 
 const DEVICES: usize = 40;
@@ -65,16 +65,8 @@ async fn a_fleet_booting_at_once_is_refused_where_the_firmware_retries_and_comes
     );
     drop(held_logins);
 
-    let path = format!("/api/v1/products/{}/devices?online=true&per_page=1", p.pk);
-    let mut online = serde_json::Value::Null;
-    for _ in 0..600 {
-        online = expect_status(p.s.get(&path).await, StatusCode::OK).await["total"].clone();
-        if online == DEVICES {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(online, DEVICES, "the whole fleet comes online");
+    let online = format!("/api/v1/products/{}/devices?online=true&per_page=1", p.pk);
+    wait_get(&p, &online, "the whole fleet online", 30, |v| v["total"] == DEVICES).await;
 
     let all = format!("/api/v1/products/{}/devices?per_page=1", p.pk);
     assert_eq!(expect_status(p.s.get(&all).await, StatusCode::OK).await["total"], DEVICES, "one device per MAC");

@@ -114,17 +114,15 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
 async fn one_run(args: &StormArgs, ota: &std::path::Path) -> anyhow::Result<Run> {
     let db = ota_testkit::TestDatabase::postgres().map_err(|e| anyhow::anyhow!("a PostgreSQL schema: {e}"))?;
     let dir = tempfile::tempdir()?;
-    let mut node_env = Vec::new();
-    let settings = [
+    // Only the bounds given: the rest stay the configuration's defaults.
+    let node_env = [
         ("OTA_DEVICE_CALLS_IN_FLIGHT", args.device_calls_in_flight.map(|v| v.to_string())),
         ("OTA_MQTT_LOGINS_IN_FLIGHT", args.mqtt_logins_in_flight.map(|v| v.to_string())),
         ("OTA_ADMISSION_WAIT_MS", args.admission_wait_ms.map(|v| v.to_string())),
-    ];
-    for (key, value) in settings {
-        if let Some(value) = value {
-            node_env.push((key.to_owned(), value));
-        }
-    }
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+    .collect();
     let config = ClusterConfig {
         ota: ota.to_owned(),
         timing: Timing::default(),

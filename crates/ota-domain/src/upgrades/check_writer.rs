@@ -189,19 +189,26 @@ async fn write(db: &Db, config: CheckConfig, checks: Vec<Waiting>, seen: HashMap
         .await;
     match written {
         Ok((answers, work)) => {
+            // Every answer goes out first; the checks to run again wait for their own writes,
+            // not the rest of the batch.
+            let mut again = Vec::new();
             for ((reply, answer), (check, now)) in replies.into_iter().zip(answers).zip(work) {
-                let answer = match answer {
-                    Err(e) if transient(&e) => {
-                        // Its savepoint was rolled back, so nothing of it was written: run it
-                        // again on its own. GAgent never asks again after a failed check.
-                        tracing::info!(error = %e, did = %check.did, "a device check is run again on its own");
-                        db.write(move |c| {
-                            check_in(c, &check, now, config.rules, config.delivery_timeout_ms, config.download_cap)
-                        })
-                        .await
+                match answer {
+                    Err(e) if transient(&e) => again.push((reply, check, now, e)),
+                    answer => {
+                        let _ = reply.send(answer);
                     }
-                    answer => answer,
-                };
+                }
+            }
+            for (reply, check, now, e) in again {
+                // Its savepoint was rolled back, so nothing of it was written: run it again on
+                // its own. GAgent never asks again after a failed check.
+                tracing::info!(error = %e, did = %check.did, "a device check is run again on its own");
+                let answer = db
+                    .write(move |c| {
+                        check_in(c, &check, now, config.rules, config.delivery_timeout_ms, config.download_cap)
+                    })
+                    .await;
                 let _ = reply.send(answer);
             }
         }
