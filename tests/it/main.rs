@@ -27,5 +27,6 @@ mod rollout_fleet;
 mod rules;
 mod rules_cluster;
 mod rules_fleet;
+mod snapshots;
 mod storm;
 mod tenancy;

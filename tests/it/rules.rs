@@ -79,6 +79,15 @@ pub struct Dev {
     pub passcode: String,
 }
 
+/// A [`Recorder`] that delivers holds the domain it is attached to: let go of it, so the
+/// domain and its connection pool are freed with the fleet (on PostgreSQL, leaked pools added
+/// up to the server's 100 connections over a run of the suite).
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.domain().notifier.clear();
+    }
+}
+
 impl Fleet {
     pub async fn start() -> Fleet {
         Self::start_on(ota_testkit::TestApi::start()).await

@@ -439,7 +439,7 @@ impl Domain {
     pub async fn get_adoption(&self, who: &Authorized<Read>, product_key: &str) -> Result<AdoptionView> {
         let (tenant_id, key, now) = (who.tenant_id(), product_key.to_owned(), self.clock.now_ms());
         self.db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
                 adoption_view(c, &product, now)
             })
@@ -499,7 +499,7 @@ impl Domain {
         type Row = (String, Stored<AdoptionEventKind>, Option<String>, Option<String>, i64, i64, i64);
         let (rows, total) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
                 let filtered = || {
                     let mut q = adoption_events::table.filter(adoption_events::product_id.eq(product.id)).into_boxed();

@@ -250,7 +250,7 @@ impl Domain {
         let filters = Filters::new(who, &q)?;
         let (rows, total) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let total: i64 = filters.query().count().get_result(c)?;
                 let rows: Vec<Row> = filters
                     .query()

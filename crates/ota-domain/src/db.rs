@@ -302,6 +302,28 @@ impl Db {
         .map_err(|e| DomainError::Internal(anyhow::anyhow!("database task failed: {e}")))?
     }
 
+    /// Runs the reads of `f` against one snapshot of the database: a page and its total, or
+    /// several counts shown together, agree with each other even while writers go on.
+    /// PostgreSQL: a read-only REPEATABLE READ transaction (its snapshot is taken at the first
+    /// query). SQLite: a deferred transaction, which in WAL mode reads one snapshot from its
+    /// first read to its end without taking the writers' turn.
+    pub async fn snapshot<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<T> + Send + 'static,
+    {
+        let postgres = self.backend == Backend::Postgres;
+        self.run(move |conn| {
+            conn.transaction(|c| {
+                if postgres {
+                    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(c)?;
+                }
+                f(c)
+            })
+        })
+        .await
+    }
+
     /// Runs `f` inside one transaction on the blocking pool; on SQLite writers take turns.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where

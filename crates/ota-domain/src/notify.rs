@@ -45,6 +45,12 @@ impl NotifierSlot {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 
+    /// Lets go of the notifier: a notifier that acknowledges through its own domain holds
+    /// that domain, and the pair is freed only once one lets go of the other.
+    pub fn clear(&self) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn get(&self) -> Option<Arc<dyn DeviceNotifier>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

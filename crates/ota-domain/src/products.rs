@@ -121,7 +121,7 @@ impl Domain {
         let tenant_id = who.tenant_id();
         let (rows, total) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let total = products::table.filter(products::tenant_id.eq(tenant_id)).count().get_result::<i64>(c)?;
                 let rows: Vec<ProductRecord> = products::table
                     .filter(products::tenant_id.eq(tenant_id))

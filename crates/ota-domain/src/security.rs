@@ -510,7 +510,7 @@ impl Domain {
         type Row = (String, String, String, Option<String>, i64, i64, i64);
         let (rows, total) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let filtered = || {
                     let mut q = unknown_device_refusals::table.into_boxed();
                     if let Some(did) = &did {

@@ -511,7 +511,7 @@ impl Domain {
         let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let (rows, total, pk) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
                 let filtered = || {
                     let mut q = devices::table.filter(devices::product_id.eq(product.id)).into_boxed();

@@ -340,7 +340,7 @@ impl Domain {
         let (tenant_id, key) = (who.tenant_id(), product_key.to_owned());
         let (rows, total, pk, statuses) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let product = find_product(c, tenant_id, &key)?;
                 let filtered = || {
                     let mut q = firmware::table.filter(firmware::product_id.eq(product.id)).into_boxed();

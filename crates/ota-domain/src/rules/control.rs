@@ -147,7 +147,7 @@ impl Domain {
         let (tenant_id, now) = (who.tenant_id(), self.clock.now_ms());
         let this = self.clone();
         self.db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let filtered = || {
                     let mut b =
                         rules::table.inner_join(products::table).filter(rules::tenant_id.eq(tenant_id)).into_boxed();

@@ -600,7 +600,7 @@ impl Domain {
         let tenant_id = who.tenant_id();
         let this = self.clone();
         self.db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let (fw, pk) = find_firmware(c, tenant_id, firmware_id)?;
                 let rows: Vec<RuleRecord> = rules::table
                     .filter(rules::firmware_id.eq(fw.id))
@@ -621,7 +621,7 @@ impl Domain {
         let now = self.clock.now_ms();
         let this = self.clone();
         self.db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let (rule, fw, pk) = find_rule(c, tenant_id, id)?;
                 this.rule_view_in(c, &rule, &fw, &pk, now)
             })

@@ -124,7 +124,7 @@ impl Domain {
         let tenant_id = who.tenant_id();
         let (rows, total) = self
             .db
-            .run(move |c| {
+            .snapshot(move |c| {
                 let (rule, _, _) = find_rule(c, tenant_id, id)?;
                 let total: i64 = filtered(rule.id, filter, &mac, wave).count().get_result(c)?;
                 let rows: Vec<(UpgradeRecord, DeviceRecord)> = filtered(rule.id, filter, &mac, wave)
