@@ -141,12 +141,18 @@ async fn run_liveness(
     lease: Duration,
     edge: Arc<Edge>,
     presence: PresenceWriter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     let mut ticks = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        // Stops only between beats: a heartbeat or resync is never cut off with its write
+        // still running on the blocking pool (it could then land after the gateway's last word).
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
         match domain.gateway_heartbeat(&node, started_at, lease_ms).await {
             Ok(beat) => {
                 if beat == Heartbeat::Reregistered || presence.take_dirty() {
@@ -220,6 +226,8 @@ pub struct Gateway {
     pub node: String,
     domain: Domain,
     tasks: Vec<JoinHandle<()>>,
+    /// The lease and presence loop, stopped by a signal rather than aborted (see `shutdown`).
+    liveness: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 /// Send buffer of device HTTP sockets (accepted sockets inherit it from the listener). Small
@@ -348,14 +356,16 @@ impl Gateway {
         }));
         tasks.push(tokio::spawn(run_gauges(domain.clone(), settings.push.interval)));
         tasks.push(tokio::spawn(run_scheduler(domain.clone(), settings.push.clone())));
-        tasks.push(tokio::spawn(run_liveness(
+        let (stop_liveness, stopped) = tokio::sync::watch::channel(false);
+        let liveness = tokio::spawn(run_liveness(
             domain.clone(),
             node.clone(),
             started_at,
             settings.liveness.lease,
             edge.clone(),
             presence.clone(),
-        )));
+            stopped,
+        ));
         Ok(Gateway {
             http_addr,
             mqtt_addr,
@@ -369,12 +379,16 @@ impl Gateway {
             node,
             domain,
             tasks,
+            liveness: Some((stop_liveness, liveness)),
         })
     }
 
     /// Stops accepting and drops every connection, writing nothing more (a gateway dying,
     /// for tests; its lease lapses as a killed process's would).
     pub fn stop(&mut self) {
+        if let Some((_, liveness)) = self.liveness.take() {
+            liveness.abort();
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
@@ -383,11 +397,24 @@ impl Gateway {
 
     /// A graceful stop (SIGTERM, Ctrl-C): no new sessions or pushes, every session closed,
     /// pending writes flushed, this node's devices marked offline and its lease removed.
+    ///
+    /// In that order, each step finished before the next: the lease loop first (a resync
+    /// still writing when the devices are marked offline would mark them online again, with
+    /// no lease left for another gateway to reap), then the listeners and the scheduler, then
+    /// the sessions (each queues its offline change as it ends, logins in progress included),
+    /// then the queued writes, and the offline mark last.
     pub async fn shutdown(mut self) {
+        if let Some((stop, liveness)) = self.liveness.take() {
+            stop.send_replace(true);
+            let _ = liveness.await;
+        }
         for t in self.tasks.drain(..) {
             t.abort();
         }
         self.edge.close_all();
+        if !self.edge.wait_closed(Duration::from_secs(5)).await {
+            tracing::warn!("some device connections were still closing after 5 s");
+        }
         self.presence.flush().await;
         self.events.flush().await;
         // The last-seen times of checks answered from a read (everything else a check

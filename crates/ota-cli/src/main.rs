@@ -256,6 +256,10 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
         config.role = role;
     }
     check_role(&config)?;
+    // Before anything is served: a SIGTERM that comes once devices can connect must find the
+    // handler in place (before, one sent right after the start killed the node outright, and
+    // its devices stayed online until its lease lapsed).
+    let stop_signal = ShutdownSignal::register()?;
     // Every port first, then the database: a taken port changes nothing (in particular it
     // creates no first admin whose generated password would never be shown).
     let listeners = bind_all(&config)?;
@@ -345,7 +349,7 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
         Some(server) => {
             let handle = server.handle();
             actix_rt::spawn(async move {
-                shutdown_signal().await;
+                stop_signal.recv().await;
                 println!("stopping…");
                 gateway.stop().await;
                 handle.stop(true).await;
@@ -353,7 +357,7 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
             server.await?;
         }
         None => {
-            shutdown_signal().await;
+            stop_signal.recv().await;
             println!("stopping…");
             gateway.stop().await;
         }
@@ -481,26 +485,38 @@ fn bind_all(config: &Config) -> anyhow::Result<Listeners> {
     Ok(Listeners { api, metrics, devices })
 }
 
-/// Ctrl-C or SIGTERM (what `docker stop` and systemd send).
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM (what `docker stop` and systemd send), listened for from the moment it
+/// is registered (tokio's `ctrl_c()` listens only once first polled).
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn register() -> anyhow::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind| signal(kind).context("cannot listen for SIGTERM / SIGINT");
+            Ok(ShutdownSignal { term: listen(SignalKind::terminate())?, interrupt: listen(SignalKind::interrupt())? })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -295,6 +295,14 @@ impl Edge {
         self.closing.send_replace(true);
     }
 
+    /// After [`Edge::close_all`]: waits, at most `within`, until every connection has ended,
+    /// those in the middle of a login included, so each has queued its presence change
+    /// before the gateway writes its last word. False when some were still running.
+    pub async fn wait_closed(&self, within: Duration) -> bool {
+        let all = u32::try_from(self.settings.max_connections).unwrap_or(u32::MAX);
+        matches!(tokio::time::timeout(within, self.connections.acquire_many(all)).await, Ok(Ok(_)))
+    }
+
     /// Accepts devices until the listener fails for good.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
