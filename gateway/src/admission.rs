@@ -20,6 +20,12 @@
 //!
 //! The bound is a `tokio` semaphore per kind of call: a slot is held for the call's database
 //! work and given back when the reply is built.
+//!
+//! The defaults (16 and 16) are sized to the connection pool (10): a call admitted beyond what
+//! the pool can serve only waits for a connection, and that wait is unfair and shared with the
+//! checks. With 64 and 64, half of the 20,000-device storm runs had checks wait past the 30 s
+//! handler timeout behind admitted registrations; with 16 and 16, none did (README, "Power-on
+//! storm").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +46,7 @@ pub struct AdmissionSettings {
 
 impl Default for AdmissionSettings {
     fn default() -> Self {
-        AdmissionSettings { device_calls_in_flight: 64, mqtt_logins_in_flight: 64, wait: Duration::from_secs(1) }
+        AdmissionSettings { device_calls_in_flight: 16, mqtt_logins_in_flight: 16, wait: Duration::from_secs(1) }
     }
 }
 

@@ -404,9 +404,13 @@ impl Gateway {
     /// the sessions (each queues its offline change as it ends, logins in progress included),
     /// then the queued writes, and the offline mark last.
     pub async fn shutdown(mut self) {
-        if let Some((stop, liveness)) = self.liveness.take() {
+        if let Some((stop, mut liveness)) = self.liveness.take() {
             stop.send_replace(true);
-            let _ = liveness.await;
+            // Bounded: a database that does not answer must not hold the stop for ever.
+            if tokio::time::timeout(Duration::from_secs(5), &mut liveness).await.is_err() {
+                liveness.abort();
+                tracing::warn!("the lease loop was still writing after 5 s; stopped without it");
+            }
         }
         for t in self.tasks.drain(..) {
             t.abort();

@@ -58,6 +58,8 @@ struct Run {
     refused_calls: f64,
     refused_logins: f64,
     handler_timeouts: f64,
+    /// Handler timeouts by route, from the nodes' logs (`POST /dev/devices: 12`).
+    timed_out_routes: String,
 }
 
 impl Run {
@@ -105,6 +107,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<bool> {
             r.refused_logins,
             r.handler_timeouts,
         );
+        if !r.timed_out_routes.is_empty() {
+            eprintln!("run {i}: handler timeouts by route: {}", r.timed_out_routes);
+        }
     }
     println!();
     println!("{passed} of {} runs passed", args.runs);
@@ -201,7 +206,31 @@ async fn one_run(args: &StormArgs, ota: &std::path::Path) -> anyhow::Result<Run>
             metric_total(&samples, ota_domain::metrics::DEVICE_ADMISSION_REFUSALS, &["call=\"mqtt_login\""]);
         handler_timeouts += metric_total(&samples, ota_domain::metrics::DEVICE_HTTP_HANDLER_TIMEOUTS, &[]);
     }
-    Ok(Run { online, online_after, registry, checked_once, rebooted, refused_calls, refused_logins, handler_timeouts })
+    let logs: Vec<String> = nodes.iter().map(Node::log).collect();
+    let timed_out_routes = timeouts_by_route(logs.iter().map(String::as_str));
+    Ok(Run {
+        online,
+        online_after,
+        registry,
+        checked_once,
+        rebooted,
+        refused_calls,
+        refused_logins,
+        handler_timeouts,
+        timed_out_routes,
+    })
+}
+
+/// The gateway logs each handler timeout with its method and path; counted by route, with
+/// the path segments that name a device (dids, MACs) left out.
+fn timeouts_by_route<'a>(logs: impl Iterator<Item = &'a str>) -> String {
+    let mut routes = std::collections::BTreeMap::<String, usize>::new();
+    for line in logs.flat_map(str::lines).filter(|l| l.contains("handler timed out")) {
+        let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or("?");
+        let path: Vec<&str> = field("path=").split('/').map(|seg| if seg.len() >= 12 { "{id}" } else { seg }).collect();
+        *routes.entry(format!("{} {}", field("method="), path.join("/"))).or_default() += 1;
+    }
+    routes.iter().map(|(route, n)| format!("{route}: {n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// From a simulator's per-device report: the devices that checked each of their firmware
@@ -239,5 +268,15 @@ mod tests {
              D,d4,V4.1,04020006,,true,0,2,0,0,0,2,1\n"
         );
         assert_eq!(tally(&csv).unwrap(), (2, 1));
+    }
+
+    #[test]
+    fn handler_timeouts_are_counted_by_route_without_device_ids() {
+        let log = "2026-12-02T08:00:00Z  WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4000 method=GET path=/dev/devices/GWspCeWQa3xb6THNr83ZPN\n\
+                   2026-12-02T08:00:01Z  INFO ota: something else\n\
+                   2026-12-02T08:00:02Z  WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4001 method=GET path=/dev/devices/bvaBOEIpL6rCMXgZSujjhp\n";
+        let other =
+            "x WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4002 method=POST path=/dev/devices";
+        assert_eq!(timeouts_by_route([log, other].into_iter()), "GET /dev/devices/{id}: 2, POST /dev/devices: 1");
     }
 }
