@@ -227,7 +227,8 @@ fn timeouts_by_route<'a>(logs: impl Iterator<Item = &'a str>) -> String {
     let mut routes = std::collections::BTreeMap::<String, usize>::new();
     for line in logs.flat_map(str::lines).filter(|l| l.contains("handler timed out")) {
         let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap_or("?");
-        let path: Vec<&str> = field("path=").split('/').map(|seg| if seg.len() >= 12 { "{id}" } else { seg }).collect();
+        let is_id = |seg: &str| seg.len() >= 12 && seg.bytes().all(|b| b.is_ascii_alphanumeric());
+        let path: Vec<&str> = field("path=").split('/').map(|seg| if is_id(seg) { "{id}" } else { seg }).collect();
         *routes.entry(format!("{} {}", field("method="), path.join("/"))).or_default() += 1;
     }
     routes.iter().map(|(route, n)| format!("{route}: {n}")).collect::<Vec<_>>().join(", ")
@@ -275,8 +276,11 @@ mod tests {
         let log = "2026-12-02T08:00:00Z  WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4000 method=GET path=/dev/devices/GWspCeWQa3xb6THNr83ZPN\n\
                    2026-12-02T08:00:01Z  INFO ota: something else\n\
                    2026-12-02T08:00:02Z  WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4001 method=GET path=/dev/devices/bvaBOEIpL6rCMXgZSujjhp\n";
-        let other =
-            "x WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4002 method=POST path=/dev/devices";
-        assert_eq!(timeouts_by_route([log, other].into_iter()), "GET /dev/devices/{id}: 2, POST /dev/devices: 1");
+        let other = "x WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4002 method=POST path=/dev/devices\n\
+                     x WARN ota_gateway::http::server: handler timed out peer=127.0.0.1:4003 method=POST path=/dev/ota/v4.1/update_and_check/GWspCeWQa3xb6THNr83ZPN";
+        assert_eq!(
+            timeouts_by_route([log, other].into_iter()),
+            "GET /dev/devices/{id}: 2, POST /dev/devices: 1, POST /dev/ota/v4.1/update_and_check/{id}: 1"
+        );
     }
 }
