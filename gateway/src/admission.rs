@@ -44,9 +44,18 @@ pub struct AdmissionSettings {
     pub wait: Duration,
 }
 
+/// The defaults, also `ota up`'s configuration defaults (see the module doc for why 16).
+pub const DEFAULT_DEVICE_CALLS_IN_FLIGHT: usize = 16;
+pub const DEFAULT_MQTT_LOGINS_IN_FLIGHT: usize = 16;
+pub const DEFAULT_ADMISSION_WAIT_MS: u64 = 1000;
+
 impl Default for AdmissionSettings {
     fn default() -> Self {
-        AdmissionSettings { device_calls_in_flight: 16, mqtt_logins_in_flight: 16, wait: Duration::from_secs(1) }
+        AdmissionSettings {
+            device_calls_in_flight: DEFAULT_DEVICE_CALLS_IN_FLIGHT,
+            mqtt_logins_in_flight: DEFAULT_MQTT_LOGINS_IN_FLIGHT,
+            wait: Duration::from_millis(DEFAULT_ADMISSION_WAIT_MS),
+        }
     }
 }
 

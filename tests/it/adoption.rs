@@ -59,7 +59,6 @@ fn open_for(p: &Plane, minutes: i64, max: i64) -> Value {
     json!({ "policy": "open", "open_until": until.to_rfc3339(), "max_adoptions": max })
 }
 
-/// Polls a GET until `pred` holds; panics with the last body after `secs` seconds.
 async fn events(p: &Plane, pk: &str, query: &str) -> Value {
     expect_status(p.s.get(&format!("/api/v1/products/{pk}/adoption/events?{query}")).await, StatusCode::OK).await
 }

@@ -79,18 +79,7 @@ impl Plane {
 
     /// Polls the device (by MAC) until `pred` holds; panics with the last view after 30 s.
     pub async fn wait_device(&self, mac: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        for _ in 0..600 {
-            let r = self.s.get(&format!("/api/v1/devices/{mac}")).await;
-            if r.status() == StatusCode::OK {
-                last = r.json().await.unwrap();
-                if pred(&last) {
-                    return last;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("device {mac} never became {what}; last seen as {last:#}");
+        wait_get(self, &format!("/api/v1/devices/{mac}"), what, 30, pred).await
     }
 
     pub async fn wait_verification(&self, fw_id: i64, state: &str) -> Value {
