@@ -18,6 +18,7 @@ mod downloads;
 mod firmware;
 mod idempotency;
 mod lifecycle;
+mod locks;
 mod login_flood;
 mod migrations;
 mod products;

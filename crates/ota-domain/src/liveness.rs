@@ -56,6 +56,7 @@ pub struct LiveSession {
 }
 
 fn mark_offline(c: &mut DbConn, node: &str, at: i64, now: i64) -> Result<usize> {
+    crate::devices::locks::lock_in_order(c, &[], &[], Some(node))?;
     Ok(diesel::update(devices::table.filter(devices::gateway_id.eq(node)).filter(devices::online.eq(true)))
         .set((devices::online.eq(false), devices::disconnected_at.eq(at), devices::updated_at.eq(now)))
         .execute(c)?)
@@ -157,6 +158,8 @@ impl Domain {
     /// Writes a gateway's live sessions again: these devices are online here, and devices the
     /// database places here that are not among them are offline.
     pub(crate) fn resync_sessions_in(c: &mut DbConn, node: &str, sessions: &[LiveSession], now: i64) -> Result<()> {
+        let dids: Vec<&str> = sessions.iter().map(|s| s.did.as_str()).collect();
+        crate::devices::locks::lock_in_order(c, &dids, &[], Some(node))?;
         for s in sessions {
             diesel::update(devices::table.filter(devices::did.eq(&s.did)))
                 .set((

@@ -6,6 +6,7 @@
 //! exactly as the hosted cloud accepted them). Operator calls are tenant-scoped as everywhere.
 
 pub mod import;
+pub mod locks;
 pub mod presence;
 
 use diesel::prelude::*;

@@ -183,33 +183,142 @@ fn coalesce(events: Vec<Event>) -> Vec<Event> {
         .collect()
 }
 
+impl Event {
+    fn did(&self) -> &str {
+        match self {
+            Event::Online { did, .. } | Event::Offline { did, .. } | Event::Seen { did, .. } => did,
+        }
+    }
+}
+
 fn apply(c: &mut crate::db::DbConn, batch: &[Event], now: i64) -> crate::Result<()> {
+    // Every row first, in one order (`super::locks`): a check batch on the same devices
+    // waits for this one instead of deadlocking with it.
+    let dids: Vec<&str> = batch.iter().map(Event::did).collect();
+    super::locks::lock_in_order(c, &dids, &[], None)?;
+    match c {
+        crate::db::DbConn::Pg(pg) => {
+            for layer in layers(batch) {
+                apply_layer_pg(pg, &layer, now)?;
+            }
+        }
+        crate::db::DbConn::Sqlite(_) => {
+            for e in batch {
+                apply_one(c, e, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The batch cut, in order, into runs in which each did appears at most once: within a run
+/// the order of the events does not matter, so each kind of event is one statement.
+fn layers(batch: &[Event]) -> Vec<Vec<&Event>> {
+    let mut out: Vec<Vec<&Event>> = Vec::new();
+    let mut in_layer: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for e in batch {
+        if out.is_empty() || !in_layer.insert(e.did()) {
+            out.push(Vec::new());
+            in_layer.clear();
+            in_layer.insert(e.did());
+        }
+        if let Some(layer) = out.last_mut() {
+            layer.push(e);
+        }
+    }
+    out
+}
+
+/// One run of events in at most three statements (one per kind), each over arrays of its
+/// rows: on PostgreSQL a batch is a few round trips, not one per event. The row locks were
+/// taken in order already, and a transaction that makes 2,000 round trips on a loaded
+/// machine held them for seconds, in the way of the check batches.
+fn apply_layer_pg(pg: &mut diesel::PgConnection, layer: &[&Event], now: i64) -> crate::Result<()> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let (mut on_did, mut on_gw, mut on_ip, mut on_s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut off_did, mut off_s, mut off_at) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut seen_did, mut seen_at) = (Vec::new(), Vec::new());
+    for e in layer {
         match e {
             Event::Online { did, gateway_id, ip, session_ms } => {
-                diesel::update(devices::table.filter(devices::did.eq(did)))
-                    .set((
-                        devices::online.eq(true),
-                        devices::gateway_id.eq(gateway_id),
-                        devices::ip.eq(ip),
-                        devices::connected_at.eq(session_ms),
-                        devices::last_seen_at.eq(session_ms),
-                        devices::updated_at.eq(now),
-                    ))
-                    .execute(c)?;
+                on_did.push(did.as_str());
+                on_gw.push(gateway_id.as_str());
+                on_ip.push(ip.as_deref());
+                on_s.push(*session_ms);
             }
             Event::Offline { did, session_ms, at_ms } => {
-                diesel::update(
-                    devices::table.filter(devices::did.eq(did)).filter(devices::connected_at.eq(session_ms)),
-                )
-                .set((devices::online.eq(false), devices::disconnected_at.eq(at_ms), devices::updated_at.eq(now)))
-                .execute(c)?;
+                off_did.push(did.as_str());
+                off_s.push(*session_ms);
+                off_at.push(*at_ms);
             }
             Event::Seen { did, at_ms } => {
-                diesel::update(devices::table.filter(devices::did.eq(did)))
-                    .set(devices::last_seen_at.eq(at_ms))
-                    .execute(c)?;
+                seen_did.push(did.as_str());
+                seen_at.push(*at_ms);
             }
+        }
+    }
+    if !on_did.is_empty() {
+        diesel::sql_query(
+            "UPDATE devices SET online = TRUE, gateway_id = v.gw, ip = v.ip, connected_at = v.s, \
+             last_seen_at = v.s, updated_at = $5 \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS v(did, gw, ip, s) \
+             WHERE devices.did = v.did",
+        )
+        .bind::<Array<Text>, _>(&on_did)
+        .bind::<Array<Text>, _>(&on_gw)
+        .bind::<Array<Nullable<Text>>, _>(&on_ip)
+        .bind::<Array<BigInt>, _>(&on_s)
+        .bind::<BigInt, _>(now)
+        .execute(pg)?;
+    }
+    if !off_did.is_empty() {
+        diesel::sql_query(
+            "UPDATE devices SET online = FALSE, disconnected_at = v.at, updated_at = $4 \
+             FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(did, s, at) \
+             WHERE devices.did = v.did AND devices.connected_at = v.s",
+        )
+        .bind::<Array<Text>, _>(&off_did)
+        .bind::<Array<BigInt>, _>(&off_s)
+        .bind::<Array<BigInt>, _>(&off_at)
+        .bind::<BigInt, _>(now)
+        .execute(pg)?;
+    }
+    if !seen_did.is_empty() {
+        diesel::sql_query(
+            "UPDATE devices SET last_seen_at = v.at FROM unnest($1::text[], $2::int8[]) AS v(did, at) \
+             WHERE devices.did = v.did",
+        )
+        .bind::<Array<Text>, _>(&seen_did)
+        .bind::<Array<BigInt>, _>(&seen_at)
+        .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// One event, one statement (SQLite: in process, so a statement costs no round trip).
+fn apply_one(c: &mut crate::db::DbConn, e: &Event, now: i64) -> crate::Result<()> {
+    match e {
+        Event::Online { did, gateway_id, ip, session_ms } => {
+            diesel::update(devices::table.filter(devices::did.eq(did)))
+                .set((
+                    devices::online.eq(true),
+                    devices::gateway_id.eq(gateway_id),
+                    devices::ip.eq(ip),
+                    devices::connected_at.eq(session_ms),
+                    devices::last_seen_at.eq(session_ms),
+                    devices::updated_at.eq(now),
+                ))
+                .execute(c)?;
+        }
+        Event::Offline { did, session_ms, at_ms } => {
+            diesel::update(devices::table.filter(devices::did.eq(did)).filter(devices::connected_at.eq(session_ms)))
+                .set((devices::online.eq(false), devices::disconnected_at.eq(at_ms), devices::updated_at.eq(now)))
+                .execute(c)?;
+        }
+        Event::Seen { did, at_ms } => {
+            diesel::update(devices::table.filter(devices::did.eq(did)))
+                .set(devices::last_seen_at.eq(at_ms))
+                .execute(c)?;
         }
     }
     Ok(())
@@ -236,6 +345,22 @@ mod tests {
                 Event::Seen { did, at_ms } => (did.clone(), "seen", *at_ms),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_runs_where_each_did_appears_once() {
+        let events = vec![on("a", 1), on("b", 1), off("a", 1), on("c", 1), on("a", 5), off("b", 1)];
+        let runs: Vec<Vec<(String, &'static str, i64)>> =
+            layers(&events).into_iter().map(|run| kinds(&run.into_iter().cloned().collect::<Vec<_>>())).collect();
+        assert_eq!(
+            runs,
+            vec![
+                vec![("a".into(), "on", 1), ("b".into(), "on", 1)],
+                vec![("a".into(), "off", 1), ("c".into(), "on", 1)],
+                vec![("a".into(), "on", 5), ("b".into(), "off", 1)],
+            ]
+        );
+        assert!(layers(&[]).is_empty());
     }
 
     #[test]

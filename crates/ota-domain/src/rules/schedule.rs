@@ -654,6 +654,9 @@ fn claim(c: &mut DbConn, now: i64, limit: usize, delivery: i64) -> Result<Vec<Cl
     use rand::Rng;
     let due = due_pushes(c, now, limit)?;
     let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+    // Their locks first, in one order (`devices::locks`): a check batch on the same records
+    // waits for this claim instead of deadlocking with it.
+    crate::devices::locks::lock_upgrades_in_order(c, &ids, &[])?;
     let mut items: std::collections::HashMap<i64, crate::upgrades::Loaded> =
         load(c, &ids)?.into_iter().map(|i| (i.record.id, i)).collect();
     let mut rng = rand::rng();

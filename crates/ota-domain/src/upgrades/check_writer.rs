@@ -173,6 +173,19 @@ async fn write(db: &Db, config: CheckConfig, checks: Vec<Waiting>, seen: HashMap
     let count = seen.len();
     let written = db
         .write(move |c| {
+            // Every device row of the batch first, then their open records, in one order
+            // (`devices::locks`): a presence batch, a claim or a batch of record events on the
+            // same rows waits for this one instead of deadlocking with it.
+            let dids: Vec<&str> = work.iter().map(|(check, _)| check.did.as_str()).collect();
+            let ids: Vec<i64> = seen.keys().copied().collect();
+            // In a savepoint: should taking them fail, the batch goes on without (as before).
+            let locked = c.transaction(|c| {
+                let devices = crate::devices::locks::lock_in_order(c, &dids, &ids, None)?;
+                crate::devices::locks::lock_upgrades_in_order(c, &[], &devices)
+            });
+            if let Err(e) = locked {
+                tracing::warn!(error = %e, "the rows of a check batch were not locked in order first");
+            }
             let answers: Vec<Result<Answer>> = work
                 .iter()
                 .map(|(check, now)| {

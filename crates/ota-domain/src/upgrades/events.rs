@@ -30,6 +30,8 @@ pub(crate) fn apply_events(c: &mut DbConn, events: &[RecordEvent], now: i64, del
     let mut ids: Vec<i64> = events.iter().map(|e| e.upgrade_id).collect();
     ids.sort_unstable();
     ids.dedup();
+    // Their locks first, in one order (`devices::locks`).
+    crate::devices::locks::lock_upgrades_in_order(c, &ids, &[])?;
     let mut items = HashMap::new();
     for chunk in ids.chunks(LOAD_CHUNK) {
         for item in load(c, chunk)? {
