@@ -19,6 +19,7 @@ mod plane;
 mod report;
 mod rules;
 mod serve;
+mod sessions;
 mod storm;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     Faults(faults::FaultArgs),
     /// A power-on storm over `ota up` nodes on PostgreSQL: every device online, once each.
     Storm(storm::StormArgs),
+    /// 100,000 device sessions held across six gateway processes on PostgreSQL and a shared
+    /// broker: none lost, memory per session, then one push to all of them.
+    Sessions(sessions::SessionsArgs),
     /// 1,000 wrong logins at once from 50 addresses against 20 users: memory, answers, and the
     /// admin's right password from another address.
     LoginFlood(login::LoginFloodArgs),
@@ -89,6 +93,7 @@ fn main() -> std::process::ExitCode {
         Command::Rollout(args) => runtime.block_on(rules::rollout(args)),
         Command::Faults(args) => runtime.block_on(faults::run(args)),
         Command::Storm(args) => runtime.block_on(storm::run(args)),
+        Command::Sessions(args) => runtime.block_on(sessions::run(args)),
         Command::Halt(args) => runtime.block_on(halt::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::LoginFlood(args) => runtime.block_on(login::run(args)),

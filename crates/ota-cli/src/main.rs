@@ -251,6 +251,15 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
+/// Says the node is stopping. Stdout may be gone by then (a supervisor or pipe that died):
+/// `println!` would panic and skip the graceful stop that marks this node's devices offline,
+/// so the line is written with its error ignored (the log has it too).
+fn say_stopping() {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "stopping…");
+    tracing::info!("stopping");
+}
+
 async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
     if let Some(role) = role {
         config.role = role;
@@ -350,7 +359,7 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
             let handle = server.handle();
             actix_rt::spawn(async move {
                 stop_signal.recv().await;
-                println!("stopping…");
+                say_stopping();
                 gateway.stop().await;
                 handle.stop(true).await;
             });
@@ -358,7 +367,7 @@ async fn up(mut config: Config, role: Option<Role>) -> anyhow::Result<()> {
         }
         None => {
             stop_signal.recv().await;
-            println!("stopping…");
+            say_stopping();
             gateway.stop().await;
         }
     }

@@ -183,6 +183,11 @@ impl Node {
         }
     }
 
+    /// The process id while the node runs (benches read its memory from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn api_url(&self) -> String {
         format!("http://{}", self.api)
     }
