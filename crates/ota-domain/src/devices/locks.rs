@@ -16,8 +16,9 @@
 //! the rows in the order the sort returns them). Two batches then wait for each other instead
 //! of deadlocking. `NO KEY UPDATE` is the lock their `UPDATE`s of non-key columns take anyway:
 //! it leaves the `KEY SHARE` locks of foreign-key checks alone (a rule start inserting records
-//! for these devices), which a `FOR UPDATE` here would have made a new way to deadlock. Writers of a single device row need nothing: one lock cannot close a cycle
-//! with these. SQLite runs one write transaction at a time and needs nothing either.
+//! for these devices), which a `FOR UPDATE` here would have made a new way to deadlock.
+//! Writers of a single device row need nothing: one lock cannot close a cycle with these.
+//! SQLite runs one write transaction at a time and needs nothing either.
 //!
 //! The same holds for `upgrades` rows, which the check batches, the scheduler's claims and
 //! the batched record events (deliveries, download ends, timeouts) update many at a time:
