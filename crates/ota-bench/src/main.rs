@@ -20,6 +20,7 @@ mod report;
 mod rules;
 mod serve;
 mod sessions;
+mod simfleet;
 mod storm;
 
 use clap::{Parser, Subcommand};

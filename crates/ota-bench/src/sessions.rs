@@ -20,6 +20,8 @@ use ota_sim::Timing;
 use ota_testkit::cluster::{Api, ClusterConfig, Node, metric_total, port_open, rule_body, scrape, verify};
 use serde_json::json;
 
+use crate::simfleet::{FleetSpec, SimFleet, online as online_now, report_rows, wait_online};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionsArgs {
     /// Simulated V4.1 devices, spread evenly over the nodes.
@@ -71,14 +73,9 @@ impl NodeFigures {
     }
 }
 
-/// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`).
+/// Resident memory of a process in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
+    crate::report::proc_status_kib(&pid.to_string(), "VmRSS:").with_context(|| format!("no VmRSS for {pid}"))
 }
 
 /// CPU time a process has used, user and system, in seconds (`/proc/<pid>/stat` fields 14
@@ -156,38 +153,17 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<bool> {
     }
 
     // Boot: one simulator per node.
-    let exe = std::env::current_exe()?;
-    let rate = args.connect_rate / args.nodes as f64;
-    let mut sims = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let share = args.devices / args.nodes + usize::from(i < args.devices % args.nodes);
-        let report = dir.path().join(format!("sim{i}.csv"));
-        let child = tokio::process::Command::new(&exe)
-            .args(["sim", "--quiet", "--http", &node.http.to_string(), "--product-key", &pk])
-            .args(["--v41", &share.to_string(), "--connect-rate", &rate.to_string()])
-            .args(["--mac-prefix", &format!("5CCF{:02X}", 0x80 + i), "--report"])
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a simulated fleet")?;
-        sims.push((child, report));
-    }
+    let spec = FleetSpec {
+        product_key: &pk,
+        devices: args.devices,
+        connect_rate: args.connect_rate,
+        mcu_fraction: 0.0,
+        mac_base: 0x80,
+    };
+    let sims = SimFleet::spawn(&nodes, &spec, dir.path())?;
     let n = args.devices as i64;
-    let online_path = format!("/api/v1/products/{pk}/devices?online=true&per_page=1");
-    let booted = Instant::now();
-    let mut online = 0;
-    let mut online_after = None;
-    while booted.elapsed() < Duration::from_secs(args.online_limit_secs) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        online = api.get(&online_path).await.ok().and_then(|v| v["total"].as_i64()).unwrap_or(online);
-        eprint!("\rsessions: {online}/{n} online ({:.0} s)   ", booted.elapsed().as_secs_f64());
-        if online == n {
-            online_after = Some(booted.elapsed());
-            break;
-        }
-    }
-    eprintln!();
+    let (online, online_after) =
+        wait_online(&api, &pk, n, Duration::from_secs(args.online_limit_secs), "sessions").await;
     let Some(online_after) = online_after else {
         println!("FAILED: {online} of {n} devices online after {} s", args.online_limit_secs);
         return Ok(false);
@@ -200,7 +176,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<bool> {
     let (mut min_sessions, mut min_online) = (f64::INFINITY, i64::MAX);
     loop {
         let sessions = total(&nodes, ota_domain::metrics::MQTT_SESSIONS).await?;
-        let now_online = api.get(&online_path).await.ok().and_then(|v| v["total"].as_i64()).unwrap_or(-1);
+        let now_online = online_now(&api, &pk).await.unwrap_or(-1);
         min_sessions = min_sessions.min(sessions);
         min_online = min_online.min(now_online);
         for (node, f) in nodes.iter().zip(&mut figures) {
@@ -235,7 +211,7 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<bool> {
         .await
         .map_err(anyhow::Error::msg)?;
     let pushed_from = Instant::now();
-    let sim_pids: Vec<u32> = sims.iter().filter_map(|(child, _)| child.id()).collect();
+    let sim_pids = sims.pids();
     let sims_cpu_before = sim_pids.iter().map(|&pid| cpu_secs(pid).unwrap_or(0.0)).sum::<f64>();
     let mut notified = 0;
     let mut pushed_after = None;
@@ -263,14 +239,9 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<bool> {
     let configured = f64::from(args.push_rate) * args.nodes as f64;
     let rate = steady_rate(&samples, n);
 
-    // The devices' own account: stop each simulator (SIGINT writes its report).
+    // The devices' own account: stop each simulator (each writes its report).
     let mut received = 0;
-    for (mut child, report) in sims {
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(120), child.wait()).await;
-        let csv = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    for csv in sims.stop().await? {
         received += pushed_devices(&csv)?;
     }
 
@@ -320,10 +291,8 @@ pub async fn run(args: SessionsArgs) -> anyhow::Result<bool> {
 
 /// From a simulator's per-device report: the devices that received at least one push.
 fn pushed_devices(csv: &str) -> anyhow::Result<usize> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().context("an empty simulator report")?.split(',').collect();
-    let col = header.iter().position(|h| *h == "pushes").context("no pushes column")?;
-    Ok(lines.filter(|l| l.split(',').nth(col).and_then(|v| v.parse::<u32>().ok()).is_some_and(|p| p >= 1)).count())
+    let rows = report_rows(csv, &["pushes"])?;
+    Ok(rows.iter().filter(|row| row[0].parse::<u32>().is_ok_and(|p| p >= 1)).count())
 }
 
 #[cfg(test)]

@@ -10,12 +10,14 @@
 //! The nodes are the `ota` executable built beside this one (`cargo build --release -p ota-cli
 //! -p ota-bench`). Everything runs on loopback.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use ota_sim::Timing;
 use ota_testkit::cluster::{Api, ClusterConfig, Node, metric_total, port_open, scrape};
 use serde_json::json;
+
+use crate::simfleet::{FleetSpec, SimFleet, report_rows, wait_online};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StormArgs {
@@ -145,50 +147,20 @@ async fn one_run(args: &StormArgs, ota: &std::path::Path) -> anyhow::Result<Run>
     let product = api.post("/api/v1/products", json!({ "name": "storm" })).await.map_err(anyhow::Error::msg)?;
     let pk = product["product_key"].as_str().context("product_key")?.to_owned();
 
-    // One simulator per node, each with its own MAC prefix and share of the fleet.
-    let exe = std::env::current_exe()?;
-    let rate = args.connect_rate / args.nodes as f64;
-    let mut sims = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let share = args.devices / args.nodes + usize::from(i < args.devices % args.nodes);
-        let report = dir.path().join(format!("sim{i}.csv"));
-        let child = tokio::process::Command::new(&exe)
-            .args(["sim", "--quiet", "--http", &node.http.to_string(), "--product-key", &pk])
-            .args(["--v41", &share.to_string(), "--with-mcu-fraction", "0.5", "--connect-rate", &rate.to_string()])
-            .args(["--mac-prefix", &format!("5CCF{:02X}", 0x70 + i), "--report"])
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a simulated fleet")?;
-        sims.push((child, report));
-    }
+    let spec = FleetSpec {
+        product_key: &pk,
+        devices: args.devices,
+        connect_rate: args.connect_rate,
+        mcu_fraction: 0.5,
+        mac_base: 0x70,
+    };
+    let sims = SimFleet::spawn(&nodes, &spec, dir.path())?;
+    let n = args.devices as i64;
+    let (online, online_after) = wait_online(&api, &pk, n, Duration::from_secs(args.limit_secs), "storm").await;
 
-    let started = Instant::now();
-    let limit = Duration::from_secs(args.limit_secs);
-    let online_path = format!("/api/v1/products/{pk}/devices?online=true&per_page=1");
-    let mut online = 0;
-    let mut online_after = None;
-    while started.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        online = api.get(&online_path).await.ok().and_then(|v| v["total"].as_i64()).unwrap_or(online);
-        eprint!("\rstorm: {online}/{} online ({:.0} s)", args.devices, started.elapsed().as_secs_f64());
-        if online == args.devices as i64 {
-            online_after = Some(started.elapsed());
-            break;
-        }
-    }
-    eprintln!();
-
-    // Stop the simulators (SIGINT: each writes its per-device report) and read the reports.
     let mut checked_once = 0;
     let mut rebooted = 0;
-    for (mut child, report) in sims {
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
-        let csv = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+    for csv in sims.stop().await? {
         let (once, boots) = tally(&csv)?;
         checked_once += once;
         rebooted += boots;
@@ -238,17 +210,11 @@ fn timeouts_by_route<'a>(logs: impl Iterator<Item = &'a str>) -> String {
 /// types exactly once (one for Wi-Fi only, two with an MCU), and those that booted more than
 /// once.
 fn tally(csv: &str) -> anyhow::Result<(usize, usize)> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().context("an empty simulator report")?.split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).with_context(|| format!("no {name} column"));
-    let (mcu, checks, boots) = (col("mcu_sw")?, col("checks")?, col("boots")?);
     let (mut once, mut rebooted) = (0, 0);
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        let field = |i: usize| f.get(i).copied().unwrap_or("");
-        let types = if field(mcu).is_empty() { 1 } else { 2 };
-        once += usize::from(field(checks).parse::<u32>().ok() == Some(types));
-        rebooted += usize::from(field(boots).parse::<u32>().ok() != Some(1));
+    for row in report_rows(csv, &["mcu_sw", "checks", "boots"])? {
+        let types = if row[0].is_empty() { 1 } else { 2 };
+        once += usize::from(row[1].parse::<u32>().ok() == Some(types));
+        rebooted += usize::from(row[2].parse::<u32>().ok() != Some(1));
     }
     Ok((once, rebooted))
 }
