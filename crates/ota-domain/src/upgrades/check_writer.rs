@@ -181,7 +181,8 @@ async fn write(db: &Db, config: CheckConfig, checks: Vec<Waiting>, seen: HashMap
             // In a savepoint: should taking them fail, the batch goes on without (as before).
             let locked = c.transaction(|c| {
                 let devices = crate::devices::locks::lock_in_order(c, &dids, &ids, None)?;
-                crate::devices::locks::lock_upgrades_in_order(c, &[], &devices)
+                // A batch of last-seen times alone touches no record.
+                if dids.is_empty() { Ok(()) } else { crate::devices::locks::lock_upgrades_in_order(c, &[], &devices) }
             });
             if let Err(e) = locked {
                 tracing::warn!(error = %e, "the rows of a check batch were not locked in order first");
